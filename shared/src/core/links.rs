@@ -1,0 +1,273 @@
+//! Signed renew links, session cookies, and the relaunch URL (PROTOCOL.md §4).
+//!
+//! Both signatures are HMAC-SHA256 under the link-signing key, each over a message that starts
+//! with its own purpose string, so a session cookie can never pass as a renew link or back.
+
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Duration, Utc};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use url::Url;
+
+use super::grant::GrantId;
+use super::hosts::SiteUrl;
+
+/// How long a renew link stays valid.
+pub const RENEW_LINK_DAYS: i64 = 45;
+/// How long a session cookie from a launch stays valid.
+pub const SESSION_HOURS: i64 = 12;
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "spkeeper_session";
+
+const RENEW_PURPOSE: &str = "spkeeper.renew.v1";
+const SESSION_PURPOSE: &str = "spkeeper.session.v1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    #[error("the link's signature is not valid")]
+    BadSignature,
+    #[error("the link has expired")]
+    Expired,
+}
+
+/// Signs and verifies links and cookies. The key never prints.
+#[derive(Clone)]
+pub struct LinkSigner {
+    key: Vec<u8>,
+}
+
+impl fmt::Debug for LinkSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LinkSigner([redacted])")
+    }
+}
+
+impl LinkSigner {
+    pub fn new(key: &[u8]) -> Self {
+        LinkSigner { key: key.to_vec() }
+    }
+
+    fn mac(&self, purpose: &str, grant: &GrantId, exp: i64) -> Hmac<Sha256> {
+        // HMAC accepts keys of any length.
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(format!("{purpose}\n{grant}\n{exp}").as_bytes());
+        mac
+    }
+
+    fn sign(&self, purpose: &str, grant: &GrantId, exp: i64) -> String {
+        URL_SAFE_NO_PAD.encode(self.mac(purpose, grant, exp).finalize().into_bytes())
+    }
+
+    fn verify(
+        &self,
+        purpose: &str,
+        grant: &GrantId,
+        exp: &str,
+        sig: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), LinkError> {
+        let exp_secs: i64 = exp.parse().map_err(|_| LinkError::BadSignature)?;
+        if exp.starts_with('+') || exp.starts_with('0') && exp.len() > 1 {
+            return Err(LinkError::BadSignature);
+        }
+        let sig = URL_SAFE_NO_PAD
+            .decode(sig)
+            .map_err(|_| LinkError::BadSignature)?;
+        self.mac(purpose, grant, exp_secs)
+            .verify_slice(&sig)
+            .map_err(|_| LinkError::BadSignature)?;
+        if now.timestamp() >= exp_secs {
+            return Err(LinkError::Expired);
+        }
+        Ok(())
+    }
+
+    /// `{public_url}/renew/{grant_id}?exp=…&sig=…`, valid for 45 days from `now`.
+    pub fn renew_url(&self, public_url: &Url, grant: &GrantId, now: DateTime<Utc>) -> String {
+        let exp = (now + Duration::days(RENEW_LINK_DAYS)).timestamp();
+        let sig = self.sign(RENEW_PURPOSE, grant, exp);
+        format!(
+            "{}/renew/{grant}?exp={exp}&sig={sig}",
+            public_url.as_str().trim_end_matches('/')
+        )
+    }
+
+    pub fn verify_renew(
+        &self,
+        grant: &GrantId,
+        exp: &str,
+        sig: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), LinkError> {
+        self.verify(RENEW_PURPOSE, grant, exp, sig, now)
+    }
+
+    /// The session cookie's value: `{grant_id}.{exp}.{sig}`.
+    pub fn session_value(&self, grant: &GrantId, now: DateTime<Utc>) -> String {
+        let exp = (now + Duration::hours(SESSION_HOURS)).timestamp();
+        format!("{grant}.{exp}.{}", self.sign(SESSION_PURPOSE, grant, exp))
+    }
+
+    /// The grant a session cookie names, if the cookie is genuine and current.
+    pub fn verify_session(&self, value: &str, now: DateTime<Utc>) -> Result<GrantId, LinkError> {
+        let mut parts = value.split('.');
+        let (Some(g), Some(exp), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(LinkError::BadSignature);
+        };
+        let grant = GrantId::parse(g).ok_or(LinkError::BadSignature)?;
+        self.verify(SESSION_PURPOSE, &grant, exp, sig, now)?;
+        Ok(grant)
+    }
+}
+
+/// `{launch_url}?{StandardTokens}&SPHasRedirectedToSharePoint=1`, the `redirect_uri` SharePoint
+/// expects: it substitutes `{StandardTokens}` itself (Microsoft's SharePointContextProvider
+/// builds it the same way; the marker is its loop guard).
+pub fn launch_redirect_uri(public_url: &Url) -> String {
+    format!(
+        "{}/launch?{{StandardTokens}}&SPHasRedirectedToSharePoint=1",
+        public_url.as_str().trim_end_matches('/')
+    )
+}
+
+/// `{SPHostUrl}/_layouts/15/AppRedirect.aspx?client_id=…&redirect_uri=…`.
+pub fn relaunch_url(site: &SiteUrl, client_id: &str, public_url: &Url) -> String {
+    let mut url = match Url::parse(&site.join("_layouts/15/AppRedirect.aspx")) {
+        Ok(u) => u,
+        // A SiteUrl is an absolute http(s) URL; joining a fixed path keeps it one.
+        Err(_) => return site.join("_layouts/15/AppRedirect.aspx"),
+    };
+    url.query_pairs_mut()
+        .append_pair("client_id", client_id)
+        .append_pair("redirect_uri", &launch_redirect_uri(public_url));
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::hosts::HostAllowlist;
+    use chrono::TimeZone;
+
+    fn signer() -> LinkSigner {
+        LinkSigner::new(b"0123456789abcdef0123456789abcdef")
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap()
+    }
+
+    fn gid() -> GrantId {
+        GrantId::derive("realm", "key")
+    }
+
+    fn parts(link: &str) -> (String, String, String) {
+        let u = Url::parse(link).unwrap();
+        let q: std::collections::HashMap<_, _> = u.query_pairs().into_owned().collect();
+        let g = u.path().rsplit('/').next().unwrap().to_string();
+        (g, q["exp"].clone(), q["sig"].clone())
+    }
+
+    #[test]
+    fn renew_link_verifies_until_it_expires_after_45_days() {
+        let public = Url::parse("https://addin.example.com").unwrap();
+        let link = signer().renew_url(&public, &gid(), now());
+        assert!(link.starts_with(&format!("https://addin.example.com/renew/{}?exp=", gid())));
+        let (g, exp, sig) = parts(&link);
+        assert_eq!(g, gid().as_str());
+        let s = signer();
+        assert_eq!(
+            s.verify_renew(&gid(), &exp, &sig, now() + Duration::days(44)),
+            Ok(())
+        );
+        assert_eq!(
+            s.verify_renew(&gid(), &exp, &sig, now() + Duration::days(45)),
+            Err(LinkError::Expired)
+        );
+    }
+
+    #[test]
+    fn renew_link_with_changed_grant_expiry_or_key_is_refused() {
+        let public = Url::parse("https://addin.example.com").unwrap();
+        let (_, exp, sig) = parts(&signer().renew_url(&public, &gid(), now()));
+        let other = GrantId::derive("realm", "other");
+        assert_eq!(
+            signer().verify_renew(&other, &exp, &sig, now()),
+            Err(LinkError::BadSignature)
+        );
+        let later = (exp.parse::<i64>().unwrap() + 86400).to_string();
+        assert_eq!(
+            signer().verify_renew(&gid(), &later, &sig, now()),
+            Err(LinkError::BadSignature)
+        );
+        assert_eq!(
+            signer().verify_renew(&gid(), &format!("0{exp}"), &sig, now()),
+            Err(LinkError::BadSignature)
+        );
+        let wrong_key = LinkSigner::new(b"another key entirely.............");
+        assert_eq!(
+            wrong_key.verify_renew(&gid(), &exp, &sig, now()),
+            Err(LinkError::BadSignature)
+        );
+        assert_eq!(
+            signer().verify_renew(&gid(), &exp, "", now()),
+            Err(LinkError::BadSignature)
+        );
+        assert_eq!(
+            signer().verify_renew(&gid(), "x", &sig, now()),
+            Err(LinkError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn session_cookie_round_trips_and_expires() {
+        let v = signer().session_value(&gid(), now());
+        assert_eq!(signer().verify_session(&v, now()), Ok(gid()));
+        assert_eq!(
+            signer().verify_session(&v, now() + Duration::hours(SESSION_HOURS)),
+            Err(LinkError::Expired)
+        );
+        assert!(signer().verify_session("garbage", now()).is_err());
+        assert!(signer().verify_session(&format!("{v}x"), now()).is_err());
+    }
+
+    #[test]
+    fn a_session_cookie_is_not_a_renew_link() {
+        let v = signer().session_value(&gid(), now());
+        let mut p = v.split('.');
+        let (_, exp, sig) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
+        assert_eq!(
+            signer().verify_renew(&gid(), exp, sig, now()),
+            Err(LinkError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn relaunch_url_goes_to_the_sites_app_redirect_with_our_launch_url() {
+        let site = HostAllowlist::parse("contoso.sharepoint.com", true)
+            .unwrap()
+            .check_site_url("https://contoso.sharepoint.com/sites/dev/")
+            .unwrap();
+        let public = Url::parse("https://addin.example.com/").unwrap();
+        let url = Url::parse(&relaunch_url(
+            &site,
+            "a044e184-7de2-4d05-aacf-52118008c44e",
+            &public,
+        ))
+        .unwrap();
+        assert_eq!(url.host_str(), Some("contoso.sharepoint.com"));
+        assert_eq!(url.path(), "/sites/dev/_layouts/15/AppRedirect.aspx");
+        let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+        assert_eq!(q["client_id"], "a044e184-7de2-4d05-aacf-52118008c44e");
+        assert_eq!(
+            q["redirect_uri"],
+            "https://addin.example.com/launch?{StandardTokens}&SPHasRedirectedToSharePoint=1"
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! spkeeper: keeps SharePoint add-in users connected.
+//!
+//! Data flows one way: entry points (HTTP routers, the sweep, delivery) → services → the pure
+//! [`core`] ← adapters ([`store`]). The core has no I/O and takes `now` as an argument.
+
+pub mod core;
+
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
