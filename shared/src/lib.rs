@@ -5,5 +5,13 @@
 
 pub mod core;
 
+pub mod clients;
+pub mod clock;
+pub mod config;
+pub mod context;
+pub mod http;
+pub mod ports;
+pub mod service;
+pub mod store;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

@@ -1,0 +1,86 @@
+//! What every service and router shares: configuration, secrets, clock, storage and the HTTP
+//! client, built once at start.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::clock::Clock;
+use crate::config::{Secrets, Settings};
+use crate::core::grant::{self, GrantId, Status};
+use crate::core::notice::{NoticeGrant, NoticeSubject, rfc3339};
+use crate::ports::{GrantRecord, GrantStore, TokenCache};
+
+/// A grant as apps and users see it (in `/token` answers and on the status page).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GrantSummary {
+    pub id: GrantId,
+    pub status: Status,
+    pub refresh_token_expires_at: String,
+    pub days_left: i64,
+    pub renew_url: String,
+}
+
+pub struct Context {
+    pub settings: Settings,
+    pub secrets: Secrets,
+    pub clock: Arc<dyn Clock>,
+    pub grants: Arc<dyn GrantStore>,
+    pub cache: Arc<dyn TokenCache>,
+    pub http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("settings", &self.settings)
+            .field("secrets", &self.secrets)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// A signed renew link for the grant, valid 45 days from `now`.
+    pub fn renew_url(&self, id: &GrantId, now: DateTime<Utc>) -> String {
+        self.secrets
+            .links
+            .renew_url(&self.settings.public_url, id, now)
+    }
+
+    pub fn status_of(&self, g: &GrantRecord, now: DateTime<Utc>) -> Status {
+        grant::status(g.rt_expires_at, g.progress, now, &self.settings.notice_days)
+    }
+
+    /// When the next notice falls due for this grant's state.
+    pub fn next_due_at(&self, g: &GrantRecord, progress: grant::Progress) -> Option<DateTime<Utc>> {
+        grant::next_due_at(g.rt_expires_at, progress, &self.settings.notice_days)
+    }
+
+    pub fn notice_subject<'a>(&self, g: &GrantRecord, renew_url: &'a str) -> NoticeSubject<'a> {
+        NoticeSubject {
+            grant: NoticeGrant {
+                id: g.id.clone(),
+                realm: g.realm.clone(),
+                site_url: g.site_url.clone(),
+                user: g.user.clone(),
+            },
+            rt_version: g.rt_version,
+            rt_expires_at: g.rt_expires_at,
+            renew_url,
+        }
+    }
+
+    pub fn grant_summary(&self, g: &GrantRecord, now: DateTime<Utc>) -> GrantSummary {
+        GrantSummary {
+            id: g.id.clone(),
+            status: self.status_of(g, now),
+            refresh_token_expires_at: rfc3339(g.rt_expires_at),
+            days_left: grant::days_left(g.rt_expires_at, now),
+            renew_url: self.renew_url(&g.id, now),
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Contract errors: `{"error":"<code>","message":"<one human sentence>"}`, or the same as a
+//! small page for a browser. One function per concern maps service errors to them; anything
+//! unexpected becomes an opaque 500 with the full chain logged (never sent).
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::core::context_token::TokenError;
+use crate::core::links::LinkError;
+use crate::service::exchange::{ExchangeError, RETRY_AFTER_SECS};
+use crate::service::launch::LaunchError;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub renew_url: Option<String>,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            renew_url: None,
+            retry_after: None,
+        }
+    }
+
+    /// Logs the whole error chain and answers with nothing of it.
+    pub fn internal(err: &(dyn std::error::Error + 'static)) -> Self {
+        let mut chain = err.to_string();
+        let mut source = err.source();
+        while let Some(s) = source {
+            chain.push_str(": ");
+            chain.push_str(&s.to_string());
+            source = s.source();
+        }
+        tracing::error!(error = %chain, "internal error");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "Something went wrong on our side. Please try again later.",
+        )
+    }
+
+    pub fn payload_too_large() -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "The request body is larger than 64 KiB.",
+        )
+    }
+
+    pub fn not_found() -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "There is nothing at this address.",
+        )
+    }
+}
+
+/// Put in the response's extensions so the HTML negotiation can render the same error.
+#[derive(Debug, Clone)]
+pub struct ErrorDetails(pub ApiError);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": self.code, "message": self.message});
+        if let Some(u) = &self.renew_url {
+            body["renew_url"] = json!(u);
+        }
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED && self.code == "unauthorized" {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp.extensions_mut().insert(ErrorDetails(self));
+        resp
+    }
+}
+
+pub fn token_error(e: &TokenError) -> ApiError {
+    let (status, message) = match e {
+        TokenError::Malformed(_) => (
+            StatusCode::BAD_REQUEST,
+            "The context token from SharePoint could not be read.",
+        ),
+        TokenError::UnsupportedAlgorithm => (
+            StatusCode::UNAUTHORIZED,
+            "The context token is signed with an algorithm other than HS256.",
+        ),
+        TokenError::InvalidSignature => (
+            StatusCode::UNAUTHORIZED,
+            "The context token's signature does not match this add-in's client secret.",
+        ),
+        TokenError::Expired => (
+            StatusCode::UNAUTHORIZED,
+            "The context token has expired; open the add-in from SharePoint again.",
+        ),
+        TokenError::NotYetValid => (
+            StatusCode::UNAUTHORIZED,
+            "The context token is not valid yet; check the server's clock.",
+        ),
+        TokenError::InvalidAudience => (
+            StatusCode::UNAUTHORIZED,
+            "The context token was issued for another add-in or host.",
+        ),
+        TokenError::InvalidIssuer => (
+            StatusCode::UNAUTHORIZED,
+            "The context token was not issued by ACS for SharePoint.",
+        ),
+        TokenError::UntrustedSts => (
+            StatusCode::FORBIDDEN,
+            "The context token names a token service that is not trusted.",
+        ),
+    };
+    ApiError::new(status, e.code(), message)
+}
+
+pub fn launch_error(e: &LaunchError) -> ApiError {
+    match e {
+        LaunchError::MissingContextToken => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_context_token",
+            "No context token was posted. Open the add-in from SharePoint.",
+        ),
+        LaunchError::MissingHostUrl => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_host_url",
+            "SPHostUrl is missing or is not an absolute http(s) URL.",
+        ),
+        LaunchError::SharePoint(info) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "sharepoint_error",
+            format!("SharePoint could not launch the add-in: {info}"),
+        ),
+        LaunchError::HostNotAllowed => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "host_not_allowed",
+            "This SharePoint host is not allowed for this add-in.",
+        ),
+        LaunchError::Token(t) => token_error(t),
+        LaunchError::Store(_) | LaunchError::Seal(_) | LaunchError::Contention => {
+            ApiError::internal(e)
+        }
+    }
+}
+
+pub fn exchange_error(e: &ExchangeError) -> ApiError {
+    match e {
+        ExchangeError::UnknownGrant => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_grant",
+            "There is no grant with this id.",
+        ),
+        ExchangeError::HostNotAllowed => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "host_not_allowed",
+            "This host is not an allowed SharePoint host.",
+        ),
+        ExchangeError::RelaunchRequired { renew_url } => ApiError {
+            renew_url: Some(renew_url.clone()),
+            ..ApiError::new(
+                StatusCode::CONFLICT,
+                "relaunch_required",
+                "The user's refresh token is expired or revoked; they must open the add-in from SharePoint again.",
+            )
+        },
+        ExchangeError::StsRejectedClient => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "sts_rejected_client",
+            "ACS refused the add-in's client credentials; an operator must check the client secret.",
+        ),
+        ExchangeError::StsUnavailable => ApiError {
+            retry_after: Some(RETRY_AFTER_SECS),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sts_unavailable",
+                "ACS is not answering; try again shortly.",
+            )
+        },
+        ExchangeError::Store(_) | ExchangeError::Seal(_) => ApiError::internal(e),
+    }
+}
+
+pub fn link_error(e: LinkError) -> ApiError {
+    match e {
+        LinkError::BadSignature => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_link",
+            "This renew link is not valid.",
+        ),
+        LinkError::Expired => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "link_expired",
+            "This renew link has expired. Open the add-in from SharePoint instead.",
+        ),
+    }
+}

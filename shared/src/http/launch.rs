@@ -1,0 +1,72 @@
+//! `POST /launch`: SharePoint's redirect target.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+
+use super::error::{ApiError, launch_error};
+use super::{into_response, media_type, pairs, read_body};
+use crate::core::links::{SESSION_COOKIE, SESSION_HOURS};
+use crate::service::launch::{LaunchInput, LaunchService};
+
+pub fn router(svc: Arc<LaunchService>) -> Router {
+    Router::new().route("/launch", post(launch)).with_state(svc)
+}
+
+async fn launch(State(svc): State<Arc<LaunchService>>, req: Request) -> Response {
+    let result = handle(&svc, req).await;
+    if let Err(e) = &result {
+        tracing::info!(error = e.code, status = e.status.as_u16(), "launch refused");
+    }
+    into_response(result)
+}
+
+async fn handle(svc: &LaunchService, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let bytes = read_body(&parts.headers, body).await?;
+    if media_type(&parts.headers).as_deref() != Some("application/x-www-form-urlencoded") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "The launch must be an HTML form post (application/x-www-form-urlencoded).",
+        ));
+    }
+    let input = LaunchInput {
+        form: pairs(&bytes),
+        query: parts
+            .uri
+            .query()
+            .map(|q| pairs(q.as_bytes()))
+            .unwrap_or_default(),
+    };
+    let launched = svc.launch(&input).await.map_err(|e| launch_error(&e))?;
+
+    let ctx = svc.context();
+    let session = ctx
+        .secrets
+        .links
+        .session_value(&launched.grant_id, ctx.now());
+    // SameSite=None: SharePoint may show the add-in in a frame of another site. Secure is kept
+    // even on a loopback URL: browsers accept Secure cookies from http://localhost.
+    let cookie = format!(
+        "{SESSION_COOKIE}={session}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=None",
+        SESSION_HOURS * 3600
+    );
+    let location = format!("{}/status", ctx.settings.public_base());
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).map_err(|e| ApiError::internal(&e))?,
+    );
+    h.insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal(&e))?,
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}

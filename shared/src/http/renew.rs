@@ -1,0 +1,84 @@
+//! `GET /renew/{grant_id}?exp=…&sig=…`: the link in every notice. Verified, then sent back
+//! through SharePoint's AppRedirect.aspx on the stored, still-allowlisted host.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::error::{ApiError, link_error};
+use super::{into_response, pairs};
+use crate::context::Context;
+use crate::core::grant::GrantId;
+use crate::core::links::{LinkError, relaunch_url};
+
+pub fn router(ctx: Arc<Context>) -> Router {
+    Router::new()
+        .route("/renew/{grant_id}", get(renew))
+        .with_state(ctx)
+}
+
+async fn renew(
+    State(ctx): State<Arc<Context>>,
+    Path(raw_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let result = redirect(&ctx, &raw_id, query.as_deref().unwrap_or("")).await;
+    if let Err(e) = &result {
+        tracing::info!(error = e.code, "renew link refused");
+    }
+    into_response(result)
+}
+
+async fn redirect(ctx: &Context, raw_id: &str, query: &str) -> Result<Response, ApiError> {
+    let now = ctx.now();
+    let q = pairs(query.as_bytes());
+    let get = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let id = GrantId::parse(raw_id).ok_or_else(|| link_error(LinkError::BadSignature))?;
+    let (Some(exp), Some(sig)) = (get("exp"), get("sig")) else {
+        return Err(link_error(LinkError::BadSignature));
+    };
+    ctx.secrets
+        .links
+        .verify_renew(&id, exp, sig, now)
+        .map_err(link_error)?;
+
+    let stored = ctx
+        .grants
+        .load(&id)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_grant",
+                "We no longer know this connection. Open the add-in from SharePoint.",
+            )
+        })?;
+    // The host was allowlisted when stored; it must still be now.
+    let site = ctx
+        .settings
+        .allowed_sp_hosts
+        .check_site_url(&stored.record.site_url)
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "host_not_allowed",
+                "This SharePoint host is no longer allowed for this add-in.",
+            )
+        })?;
+    let target = relaunch_url(&site, &ctx.settings.client_id, &ctx.settings.public_url);
+    tracing::info!(grant_id = %id, "renew link followed; relaunching through SharePoint");
+
+    let mut resp = StatusCode::FOUND.into_response();
+    resp.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&target).map_err(|e| ApiError::internal(&e))?,
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}

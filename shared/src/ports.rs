@@ -1,0 +1,221 @@
+//! Ports: small traits sized to what each caller needs. Adapters (SQLite here, DynamoDB and
+//! SQS in AWS) implement them; item mapping stays inside each adapter.
+//!
+//! Every state change is conditional on the grant's revision (`rev`), which every write bumps:
+//! a launch racing a sweep, overlapping sweeps, and retried Lambdas can neither duplicate a
+//! notice nor lose a newer refresh token. A notice is queued in the same atomic write as the
+//! state change that causes it.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::core::grant::{GrantId, Progress};
+use crate::core::notice::{Notice, User};
+
+/// SharePoint's `{StandardTokens}` from the launch, kept for the relaunch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StandardTokens {
+    pub language: Option<String>,
+    pub client_tag: Option<String>,
+    pub product_number: Option<String>,
+}
+
+/// A grant without its tokens: what the sweep, the status page and `grants` read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRecord {
+    pub id: GrantId,
+    /// Bumped by every write; every conditional write names the revision it read.
+    pub rev: u64,
+    pub realm: String,
+    /// The host web (`SPHostUrl`), normalised and allowlisted.
+    pub site_url: String,
+    pub app_web_url: Option<String>,
+    pub standard_tokens: StandardTokens,
+    pub sts_uri: String,
+    pub target_principal: String,
+    pub user: Option<User>,
+    /// The refresh token's version: its context token's `nbf`, in epoch seconds.
+    pub rt_version: i64,
+    pub rt_expires_at: DateTime<Utc>,
+    pub progress: Progress,
+    /// When the sweep should next look at this grant; `None` when no notice is to come.
+    pub next_due_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A grant with its sealed refresh token (`None` once the token's lifetime has passed and
+/// storage has let it go).
+#[derive(Clone)]
+pub struct StoredGrant {
+    pub record: GrantRecord,
+    pub sealed_refresh_token: Option<String>,
+}
+
+impl fmt::Debug for StoredGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredGrant")
+            .field("record", &self.record)
+            .field(
+                "sealed_refresh_token",
+                &self.sealed_refresh_token.as_ref().map(|_| "[sealed]"),
+            )
+            .finish()
+    }
+}
+
+/// The outcome of a conditional write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Done,
+    /// Someone else wrote first: reload and decide again (or stop).
+    Conflict,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage is unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("stored data is not readable: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Unavailable(Box::new(e))
+    }
+}
+
+/// Where the sweep resumes: after this (due time, grant id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueCursor {
+    pub due_at: DateTime<Utc>,
+    pub id: GrantId,
+}
+
+#[async_trait]
+pub trait GrantStore: Send + Sync {
+    async fn load(&self, id: &GrantId) -> Result<Option<StoredGrant>, StoreError>;
+
+    /// Creates the grant (`expected_rev` = `None`: it must not exist) or replaces it
+    /// (`expected_rev` = the revision read), refresh token included. The record's `rev` is the
+    /// new revision. `notice`, if any, is queued in the same atomic write.
+    async fn put_grant(
+        &self,
+        expected_rev: Option<u64>,
+        grant: &GrantRecord,
+        sealed_refresh_token: &str,
+        notice: Option<&Notice>,
+    ) -> Result<Written, StoreError>;
+
+    /// Moves a grant's notice progress if it is still at `expected_rev`, queueing `notice` in
+    /// the same atomic write.
+    async fn advance(
+        &self,
+        id: &GrantId,
+        expected_rev: u64,
+        progress: Progress,
+        next_due_at: Option<DateTime<Utc>>,
+        notice: Option<&Notice>,
+        now: DateTime<Utc>,
+    ) -> Result<Written, StoreError>;
+
+    /// Best effort: records who the user is (does not bump the revision).
+    async fn set_user(&self, id: &GrantId, user: &User) -> Result<(), StoreError>;
+
+    /// Grants whose `next_due_at` ≤ `now`, in (due time, id) order, after `after`.
+    /// Reads only what is due: never a scan of every grant.
+    async fn due(
+        &self,
+        now: DateTime<Utc>,
+        after: Option<&DueCursor>,
+        limit: usize,
+    ) -> Result<Vec<GrantRecord>, StoreError>;
+
+    /// Every grant, for `spkeeper grants` (operators; pages internally).
+    async fn list(&self) -> Result<Vec<GrantRecord>, StoreError>;
+
+    /// Queues `notice` unless a notice under `marker` was queued before (operator notices
+    /// that are not about a grant). `Conflict` when it was.
+    async fn queue_once(&self, marker: &str, notice: &Notice) -> Result<Written, StoreError>;
+
+    /// Lets go of what has outlived its retention (refresh tokens past expiry, relaunch
+    /// details past expiry + 180 days, expired access tokens). A no-op where storage expires
+    /// items itself (DynamoDB TTL). Returns how many items went.
+    async fn purge(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
+/// An access token in the cache, sealed.
+#[derive(Clone)]
+pub struct CachedToken {
+    pub sealed: String,
+    pub expires_at: DateTime<Utc>,
+    pub resource: String,
+}
+
+#[async_trait]
+pub trait TokenCache: Send + Sync {
+    async fn get_access_token(
+        &self,
+        id: &GrantId,
+        host: &str,
+    ) -> Result<Option<CachedToken>, StoreError>;
+
+    async fn put_access_token(
+        &self,
+        id: &GrantId,
+        host: &str,
+        token: &CachedToken,
+    ) -> Result<(), StoreError>;
+
+    /// Takes the lease `key` for `owner` until `until`, if it is free or has lapsed.
+    async fn try_lease(
+        &self,
+        key: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    async fn release_lease(&self, key: &str, owner: &str) -> Result<(), StoreError>;
+}
+
+/// A queued notice, as the delivery side sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub id: String,
+    pub body: String,
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    /// Gave up after the last attempt: the embedded dead-letter queue.
+    pub dead: bool,
+}
+
+/// The embedded notice queue (the outbox table): what the local delivery loop reads.
+#[derive(Debug, Clone, Copy)]
+pub enum DeliveryOutcome<'a> {
+    Delivered,
+    RetryAt(DateTime<Utc>, &'a str),
+    Dead(&'a str),
+}
+
+#[async_trait]
+pub trait Outbox: Send + Sync {
+    /// Undelivered, not dead, whose next attempt is due.
+    async fn ready(&self, now: DateTime<Utc>, limit: usize)
+    -> Result<Vec<OutboxEntry>, StoreError>;
+
+    async fn record_attempt(
+        &self,
+        id: &str,
+        outcome: DeliveryOutcome<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Everything not yet delivered, dead letters included.
+    async fn undelivered(&self) -> Result<Vec<OutboxEntry>, StoreError>;
+}

@@ -1,0 +1,243 @@
+//! The launch: SharePoint POSTs a context token; we validate it and store its refresh token.
+//! On any failure nothing is written.
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+
+use crate::context::Context;
+use crate::core::context_token::{self, Expectations, TokenError};
+use crate::core::grant::{GrantId, LaunchPlan, Progress, plan_launch, refresh_token_expiry};
+use crate::core::hosts::HostError;
+use crate::core::notice::{Notice, NoticeType};
+use crate::core::seal::SealError;
+use crate::ports::{GrantRecord, StandardTokens, StoreError, Written};
+use crate::service::exchange::TokenService;
+
+/// Names under which Microsoft's helper accepts the context token (form first, then query).
+pub const TOKEN_PARAMS: [&str; 4] = ["SPAppToken", "AppContext", "AppContextToken", "AccessToken"];
+/// The best-effort user lookup after a launch never holds the redirect longer than this.
+const IDENTIFY_AFTER_LAUNCH: StdDuration = StdDuration::from_secs(3);
+/// SharePoint's error text is shown to the user; keep it short.
+const MAX_SP_ERROR_CHARS: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("no context token was posted")]
+    MissingContextToken,
+    #[error("SPHostUrl is missing or is not an absolute http(s) URL")]
+    MissingHostUrl,
+    #[error("SharePoint could not issue a context token: {0}")]
+    SharePoint(String),
+    #[error("the SharePoint host is not allowed")]
+    HostNotAllowed,
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the refresh token could not be sealed: {0}")]
+    Seal(#[from] SealError),
+    #[error("the grant kept changing under this launch")]
+    Contention,
+}
+
+/// The launch POST, as parsed pairs (first occurrence of a name wins).
+pub struct LaunchInput {
+    pub form: Vec<(String, String)>,
+    pub query: Vec<(String, String)>,
+}
+
+impl LaunchInput {
+    fn get<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        pairs
+            .iter()
+            .find(|(k, v)| k == name && !v.trim().is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A value from the query string, else from the form.
+    fn param(&self, name: &str) -> Option<&str> {
+        Self::get(&self.query, name).or_else(|| Self::get(&self.form, name))
+    }
+
+    fn context_token(&self) -> Option<&str> {
+        TOKEN_PARAMS
+            .iter()
+            .find_map(|n| Self::get(&self.form, n))
+            .or_else(|| TOKEN_PARAMS.iter().find_map(|n| Self::get(&self.query, n)))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Launched {
+    pub grant_id: GrantId,
+    pub plan: LaunchPlan,
+}
+
+pub struct LaunchService {
+    ctx: Arc<Context>,
+    tokens: Arc<TokenService>,
+}
+
+impl LaunchService {
+    pub fn new(ctx: Arc<Context>, tokens: Arc<TokenService>) -> Self {
+        LaunchService { ctx, tokens }
+    }
+
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    pub async fn launch(&self, input: &LaunchInput) -> Result<Launched, LaunchError> {
+        let now = self.ctx.now();
+        let settings = &self.ctx.settings;
+
+        let Some(token) = input.context_token() else {
+            return Err(match input.param("SPErrorInfo") {
+                Some(info) => {
+                    LaunchError::SharePoint(info.chars().take(MAX_SP_ERROR_CHARS).collect())
+                }
+                None => LaunchError::MissingContextToken,
+            });
+        };
+
+        let host_url = input
+            .param("SPHostUrl")
+            .ok_or(LaunchError::MissingHostUrl)?;
+        let site = settings
+            .allowed_sp_hosts
+            .check_site_url(host_url)
+            .map_err(|e| match e {
+                HostError::NotAUrl => LaunchError::MissingHostUrl,
+                _ => LaunchError::HostNotAllowed,
+            })?;
+        let app_web = input
+            .param("SPAppWebUrl")
+            .map(|u| settings.allowed_sp_hosts.check_site_url(u))
+            .transpose()
+            .map_err(|_| LaunchError::HostNotAllowed)?;
+
+        let secrets = self.ctx.secrets.client_secrets();
+        let ct = context_token::validate(
+            token,
+            &Expectations {
+                client_id: &settings.client_id,
+                audience_host: &settings.audience_host,
+                secrets: &secrets,
+                sts_hosts: &settings.sts_hosts,
+                now,
+            },
+        )?;
+
+        let id = GrantId::derive(&ct.realm, &ct.cache_key);
+        let sealed = self
+            .ctx
+            .secrets
+            .key_ring
+            .seal(ct.refresh_token.expose_secret().as_bytes(), id.as_str())?;
+        let rt_expires_at = refresh_token_expiry(ct.not_before);
+        let incoming = GrantRecord {
+            id: id.clone(),
+            rev: 0,
+            realm: ct.realm.clone(),
+            site_url: site.as_str().to_string(),
+            app_web_url: app_web.map(|a| a.as_str().to_string()),
+            standard_tokens: StandardTokens {
+                language: input.param("SPLanguage").map(String::from),
+                client_tag: input.param("SPClientTag").map(String::from),
+                product_number: input.param("SPProductNumber").map(String::from),
+            },
+            sts_uri: ct.sts_uri.to_string(),
+            target_principal: ct.target_principal.clone(),
+            user: None,
+            rt_version: ct.not_before.timestamp(),
+            rt_expires_at,
+            progress: Progress::None,
+            next_due_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+
+        let plan = self.store(incoming, &sealed, now).await?;
+        tracing::info!(grant_id = %id, realm = %ct.realm, outcome = ?plan, "launch accepted");
+
+        if plan != LaunchPlan::Stale {
+            // Prime the access-token cache and learn who the user is; never fail the launch.
+            match tokio::time::timeout(IDENTIFY_AFTER_LAUNCH, self.tokens.access_token(&id, None))
+                .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(grant_id = %id, error = %e, "first exchange after launch failed")
+                }
+                Err(_) => tracing::warn!(grant_id = %id, "first exchange after launch timed out"),
+            }
+        }
+        Ok(Launched { grant_id: id, plan })
+    }
+
+    /// Writes the grant, conditional on what was read; rereads and decides again on conflict.
+    async fn store(
+        &self,
+        incoming: GrantRecord,
+        sealed: &str,
+        now: DateTime<Utc>,
+    ) -> Result<LaunchPlan, LaunchError> {
+        for _ in 0..5 {
+            let stored = self.ctx.grants.load(&incoming.id).await?;
+            let plan = plan_launch(
+                stored
+                    .as_ref()
+                    .map(|s| (s.record.rt_version, s.record.progress)),
+                incoming.rt_version,
+            );
+            let mut record = incoming.clone();
+            let mut notice = None;
+            let expected_rev = stored.as_ref().map(|s| s.record.rev);
+            match (&plan, &stored) {
+                (LaunchPlan::Stale, _) => return Ok(plan),
+                (LaunchPlan::Create, _) => {
+                    record.next_due_at = self.ctx.next_due_at(&record, Progress::None);
+                }
+                (LaunchPlan::Replace { renewed }, Some(old)) => {
+                    record.created_at = old.record.created_at;
+                    record.user = old.record.user.clone();
+                    record.next_due_at = self.ctx.next_due_at(&record, Progress::None);
+                    if *renewed {
+                        let renew_url = self.ctx.renew_url(&record.id, now);
+                        notice = Some(Notice::about_grant(
+                            NoticeType::Renewed,
+                            None,
+                            self.ctx.notice_subject(&record, &renew_url),
+                            now,
+                        ));
+                    }
+                }
+                (LaunchPlan::Refresh, Some(old)) => {
+                    record.created_at = old.record.created_at;
+                    record.user = old.record.user.clone();
+                    record.progress = old.record.progress;
+                    record.next_due_at = old.record.next_due_at;
+                }
+                (_, None) => return Err(LaunchError::Contention),
+            }
+            match self
+                .ctx
+                .grants
+                .put_grant(expected_rev, &record, sealed, notice.as_ref())
+                .await?
+            {
+                Written::Done => {
+                    if let Some(n) = &notice {
+                        tracing::info!(grant_id = %record.id, notice_id = %n.id, "renewed notice queued");
+                    }
+                    return Ok(plan);
+                }
+                Written::Conflict => continue,
+            }
+        }
+        Err(LaunchError::Contention)
+    }
+}

@@ -1,0 +1,6 @@
+//! Services: the use cases, composed from the core and the ports.
+
+pub mod deliver;
+pub mod exchange;
+pub mod launch;
+pub mod sweep;

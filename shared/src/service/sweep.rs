@@ -1,0 +1,160 @@
+//! The sweep: reads only the grants with a notice due, sends each the nearest due stage once
+//! (a conditional write decides who sends when sweeps overlap), warns operators of an expiring
+//! client secret, and lets go of what has outlived its retention.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+
+use crate::context::Context;
+use crate::core::grant::{Stage, days_left, due_stage};
+use crate::core::notice::{Notice, NoticeType, rfc3339};
+use crate::ports::{DueCursor, StoreError, Written};
+
+/// How far ahead operators hear that the client secret expires.
+pub const CLIENT_SECRET_WARNING_DAYS: i64 = 30;
+const PAGE: usize = 100;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SweepSummary {
+    /// Grants read from the due index.
+    pub examined: u64,
+    /// Notices queued, by type (every type listed).
+    pub notices: BTreeMap<&'static str, u64>,
+    /// Grants whose refresh token was found past its expiry.
+    pub expired: u64,
+    /// Notices another writer (an overlapping sweep, a launch) got to first.
+    pub conflicts: u64,
+    pub elapsed_ms: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+impl SweepSummary {
+    fn new(dry_run: bool) -> Self {
+        SweepSummary {
+            examined: 0,
+            notices: NoticeType::ALL.iter().map(|t| (t.as_str(), 0)).collect(),
+            expired: 0,
+            conflicts: 0,
+            elapsed_ms: 0,
+            dry_run,
+        }
+    }
+
+    fn count(&mut self, t: NoticeType) {
+        *self.notices.entry(t.as_str()).or_default() += 1;
+    }
+
+    pub fn total_notices(&self) -> u64 {
+        self.notices.values().sum()
+    }
+}
+
+pub struct SweepService {
+    ctx: Arc<Context>,
+}
+
+impl SweepService {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        SweepService { ctx }
+    }
+
+    pub async fn run(&self, now: DateTime<Utc>, dry_run: bool) -> Result<SweepSummary, StoreError> {
+        let started = Instant::now();
+        let mut summary = SweepSummary::new(dry_run);
+        let days = &self.ctx.settings.notice_days;
+        let mut cursor: Option<DueCursor> = None;
+
+        loop {
+            let page = self.ctx.grants.due(now, cursor.as_ref(), PAGE).await?;
+            let Some(last) = page.last() else { break };
+            cursor = last.next_due_at.map(|due_at| DueCursor {
+                due_at,
+                id: last.id.clone(),
+            });
+            let full = page.len() == PAGE;
+
+            for g in page {
+                summary.examined += 1;
+                let stage = due_stage(g.rt_expires_at, g.progress, now, days);
+                let (progress, notice) = match stage {
+                    Some(stage) => {
+                        let renew_url = self.ctx.renew_url(&g.id, now);
+                        let notice =
+                            Notice::for_stage(stage, self.ctx.notice_subject(&g, &renew_url), now);
+                        (stage.progress(), Some(notice))
+                    }
+                    // In the index but nothing due (the notice days changed): re-index it.
+                    None => (g.progress, None),
+                };
+                let next = self.ctx.next_due_at(&g, progress);
+                if notice.is_none() && next == g.next_due_at {
+                    continue;
+                }
+                if dry_run {
+                    if let Some(n) = &notice {
+                        summary.count(n.kind);
+                        summary.expired += u64::from(stage == Some(Stage::Expired));
+                    }
+                    continue;
+                }
+                match self
+                    .ctx
+                    .grants
+                    .advance(&g.id, g.rev, progress, next, notice.as_ref(), now)
+                    .await?
+                {
+                    Written::Done => {
+                        if let Some(n) = &notice {
+                            summary.count(n.kind);
+                            summary.expired += u64::from(stage == Some(Stage::Expired));
+                            tracing::info!(grant_id = %g.id, notice_id = %n.id, notice_type = n.kind.as_str(), "notice queued");
+                        }
+                    }
+                    Written::Conflict => summary.conflicts += 1,
+                }
+            }
+            if !full || cursor.is_none() {
+                break;
+            }
+        }
+
+        self.client_secret_warning(now, dry_run, &mut summary)
+            .await?;
+        if !dry_run {
+            self.ctx.grants.purge(now).await?;
+        }
+        summary.elapsed_ms = started.elapsed().as_millis() as u64;
+        Ok(summary)
+    }
+
+    async fn client_secret_warning(
+        &self,
+        now: DateTime<Utc>,
+        dry_run: bool,
+        summary: &mut SweepSummary,
+    ) -> Result<(), StoreError> {
+        let Some(expires_at) = self.ctx.settings.client_secret_expires_at else {
+            return Ok(());
+        };
+        if now < expires_at - Duration::days(CLIENT_SECRET_WARNING_DAYS) {
+            return Ok(());
+        }
+        let left = days_left(expires_at, now);
+        // Every sweep says it (operators' alarms count this event); the notice goes once.
+        tracing::warn!(event = "client_secret_expiring", days_left = left, expires_at = %rfc3339(expires_at), "the add-in's client secret expires soon: rotate it");
+        if dry_run {
+            return Ok(());
+        }
+        let notice = Notice::client_secret_expiring(&self.ctx.settings.client_id, expires_at, now);
+        let marker = format!("client_secret.expiring|{}", expires_at.timestamp());
+        if self.ctx.grants.queue_once(&marker, &notice).await? == Written::Done {
+            summary.count(NoticeType::ClientSecretExpiring);
+        }
+        Ok(())
+    }
+}

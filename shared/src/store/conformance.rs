@@ -1,0 +1,359 @@
+//! One conformance suite for every store adapter: the conditional-write rules the services
+//! rely on. Each adapter's tests call [`run`] with a probe that reports the notices it queued.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, TimeZone, Utc};
+
+use crate::core::grant::{GrantId, Progress, Stage, refresh_token_expiry};
+use crate::core::notice::{Notice, NoticeGrant, NoticeSubject, NoticeType, User};
+use crate::ports::{
+    CachedToken, DueCursor, GrantRecord, GrantStore, StandardTokens, TokenCache, Written,
+};
+
+/// Reports the ids of notices queued since the last call (in any order).
+#[async_trait]
+pub trait NoticeProbe: Send + Sync {
+    async fn take(&self) -> Vec<String>;
+}
+
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 15, 9, 0, 0)
+        .single()
+        .unwrap_or_default()
+}
+
+/// A grant record for tests; `key` picks the grant, `version` the refresh token.
+pub fn record(key: &str, version: i64) -> GrantRecord {
+    let nbf = t0() + Duration::seconds(version);
+    let expires = refresh_token_expiry(nbf);
+    GrantRecord {
+        id: GrantId::derive("11111111-2222-3333-4444-555555555555", key),
+        rev: 0,
+        realm: "11111111-2222-3333-4444-555555555555".into(),
+        site_url: "https://contoso.sharepoint.com/sites/a".into(),
+        app_web_url: None,
+        standard_tokens: StandardTokens {
+            language: Some("en-US".into()),
+            client_tag: Some("0".into()),
+            product_number: Some("16.0.0.0".into()),
+        },
+        sts_uri: "https://accounts.accesscontrol.windows.net/tokens/OAuth/2".into(),
+        target_principal: "00000003-0000-0ff1-ce00-000000000000".into(),
+        user: None,
+        rt_version: nbf.timestamp(),
+        rt_expires_at: expires,
+        progress: Progress::None,
+        next_due_at: Some(expires - Duration::days(30)),
+        created_at: nbf,
+        updated_at: nbf,
+    }
+}
+
+pub fn notice_for(g: &GrantRecord, stage: Stage, now: DateTime<Utc>) -> Notice {
+    Notice::for_stage(
+        stage,
+        NoticeSubject {
+            grant: NoticeGrant {
+                id: g.id.clone(),
+                realm: g.realm.clone(),
+                site_url: g.site_url.clone(),
+                user: g.user.clone(),
+            },
+            rt_version: g.rt_version,
+            rt_expires_at: g.rt_expires_at,
+            renew_url: "https://addin.example.com/renew/x?exp=1&sig=s",
+        },
+        now,
+    )
+}
+
+async fn rev_of<S: GrantStore + ?Sized>(s: &S, id: &GrantId) -> u64 {
+    s.load(id)
+        .await
+        .ok()
+        .flatten()
+        .map(|g| g.record.rev)
+        .unwrap_or(0)
+}
+
+/// Runs every check. Panics (test failure) on the first broken rule.
+pub async fn run<S: GrantStore + TokenCache + ?Sized>(store: &S, probe: &dyn NoticeProbe) {
+    create_is_conditional_on_absence(store).await;
+    replace_is_conditional_on_the_revision_read(store, probe).await;
+    advance_queues_exactly_one_notice_per_winning_write(store, probe).await;
+    due_reads_only_due_grants_in_order_with_a_cursor(store).await;
+    set_user_keeps_the_revision(store).await;
+    queue_once_queues_once(store, probe).await;
+    access_tokens_are_cached_per_grant_and_host(store).await;
+    leases_are_exclusive_until_released_or_lapsed(store).await;
+    list_returns_every_grant(store).await;
+}
+
+async fn create_is_conditional_on_absence<S: GrantStore + ?Sized>(s: &S) {
+    let g = record("create", 0);
+    assert_eq!(
+        s.put_grant(None, &g, "v1.k.rt1", None).await.unwrap(),
+        Written::Done
+    );
+    assert_eq!(
+        s.put_grant(None, &g, "v1.k.rt2", None).await.unwrap(),
+        Written::Conflict
+    );
+    let stored = s.load(&g.id).await.unwrap().unwrap();
+    assert_eq!(stored.record.rev, 1);
+    assert_eq!(stored.sealed_refresh_token.as_deref(), Some("v1.k.rt1"));
+    let mut expected = g.clone();
+    expected.rev = 1;
+    assert_eq!(stored.record, expected);
+    assert!(
+        s.load(&GrantId::derive("x", "absent"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn replace_is_conditional_on_the_revision_read<S: GrantStore + ?Sized>(
+    s: &S,
+    probe: &dyn NoticeProbe,
+) {
+    let g = record("replace", 0);
+    s.put_grant(None, &g, "v1.k.old", None).await.unwrap();
+    let newer = record("replace", 60);
+    let renewed = Notice::about_grant(
+        NoticeType::Renewed,
+        None,
+        NoticeSubject {
+            grant: NoticeGrant {
+                id: newer.id.clone(),
+                realm: newer.realm.clone(),
+                site_url: newer.site_url.clone(),
+                user: None,
+            },
+            rt_version: newer.rt_version,
+            rt_expires_at: newer.rt_expires_at,
+            renew_url: "https://addin.example.com/renew/x?exp=1&sig=s",
+        },
+        t0(),
+    );
+    assert_eq!(
+        s.put_grant(Some(7), &newer, "v1.k.new", Some(&renewed))
+            .await
+            .unwrap(),
+        Written::Conflict
+    );
+    assert!(
+        probe.take().await.is_empty(),
+        "a conflicting write queued a notice"
+    );
+    assert_eq!(
+        s.put_grant(Some(1), &newer, "v1.k.new", Some(&renewed))
+            .await
+            .unwrap(),
+        Written::Done
+    );
+    assert_eq!(probe.take().await, vec![renewed.id.clone()]);
+    let stored = s.load(&g.id).await.unwrap().unwrap();
+    assert_eq!(stored.record.rev, 2);
+    assert_eq!(stored.record.rt_version, newer.rt_version);
+    assert_eq!(stored.sealed_refresh_token.as_deref(), Some("v1.k.new"));
+    // a writer that read revision 1 has lost
+    assert_eq!(
+        s.put_grant(Some(1), &g, "v1.k.old", None).await.unwrap(),
+        Written::Conflict
+    );
+    assert_eq!(
+        s.load(&g.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .sealed_refresh_token
+            .as_deref(),
+        Some("v1.k.new")
+    );
+}
+
+async fn advance_queues_exactly_one_notice_per_winning_write<S: GrantStore + ?Sized>(
+    s: &S,
+    probe: &dyn NoticeProbe,
+) {
+    let g = record("advance", 0);
+    s.put_grant(None, &g, "v1.k.rt", None).await.unwrap();
+    let now = g.rt_expires_at - Duration::days(30);
+    let n = notice_for(&g, Stage::Expiring(30), now);
+    let next = Some(g.rt_expires_at - Duration::days(7));
+    // two sweeps read revision 1; only the first write wins
+    let first = s
+        .advance(&g.id, 1, Progress::Expiring(30), next, Some(&n), now)
+        .await
+        .unwrap();
+    let second = s
+        .advance(&g.id, 1, Progress::Expiring(30), next, Some(&n), now)
+        .await
+        .unwrap();
+    assert_eq!((first, second), (Written::Done, Written::Conflict));
+    assert_eq!(probe.take().await, vec![n.id.clone()]);
+    let stored = s.load(&g.id).await.unwrap().unwrap().record;
+    assert_eq!(stored.progress, Progress::Expiring(30));
+    assert_eq!(stored.next_due_at, next);
+    assert_eq!(stored.rev, 2);
+    assert_eq!(stored.updated_at, now);
+    // an advance that clears the due time takes the grant out of the index
+    let done = s
+        .advance(&g.id, 2, Progress::Revoked, None, None, now)
+        .await
+        .unwrap();
+    assert_eq!(done, Written::Done);
+    assert!(probe.take().await.is_empty());
+    let due = s
+        .due(g.rt_expires_at + Duration::days(1), None, 100)
+        .await
+        .unwrap();
+    assert!(due.iter().all(|d| d.id != g.id));
+}
+
+async fn due_reads_only_due_grants_in_order_with_a_cursor<S: GrantStore + ?Sized>(s: &S) {
+    // A distinct time range from the other checks' grants.
+    let base = Utc
+        .with_ymd_and_hms(2031, 3, 1, 0, 0, 0)
+        .single()
+        .unwrap_or_default();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let mut g = record(&format!("due-{i}"), 0);
+        g.next_due_at = Some(base + Duration::hours(i64::from(i % 4)));
+        s.put_grant(None, &g, "v1.k.rt", None).await.unwrap();
+        ids.push((g.next_due_at, g.id.clone()));
+    }
+    let mut not_due = record("due-later", 0);
+    not_due.next_due_at = Some(base + Duration::days(10));
+    s.put_grant(None, &not_due, "v1.k.rt", None).await.unwrap();
+    let mut never = record("due-never", 0);
+    never.next_due_at = None;
+    s.put_grant(None, &never, "v1.k.rt", None).await.unwrap();
+
+    let now = base + Duration::hours(5);
+    let mut seen = Vec::new();
+    let mut cursor: Option<DueCursor> = None;
+    loop {
+        let page = s.due(now, cursor.as_ref(), 3).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 3);
+        for g in page.iter().filter(|g| g.next_due_at >= Some(base)) {
+            seen.push((g.next_due_at, g.id.clone()));
+        }
+        let last = page.last().unwrap();
+        cursor = Some(DueCursor {
+            due_at: last.next_due_at.unwrap(),
+            id: last.id.clone(),
+        });
+    }
+    ids.sort();
+    assert_eq!(seen, ids, "due grants, in (due, id) order, each once");
+}
+
+async fn set_user_keeps_the_revision<S: GrantStore + ?Sized>(s: &S) {
+    let g = record("user", 0);
+    s.put_grant(None, &g, "v1.k.rt", None).await.unwrap();
+    let u = User {
+        title: "Megan Bowen".into(),
+        email: "megan@contoso.com".into(),
+        login_name: "i:0#.f|membership|megan@contoso.com".into(),
+    };
+    s.set_user(&g.id, &u).await.unwrap();
+    let stored = s.load(&g.id).await.unwrap().unwrap().record;
+    assert_eq!(stored.user, Some(u));
+    assert_eq!(stored.rev, rev_of(s, &g.id).await);
+    assert_eq!(stored.rev, 1);
+}
+
+async fn queue_once_queues_once<S: GrantStore + ?Sized>(s: &S, probe: &dyn NoticeProbe) {
+    let n = Notice::client_secret_expiring("cid", t0() + Duration::days(20), t0());
+    assert_eq!(
+        s.queue_once("client_secret:1", &n).await.unwrap(),
+        Written::Done
+    );
+    assert_eq!(
+        s.queue_once("client_secret:1", &n).await.unwrap(),
+        Written::Conflict
+    );
+    assert_eq!(probe.take().await, vec![n.id]);
+}
+
+async fn access_tokens_are_cached_per_grant_and_host<S: TokenCache + ?Sized>(s: &S) {
+    let id = GrantId::derive("r", "cache");
+    assert!(
+        s.get_access_token(&id, "a.sharepoint.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let t = CachedToken {
+        sealed: "v1.k.at".into(),
+        expires_at: t0() + Duration::hours(12),
+        resource: "00000003-0000-0ff1-ce00-000000000000/a.sharepoint.com@r".into(),
+    };
+    s.put_access_token(&id, "a.sharepoint.com", &t)
+        .await
+        .unwrap();
+    let got = s
+        .get_access_token(&id, "a.sharepoint.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (got.sealed.as_str(), got.expires_at),
+        ("v1.k.at", t.expires_at)
+    );
+    assert_eq!(got.resource, t.resource);
+    assert!(
+        s.get_access_token(&id, "b.sharepoint.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let newer = CachedToken {
+        sealed: "v1.k.at2".into(),
+        ..t
+    };
+    s.put_access_token(&id, "a.sharepoint.com", &newer)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_access_token(&id, "a.sharepoint.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .sealed,
+        "v1.k.at2"
+    );
+}
+
+async fn leases_are_exclusive_until_released_or_lapsed<S: TokenCache + ?Sized>(s: &S) {
+    let now = t0();
+    let until = now + Duration::seconds(30);
+    assert!(s.try_lease("acs:x", "a", now, until).await.unwrap());
+    assert!(!s.try_lease("acs:x", "b", now, until).await.unwrap());
+    assert!(s.try_lease("acs:y", "b", now, until).await.unwrap());
+    // releasing someone else's lease does nothing
+    s.release_lease("acs:x", "b").await.unwrap();
+    assert!(!s.try_lease("acs:x", "b", now, until).await.unwrap());
+    s.release_lease("acs:x", "a").await.unwrap();
+    assert!(s.try_lease("acs:x", "b", now, until).await.unwrap());
+    // a lapsed lease can be taken over
+    assert!(
+        s.try_lease("acs:x", "c", until, until + Duration::seconds(30))
+            .await
+            .unwrap()
+    );
+}
+
+async fn list_returns_every_grant<S: GrantStore + ?Sized>(s: &S) {
+    let all = s.list().await.unwrap();
+    for key in ["create", "replace", "advance", "user", "due-0", "due-never"] {
+        let id = GrantId::derive("11111111-2222-3333-4444-555555555555", key);
+        assert!(all.iter().any(|g| g.id == id), "{key} missing from list");
+    }
+}

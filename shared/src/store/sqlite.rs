@@ -1,0 +1,761 @@
+//! The embedded store: grants, the access-token cache, leases and the notice outbox in one
+//! SQLite file. Every state change runs in one transaction and is conditional on what the
+//! caller read (the grant's revision), exactly as the DynamoDB adapter's condition
+//! expressions are. Several processes may share the file (WAL, busy timeout): `spkeeper serve`
+//! and a `spkeeper sweep` from a terminal can run at once.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration as StdDuration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+
+use crate::core::grant::{GrantId, Progress, relaunch_retention};
+use crate::core::notice::{Notice, User};
+use crate::ports::{
+    CachedToken, DeliveryOutcome, DueCursor, GrantRecord, GrantStore, Outbox, OutboxEntry,
+    StandardTokens, StoreError, StoredGrant, TokenCache, Written,
+};
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "spkeeper.sqlite3";
+/// Delivered notices are kept this long for inspection, then purged.
+const DELIVERED_RETENTION_DAYS: i64 = 30;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS grants (
+    id                TEXT PRIMARY KEY,
+    rev               INTEGER NOT NULL,
+    realm             TEXT NOT NULL,
+    site_url          TEXT NOT NULL,
+    app_web_url       TEXT,
+    sp_language       TEXT,
+    sp_client_tag     TEXT,
+    sp_product_number TEXT,
+    sts_uri           TEXT NOT NULL,
+    target_principal  TEXT NOT NULL,
+    user_json         TEXT,
+    rt_version        INTEGER NOT NULL,
+    rt_expires_at     INTEGER NOT NULL,
+    refresh_token     TEXT,
+    progress          TEXT NOT NULL,
+    next_due_at       INTEGER,
+    created_at        INTEGER NOT NULL,
+    updated_at        INTEGER NOT NULL,
+    retain_until      INTEGER NOT NULL
+);
+-- Partial index: only grants with a notice to come are in it, like the DynamoDB sparse GSI.
+CREATE INDEX IF NOT EXISTS grants_due ON grants(next_due_at, id) WHERE next_due_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS access_tokens (
+    grant_id   TEXT NOT NULL,
+    host       TEXT NOT NULL,
+    sealed     TEXT NOT NULL,
+    resource   TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (grant_id, host)
+);
+CREATE TABLE IF NOT EXISTS leases (
+    key        TEXT PRIMARY KEY,
+    owner      TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT NOT NULL UNIQUE,
+    body            TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER,
+    delivered_at    INTEGER,
+    dead_at         INTEGER,
+    last_error      TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(seq) WHERE delivered_at IS NULL;
+CREATE TABLE IF NOT EXISTS markers (
+    key        TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL
+);
+"#;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn ts(t: DateTime<Utc>) -> i64 {
+    t.timestamp()
+}
+
+fn from_ts(secs: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp(secs, 0).ok_or_else(|| corrupt("timestamp out of range"))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `{data_dir}/spkeeper.sqlite3`.
+    pub fn open_dir(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(StoreError::unavailable)?;
+        Self::open(&data_dir.join(DB_FILE))
+    }
+
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(StoreError::unavailable)?;
+        Self::init(conn, true)
+    }
+
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let conn = Connection::open_in_memory().map_err(StoreError::unavailable)?;
+        Self::init(conn, false)
+    }
+
+    fn init(conn: Connection, wal: bool) -> Result<Self, StoreError> {
+        conn.busy_timeout(StdDuration::from_secs(10))
+            .map_err(StoreError::unavailable)?;
+        if wal {
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(StoreError::unavailable)?;
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(StoreError::unavailable)?;
+        }
+        conn.execute_batch(SCHEMA)
+            .map_err(StoreError::unavailable)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on the connection off the async runtime.
+    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| corrupt("connection lock poisoned"))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(StoreError::unavailable)?
+    }
+}
+
+fn sql(e: rusqlite::Error) -> StoreError {
+    StoreError::unavailable(e)
+}
+
+const GRANT_COLUMNS: &str = "id, rev, realm, site_url, app_web_url, sp_language, sp_client_tag, sp_product_number, \
+     sts_uri, target_principal, user_json, rt_version, rt_expires_at, progress, next_due_at, created_at, updated_at";
+
+fn read_grant(row: &Row<'_>) -> rusqlite::Result<Result<GrantRecord, StoreError>> {
+    let id: String = row.get(0)?;
+    let rev: i64 = row.get(1)?;
+    let user_json: Option<String> = row.get(10)?;
+    let progress: String = row.get(13)?;
+    let next_due: Option<i64> = row.get(14)?;
+    let record = (|| -> Result<GrantRecord, StoreError> {
+        Ok(GrantRecord {
+            id: GrantId::parse(&id).ok_or_else(|| corrupt("grant id"))?,
+            rev: u64::try_from(rev).map_err(|_| corrupt("revision"))?,
+            realm: row.get(2).map_err(sql)?,
+            site_url: row.get(3).map_err(sql)?,
+            app_web_url: row.get(4).map_err(sql)?,
+            standard_tokens: StandardTokens {
+                language: row.get(5).map_err(sql)?,
+                client_tag: row.get(6).map_err(sql)?,
+                product_number: row.get(7).map_err(sql)?,
+            },
+            sts_uri: row.get(8).map_err(sql)?,
+            target_principal: row.get(9).map_err(sql)?,
+            user: user_json
+                .map(|j| serde_json::from_str::<User>(&j).map_err(|_| corrupt("user")))
+                .transpose()?,
+            rt_version: row.get(11).map_err(sql)?,
+            rt_expires_at: from_ts(row.get(12).map_err(sql)?)?,
+            progress: progress.parse::<Progress>().map_err(StoreError::Corrupt)?,
+            next_due_at: next_due.map(from_ts).transpose()?,
+            created_at: from_ts(row.get(15).map_err(sql)?)?,
+            updated_at: from_ts(row.get(16).map_err(sql)?)?,
+        })
+    })();
+    Ok(record)
+}
+
+fn queue_notice(tx: &rusqlite::Transaction<'_>, notice: &Notice) -> Result<(), StoreError> {
+    let created = DateTime::parse_from_rfc3339(&notice.created_at)
+        .map(|t| t.timestamp())
+        .unwrap_or_else(|_| Utc::now().timestamp());
+    // The id is deterministic: queueing the same notice twice keeps one.
+    tx.execute(
+        "INSERT OR IGNORE INTO outbox (id, body, created_at) VALUES (?1, ?2, ?3)",
+        params![notice.id, notice.to_json(), created],
+    )
+    .map_err(sql)?;
+    Ok(())
+}
+
+fn read_outbox(row: &Row<'_>) -> rusqlite::Result<OutboxEntry> {
+    let created: i64 = row.get(3)?;
+    let attempts: i64 = row.get(2)?;
+    let next: Option<i64> = row.get(4)?;
+    let dead: Option<i64> = row.get(6)?;
+    let created_at = DateTime::from_timestamp(created, 0).unwrap_or_default();
+    Ok(OutboxEntry {
+        id: row.get(0)?,
+        body: row.get(1)?,
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        created_at,
+        next_attempt_at: next
+            .and_then(|n| DateTime::from_timestamp(n, 0))
+            .unwrap_or(created_at),
+        last_error: row.get(5)?,
+        dead: dead.is_some(),
+    })
+}
+
+const OUTBOX_COLUMNS: &str = "id, body, attempts, created_at, next_attempt_at, last_error, dead_at";
+
+#[async_trait]
+impl GrantStore for SqliteStore {
+    async fn load(&self, id: &GrantId) -> Result<Option<StoredGrant>, StoreError> {
+        let id = id.as_str().to_string();
+        self.call(move |c| {
+            let row = c
+                .query_row(
+                    &format!("SELECT {GRANT_COLUMNS}, refresh_token FROM grants WHERE id = ?1"),
+                    params![id],
+                    |row| Ok((read_grant(row)?, row.get::<_, Option<String>>(17)?)),
+                )
+                .optional()
+                .map_err(sql)?;
+            match row {
+                None => Ok(None),
+                Some((record, rt)) => Ok(Some(StoredGrant {
+                    record: record?,
+                    sealed_refresh_token: rt,
+                })),
+            }
+        })
+        .await
+    }
+
+    async fn put_grant(
+        &self,
+        expected_rev: Option<u64>,
+        grant: &GrantRecord,
+        sealed_refresh_token: &str,
+        notice: Option<&Notice>,
+    ) -> Result<Written, StoreError> {
+        let g = grant.clone();
+        let rt = sealed_refresh_token.to_string();
+        let notice = notice.cloned();
+        self.call(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            let current: Option<i64> = tx
+                .query_row("SELECT rev FROM grants WHERE id = ?1", params![g.id.as_str()], |r| r.get(0))
+                .optional()
+                .map_err(sql)?;
+            let matches = match (expected_rev, current) {
+                (None, None) => true,
+                (Some(e), Some(c)) => u64::try_from(c).ok() == Some(e),
+                _ => false,
+            };
+            if !matches {
+                return Ok(Written::Conflict);
+            }
+            let new_rev = expected_rev.map_or(1, |r| r + 1) as i64;
+            let user = g
+                .user
+                .as_ref()
+                .map(|u| serde_json::to_string(u).unwrap_or_default());
+            tx.execute(
+                "INSERT OR REPLACE INTO grants (id, rev, realm, site_url, app_web_url, sp_language, sp_client_tag, \
+                 sp_product_number, sts_uri, target_principal, user_json, rt_version, rt_expires_at, refresh_token, \
+                 progress, next_due_at, created_at, updated_at, retain_until) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                params![
+                    g.id.as_str(),
+                    new_rev,
+                    g.realm,
+                    g.site_url,
+                    g.app_web_url,
+                    g.standard_tokens.language,
+                    g.standard_tokens.client_tag,
+                    g.standard_tokens.product_number,
+                    g.sts_uri,
+                    g.target_principal,
+                    user,
+                    g.rt_version,
+                    ts(g.rt_expires_at),
+                    rt,
+                    g.progress.to_string(),
+                    g.next_due_at.map(ts),
+                    ts(g.created_at),
+                    ts(g.updated_at),
+                    ts(relaunch_retention(g.rt_expires_at)),
+                ],
+            )
+            .map_err(sql)?;
+            if let Some(n) = &notice {
+                queue_notice(&tx, n)?;
+            }
+            tx.commit().map_err(sql)?;
+            Ok(Written::Done)
+        })
+        .await
+    }
+
+    async fn advance(
+        &self,
+        id: &GrantId,
+        expected_rev: u64,
+        progress: Progress,
+        next_due_at: Option<DateTime<Utc>>,
+        notice: Option<&Notice>,
+        now: DateTime<Utc>,
+    ) -> Result<Written, StoreError> {
+        let id = id.as_str().to_string();
+        let notice = notice.cloned();
+        self.call(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            let changed = tx
+                .execute(
+                    "UPDATE grants SET progress = ?1, next_due_at = ?2, rev = rev + 1, updated_at = ?3 \
+                     WHERE id = ?4 AND rev = ?5",
+                    params![progress.to_string(), next_due_at.map(ts), ts(now), id, expected_rev as i64],
+                )
+                .map_err(sql)?;
+            if changed == 0 {
+                return Ok(Written::Conflict);
+            }
+            if let Some(n) = &notice {
+                queue_notice(&tx, n)?;
+            }
+            tx.commit().map_err(sql)?;
+            Ok(Written::Done)
+        })
+        .await
+    }
+
+    async fn set_user(&self, id: &GrantId, user: &User) -> Result<(), StoreError> {
+        let id = id.as_str().to_string();
+        let user = serde_json::to_string(user).map_err(|_| corrupt("user"))?;
+        self.call(move |c| {
+            c.execute(
+                "UPDATE grants SET user_json = ?1 WHERE id = ?2",
+                params![user, id],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn due(
+        &self,
+        now: DateTime<Utc>,
+        after: Option<&DueCursor>,
+        limit: usize,
+    ) -> Result<Vec<GrantRecord>, StoreError> {
+        let (after_due, after_id) = after
+            .map(|c| (ts(c.due_at), c.id.as_str().to_string()))
+            .unwrap_or((i64::MIN, String::new()));
+        self.call(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {GRANT_COLUMNS} FROM grants INDEXED BY grants_due \
+                     WHERE next_due_at IS NOT NULL AND next_due_at <= ?1 \
+                       AND (next_due_at > ?2 OR (next_due_at = ?2 AND id > ?3)) \
+                     ORDER BY next_due_at, id LIMIT ?4"
+                ))
+                .map_err(sql)?;
+            let rows = stmt
+                .query_map(
+                    params![ts(now), after_due, after_id, limit as i64],
+                    read_grant,
+                )
+                .map_err(sql)?;
+            rows.map(|r| r.map_err(sql)?).collect()
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<GrantRecord>, StoreError> {
+        self.call(move |c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {GRANT_COLUMNS} FROM grants ORDER BY created_at, id"
+                ))
+                .map_err(sql)?;
+            let rows = stmt.query_map([], read_grant).map_err(sql)?;
+            rows.map(|r| r.map_err(sql)?).collect()
+        })
+        .await
+    }
+
+    async fn queue_once(&self, marker: &str, notice: &Notice) -> Result<Written, StoreError> {
+        let marker = marker.to_string();
+        let notice = notice.clone();
+        self.call(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            let inserted = tx
+                .execute(
+                    "INSERT OR IGNORE INTO markers (key, created_at) VALUES (?1, ?2)",
+                    params![marker, Utc::now().timestamp()],
+                )
+                .map_err(sql)?;
+            if inserted == 0 {
+                return Ok(Written::Conflict);
+            }
+            queue_notice(&tx, &notice)?;
+            tx.commit().map_err(sql)?;
+            Ok(Written::Done)
+        })
+        .await
+    }
+
+    async fn purge(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let now = ts(now);
+        let delivered_before = now - Duration::days(DELIVERED_RETENTION_DAYS).num_seconds();
+        self.call(move |c| {
+            let tx = c.transaction().map_err(sql)?;
+            let mut n = 0;
+            n += tx
+                .execute(
+                    "UPDATE grants SET refresh_token = NULL WHERE refresh_token IS NOT NULL AND rt_expires_at <= ?1",
+                    params![now],
+                )
+                .map_err(sql)?;
+            n += tx
+                .execute("DELETE FROM grants WHERE retain_until <= ?1", params![now])
+                .map_err(sql)?;
+            n += tx
+                .execute("DELETE FROM access_tokens WHERE expires_at <= ?1", params![now])
+                .map_err(sql)?;
+            n += tx
+                .execute("DELETE FROM leases WHERE expires_at <= ?1", params![now])
+                .map_err(sql)?;
+            n += tx
+                .execute(
+                    "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at <= ?1",
+                    params![delivered_before],
+                )
+                .map_err(sql)?;
+            tx.commit().map_err(sql)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl TokenCache for SqliteStore {
+    async fn get_access_token(
+        &self,
+        id: &GrantId,
+        host: &str,
+    ) -> Result<Option<CachedToken>, StoreError> {
+        let (id, host) = (id.as_str().to_string(), host.to_string());
+        self.call(move |c| {
+            let row: Option<(String, i64, String)> = c
+                .query_row(
+                    "SELECT sealed, expires_at, resource FROM access_tokens WHERE grant_id = ?1 AND host = ?2",
+                    params![id, host],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(sql)?;
+            row.map(|(sealed, exp, resource)| {
+                Ok(CachedToken {
+                    sealed,
+                    expires_at: from_ts(exp)?,
+                    resource,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn put_access_token(
+        &self,
+        id: &GrantId,
+        host: &str,
+        token: &CachedToken,
+    ) -> Result<(), StoreError> {
+        let (id, host) = (id.as_str().to_string(), host.to_string());
+        let token = token.clone();
+        self.call(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO access_tokens (grant_id, host, sealed, resource, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, host, token.sealed, token.resource, ts(token.expires_at)],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn try_lease(
+        &self,
+        key: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (key, owner) = (key.to_string(), owner.to_string());
+        self.call(move |c| {
+            let changed = c
+                .execute(
+                    "INSERT INTO leases (key, owner, expires_at) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT(key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at \
+                     WHERE leases.expires_at <= ?4",
+                    params![key, owner, ts(until), ts(now)],
+                )
+                .map_err(sql)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, key: &str, owner: &str) -> Result<(), StoreError> {
+        let (key, owner) = (key.to_string(), owner.to_string());
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM leases WHERE key = ?1 AND owner = ?2",
+                params![key, owner],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Outbox for SqliteStore {
+    async fn ready(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.call(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {OUTBOX_COLUMNS} FROM outbox \
+                     WHERE delivered_at IS NULL AND dead_at IS NULL \
+                       AND (next_attempt_at IS NULL OR next_attempt_at <= ?1) \
+                     ORDER BY seq LIMIT ?2"
+                ))
+                .map_err(sql)?;
+            let rows = stmt
+                .query_map(params![ts(now), limit as i64], read_outbox)
+                .map_err(sql)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
+        })
+        .await
+    }
+
+    async fn record_attempt(
+        &self,
+        id: &str,
+        outcome: DeliveryOutcome<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let id = id.to_string();
+        let (delivered, retry_at, dead, error) = match outcome {
+            DeliveryOutcome::Delivered => (Some(ts(now)), None, None, None),
+            DeliveryOutcome::RetryAt(at, e) => (None, Some(ts(at)), None, Some(e.to_string())),
+            DeliveryOutcome::Dead(e) => (None, None, Some(ts(now)), Some(e.to_string())),
+        };
+        self.call(move |c| {
+            c.execute(
+                "UPDATE outbox SET attempts = attempts + 1, delivered_at = ?1, \
+                 next_attempt_at = COALESCE(?2, next_attempt_at), dead_at = ?3, \
+                 last_error = COALESCE(?4, last_error) WHERE id = ?5",
+                params![delivered, retry_at, dead, error, id],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn undelivered(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.call(move |c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE delivered_at IS NULL ORDER BY seq"
+                ))
+                .map_err(sql)?;
+            let rows = stmt.query_map([], read_outbox).map_err(sql)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded queue is the outbox table: what is ready there was queued.
+    struct OutboxProbe<'a>(&'a SqliteStore);
+
+    #[async_trait]
+    impl crate::store::conformance::NoticeProbe for OutboxProbe<'_> {
+        async fn take(&self) -> Vec<String> {
+            let far = Utc::now() + Duration::days(36500);
+            let ready = self.0.ready(far, 1000).await.unwrap();
+            for e in &ready {
+                self.0
+                    .record_attempt(&e.id, DeliveryOutcome::Delivered, Utc::now())
+                    .await
+                    .unwrap();
+            }
+            ready.into_iter().map(|e| e.id).collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn sqlite_store_passes_the_conformance_suite() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        crate::store::conformance::run(&store, &OutboxProbe(&store)).await;
+    }
+
+    #[tokio::test]
+    async fn outbox_retries_then_dead_letters_and_keeps_undelivered_visible() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let n = Notice::client_secret_expiring("cid", Utc::now() + Duration::days(3), Utc::now());
+        store.queue_once("m", &n).await.unwrap();
+        let now = Utc::now();
+        let ready = store.ready(now, 10).await.unwrap();
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].body, n.to_json());
+        let later = now + Duration::seconds(60);
+        store
+            .record_attempt(&n.id, DeliveryOutcome::RetryAt(later, "HTTP 500"), now)
+            .await
+            .unwrap();
+        assert!(
+            store.ready(now, 10).await.unwrap().is_empty(),
+            "not before its retry time"
+        );
+        let again = store.ready(later, 10).await.unwrap();
+        assert_eq!(
+            (again[0].attempts, again[0].last_error.as_deref()),
+            (1, Some("HTTP 500"))
+        );
+        store
+            .record_attempt(&n.id, DeliveryOutcome::Dead("HTTP 500"), later)
+            .await
+            .unwrap();
+        assert!(
+            store
+                .ready(later + Duration::days(1), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let undelivered = store.undelivered().await.unwrap();
+        assert!(
+            undelivered[0].dead,
+            "a dead letter stays visible, never silently dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn purge_drops_refresh_tokens_at_expiry_and_details_180_days_later() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let g = crate::store::conformance::record("purge", 0);
+        store.put_grant(None, &g, "v1.k.rt", None).await.unwrap();
+        store
+            .purge(g.rt_expires_at - Duration::seconds(1))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .load(&g.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .sealed_refresh_token
+                .is_some()
+        );
+        store.purge(g.rt_expires_at).await.unwrap();
+        let kept = store.load(&g.id).await.unwrap().unwrap();
+        assert!(
+            kept.sealed_refresh_token.is_none(),
+            "the refresh token goes at its expiry"
+        );
+        store
+            .purge(g.rt_expires_at + Duration::days(179))
+            .await
+            .unwrap();
+        assert!(
+            store.load(&g.id).await.unwrap().is_some(),
+            "relaunch details outlive it"
+        );
+        store
+            .purge(g.rt_expires_at + Duration::days(180))
+            .await
+            .unwrap();
+        assert!(store.load(&g.id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn file_store_is_shared_between_two_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = SqliteStore::open_dir(dir.path()).unwrap();
+        let b = SqliteStore::open_dir(dir.path()).unwrap();
+        let g = crate::store::conformance::record("shared", 100);
+        assert_eq!(
+            a.put_grant(None, &g, "v1.k.x", None).await.unwrap(),
+            Written::Done
+        );
+        assert!(b.load(&g.id).await.unwrap().is_some());
+        assert_eq!(
+            b.put_grant(None, &g, "v1.k.x", None).await.unwrap(),
+            Written::Conflict
+        );
+    }
+
+    #[tokio::test]
+    async fn the_sweep_query_uses_the_partial_due_index() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let plan: String = store
+            .call(|c| {
+                c.query_row(
+                    "EXPLAIN QUERY PLAN SELECT id FROM grants INDEXED BY grants_due \
+                     WHERE next_due_at IS NOT NULL AND next_due_at <= 1 ORDER BY next_due_at, id LIMIT 5",
+                    [],
+                    |r| r.get::<_, String>(3),
+                )
+                .map_err(sql)
+            })
+            .await
+            .unwrap();
+        assert!(plan.contains("grants_due"), "{plan}");
+        assert!(!plan.starts_with("SCAN grants"), "{plan}");
+    }
+}

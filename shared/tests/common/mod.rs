@@ -1,0 +1,384 @@
+//! Test harness: the real routers and services on an in-memory SQLite store, with a scripted
+//! ACS + SharePoint REST stand-in on a loopback port (it answers what each test tells it to
+//! and counts what it was asked).
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use spkeeper::clients::{AcsClient, RetryPolicy, http_client};
+use spkeeper::clock::{Clock, OffsetClock};
+use spkeeper::config::{KeyFile, Secrets, Settings};
+use spkeeper::context::Context;
+use spkeeper::http::{
+    ApiKeyAuth, finish, health_router, launch_router, renew_router, status_router, token_router,
+};
+use spkeeper::ports::{GrantRecord, GrantStore, Outbox};
+use spkeeper::service::exchange::TokenService;
+use spkeeper::service::launch::LaunchService;
+use spkeeper::service::sweep::SweepService;
+use spkeeper::store::sqlite::SqliteStore;
+use spkeeper::testkit::{ContextTokenSpec, mint_context_token};
+
+pub const CLIENT_ID: &str = "a044e184-7de2-4d05-aacf-52118008c44e";
+pub const REALM: &str = "040f2415-e6e3-4480-96ce-26ef73275f73";
+pub const SECRET: &str = "KQAIUpDUD0sm5Tr83U+jZGYVuPPCPu8BGwoWiAACqNw=";
+pub const SECONDARY: &str = "old~secret.from-entra_0123456789";
+pub const API_KEY: &str = "test-api-key-0123456789";
+pub const PUBLIC: &str = "https://addin.example.com";
+
+/// What the stand-in answers next; when the script is empty it issues a token.
+#[derive(Clone)]
+pub enum Reply {
+    Status(u16, &'static str),
+    Slow(Duration),
+}
+
+pub struct StubState {
+    script: Mutex<VecDeque<Reply>>,
+    pub token_calls: AtomicUsize,
+    pub user_calls: AtomicUsize,
+    pub forms: Mutex<Vec<BTreeMap<String, String>>>,
+    clock: Arc<OffsetClock>,
+}
+
+async fn stub_token(
+    State(st): State<Arc<StubState>>,
+    Form(form): Form<BTreeMap<String, String>>,
+) -> Response {
+    let n = st.token_calls.fetch_add(1, Ordering::SeqCst) + 1;
+    st.forms.lock().unwrap().push(form.clone());
+    let next = st.script.lock().unwrap().pop_front();
+    match next {
+        Some(Reply::Status(code, body)) => {
+            return (StatusCode::from_u16(code).unwrap(), body.to_string()).into_response();
+        }
+        Some(Reply::Slow(d)) => tokio::time::sleep(d).await,
+        None => {}
+    }
+    // Real ACS is slow enough that concurrent callers overlap; so is this.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let now = st.clock.now().timestamp();
+    let resource = form.get("resource").cloned().unwrap_or_default();
+    axum::Json(json!({
+        "token_type": "Bearer",
+        "access_token": format!("at-{n}-secret-access-token"),
+        "expires_in": "3599",
+        "not_before": now.to_string(),
+        "expires_on": (now + 3599).to_string(),
+        "resource": resource,
+    }))
+    .into_response()
+}
+
+async fn stub_user(State(st): State<Arc<StubState>>, headers: HeaderMap) -> Response {
+    st.user_calls.fetch_add(1, Ordering::SeqCst);
+    let ok = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer at-"));
+    if !ok {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    axum::Json(json!({"Title": "Megan Bowen", "Email": "megan@contoso.com", "LoginName": "i:0#.f|membership|megan@contoso.com"}))
+        .into_response()
+}
+
+pub struct Stub {
+    pub addr: SocketAddr,
+    pub state: Arc<StubState>,
+}
+
+impl Stub {
+    async fn start(clock: Arc<OffsetClock>) -> Stub {
+        let state = Arc::new(StubState {
+            script: Mutex::new(VecDeque::new()),
+            token_calls: AtomicUsize::new(0),
+            user_calls: AtomicUsize::new(0),
+            forms: Mutex::new(Vec::new()),
+            clock,
+        });
+        let app = Router::new()
+            .route("/tokens/OAuth/2", post(stub_token))
+            .route("/sites/a/_api/web/currentuser", get(stub_user))
+            .with_state(Arc::clone(&state));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Stub { addr, state }
+    }
+
+    pub fn script(&self, replies: &[Reply]) {
+        self.state
+            .script
+            .lock()
+            .unwrap()
+            .extend(replies.iter().cloned());
+    }
+
+    pub fn token_calls(&self) -> usize {
+        self.state.token_calls.load(Ordering::SeqCst)
+    }
+
+    pub fn last_form(&self) -> BTreeMap<String, String> {
+        self.state
+            .forms
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn sts_uri(&self) -> String {
+        format!("http://{}/tokens/OAuth/2", self.addr)
+    }
+
+    pub fn site_url(&self) -> String {
+        format!("http://{}/sites/a", self.addr)
+    }
+}
+
+pub struct Harness {
+    pub ctx: Arc<Context>,
+    pub app: Router,
+    pub stub: Stub,
+    pub clock: Arc<OffsetClock>,
+    pub store: Arc<SqliteStore>,
+    pub tokens: Arc<TokenService>,
+    pub sweep: SweepService,
+}
+
+pub struct Options {
+    pub secondary: bool,
+    pub extra_env: Vec<(&'static str, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            secondary: false,
+            extra_env: Vec::new(),
+        }
+    }
+}
+
+impl Harness {
+    pub async fn new() -> Harness {
+        Self::with(Options::default()).await
+    }
+
+    pub async fn with(opts: Options) -> Harness {
+        let clock = Arc::new(OffsetClock::new());
+        let stub = Stub::start(Arc::clone(&clock)).await;
+        let mut env: BTreeMap<String, String> = [
+            ("SPKEEPER_CLIENT_ID", CLIENT_ID.to_string()),
+            ("SPKEEPER_PUBLIC_URL", PUBLIC.to_string()),
+            (
+                "SPKEEPER_ALLOWED_SP_HOSTS",
+                format!("*.sharepoint.com,{}", stub.addr),
+            ),
+            ("SPKEEPER_STS_HOSTS", stub.addr.to_string()),
+            ("SPKEEPER_CLIENT_SECRET", SECRET.to_string()),
+            ("SPKEEPER_API_KEY", API_KEY.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        if opts.secondary {
+            env.insert("SPKEEPER_CLIENT_SECRET_SECONDARY".into(), SECONDARY.into());
+        }
+        for (k, v) in opts.extra_env {
+            env.insert(k.to_string(), v);
+        }
+        let settings = Settings::from_source(&env).unwrap();
+        let doc = KeyFile::generate()
+            .unwrap()
+            .into_document()
+            .with_env_fallback(&env);
+        let secrets = Secrets::from_document(doc, &settings).unwrap();
+        let api_key = secrets.api_key.clone().unwrap();
+        let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+        let ctx = Arc::new(Context {
+            settings,
+            secrets,
+            clock: clock.clone() as Arc<dyn Clock>,
+            grants: store.clone(),
+            cache: store.clone(),
+            http: http_client().unwrap(),
+        });
+        let retry = RetryPolicy {
+            retries: 2,
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(20),
+        };
+        let tokens = Arc::new(TokenService::new(
+            Arc::clone(&ctx),
+            AcsClient::new(ctx.http.clone(), retry),
+        ));
+        let launch = Arc::new(LaunchService::new(Arc::clone(&ctx), Arc::clone(&tokens)));
+        let app = finish(
+            Router::new()
+                .merge(launch_router(launch))
+                .merge(status_router(Arc::clone(&ctx)))
+                .merge(renew_router(Arc::clone(&ctx)))
+                .merge(token_router(
+                    Arc::clone(&tokens),
+                    Arc::new(ApiKeyAuth(api_key)),
+                ))
+                .merge(health_router()),
+        );
+        let sweep = SweepService::new(Arc::clone(&ctx));
+        Harness {
+            ctx,
+            app,
+            stub,
+            clock,
+            store,
+            tokens,
+            sweep,
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    pub fn spec(&self, user: &str) -> ContextTokenSpec {
+        ContextTokenSpec {
+            client_id: CLIENT_ID.into(),
+            audience_host: "addin.example.com".into(),
+            realm: REALM.into(),
+            cache_key: format!("{user}+cache/key="),
+            sts_uri: self.stub.sts_uri(),
+            refresh_token: format!("refresh-token-of-{user}-{}", self.now().timestamp()),
+            nbf: self.now(),
+            lifetime_hours: 12,
+            numeric_dates: false,
+        }
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        mint_context_token(
+            &self.spec(user).claims(),
+            &SecretString::from(SECRET.to_string()),
+        )
+    }
+
+    pub fn grant_id(&self, user: &str) -> spkeeper::core::grant::GrantId {
+        spkeeper::core::grant::GrantId::derive(REALM, &format!("{user}+cache/key="))
+    }
+
+    pub fn launch_query(&self) -> String {
+        format!(
+            "SPHostUrl={}&SPLanguage=en-US&SPClientTag=0&SPProductNumber=16.0.0.0",
+            urlencode(&self.stub.site_url())
+        )
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> Response {
+        self.app.clone().oneshot(req).await.unwrap()
+    }
+
+    pub async fn post_form(&self, query: &str, body: &str) -> Response {
+        let req = Request::post(format!("/launch?{query}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        self.send(req).await
+    }
+
+    pub async fn launch(&self, token: &str) -> Response {
+        self.post_form(
+            &self.launch_query(),
+            &format!("SPAppToken={}", urlencode(token)),
+        )
+        .await
+    }
+
+    pub async fn token_request(&self, body: Value) -> Response {
+        self.send(token_req(&body)).await
+    }
+
+    pub async fn get(&self, uri: &str, headers: &[(&str, &str)]) -> Response {
+        let mut req = Request::get(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req.body(Body::empty()).unwrap()).await
+    }
+
+    pub async fn store_load(
+        &self,
+        id: &spkeeper::core::grant::GrantId,
+    ) -> spkeeper::ports::StoredGrant {
+        self.store.load(id).await.unwrap().expect("grant stored")
+    }
+
+    pub async fn grants(&self) -> Vec<GrantRecord> {
+        self.store.list().await.unwrap()
+    }
+
+    /// Bodies of notices queued and not yet delivered.
+    pub async fn queued(&self) -> Vec<Value> {
+        self.store
+            .undelivered()
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| serde_json::from_str(&e.body).unwrap())
+            .collect()
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+pub async fn body_json(resp: Response) -> Value {
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+}
+
+pub async fn body_text(resp: Response) -> String {
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Asserts the status and the contract error code.
+pub async fn assert_error(resp: Response, status: u16, code: &str) -> Value {
+    assert_eq!(resp.status().as_u16(), status, "status for {code}");
+    let body = body_json(resp).await;
+    assert_eq!(body["error"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    body
+}
+
+pub fn token_req(body: &Value) -> Request<Body> {
+    Request::post("/token")
+        .header("authorization", format!("Bearer {API_KEY}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
