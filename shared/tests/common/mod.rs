@@ -163,18 +163,10 @@ pub struct Harness {
     pub sweep: SweepService,
 }
 
+#[derive(Default)]
 pub struct Options {
     pub secondary: bool,
     pub extra_env: Vec<(&'static str, String)>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            secondary: false,
-            extra_env: Vec::new(),
-        }
-    }
 }
 
 impl Harness {
