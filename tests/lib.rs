@@ -1,1 +1,277 @@
+//! Helpers for the end-to-end tests: real processes, a webhook receiver that verifies every
+//! signature, and an HTTP client that does not follow redirects.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::Value;
+
+/// A process that is stopped when dropped; its output goes to files for later inspection.
+pub struct Proc {
+    child: Option<Child>,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(
+        bin: &Path,
+        args: &[&str],
+        env: &BTreeMap<String, String>,
+        logs: &Path,
+        name: &str,
+    ) -> Proc {
+        let stdout = logs.join(format!("{name}.stdout"));
+        let stderr = logs.join(format!("{name}.stderr"));
+        let child = Command::new(bin)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("spawn");
+        Proc {
+            child: Some(child),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits for a line of standard output starting with `prefix`; returns the rest.
+    pub fn wait_for_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+            if let Some(line) = out.lines().find(|l| l.starts_with(prefix)) {
+                return line[prefix.len()..].trim().to_string();
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "process exited ({status}) before printing {prefix:?}:\n{}",
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                );
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {prefix:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the process politely (SIGTERM) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn output(&self) -> String {
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&self.stdout).unwrap_or_default(),
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs a command to completion: (exit code, stdout, stderr).
+pub fn run(bin: &Path, args: &[&str], env: &BTreeMap<String, String>) -> (i32, String, String) {
+    let out = Command::new(bin)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .output()
+        .expect("run");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One webhook as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub id: String,
+    pub signature_valid: bool,
+    pub notice: Value,
+}
+
+/// A webhook receiver that verifies each Standard Webhooks signature with the shared secret
+/// and answers 2xx only when it verifies.
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    got: Arc<Mutex<Vec<Received>>>,
+    fail_next: Arc<Mutex<u32>>,
+}
+
+struct ReceiverState {
+    secret: String,
+    got: Arc<Mutex<Vec<Received>>>,
+    fail_next: Arc<Mutex<u32>>,
+}
+
+async fn receive(
+    State(st): State<Arc<ReceiverState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    {
+        let mut fail = st.fail_next.lock().unwrap();
+        if *fail > 0 {
+            *fail -= 1;
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
+    }
+    let valid = standardwebhooks::Webhook::new(&st.secret)
+        .map(|wh| wh.verify(&body, &headers).is_ok())
+        .unwrap_or(false);
+    let id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    st.got.lock().unwrap().push(Received {
+        id,
+        signature_valid: valid,
+        notice: serde_json::from_slice(&body).unwrap_or(Value::Null),
+    });
+    if valid {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::UNAUTHORIZED
+    }
+}
+
+impl Receiver {
+    pub async fn start(secret: &str) -> Receiver {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let fail_next = Arc::new(Mutex::new(0));
+        let st = Arc::new(ReceiverState {
+            secret: secret.to_string(),
+            got: Arc::clone(&got),
+            fail_next: Arc::clone(&fail_next),
+        });
+        let app = Router::new().route("/hook", post(receive)).with_state(st);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver {
+            addr,
+            got,
+            fail_next,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// The next `n` deliveries get a 503.
+    pub fn fail_next(&self, n: u32) {
+        *self.fail_next.lock().unwrap() = n;
+    }
+
+    /// Waits until `n` webhooks have arrived.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let start = Instant::now();
+        loop {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "expected {n} webhooks, got {}: {got:?}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// An HTTP client that never follows redirects (the tests look at each hop).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// The `action` and `SPAppToken` of the auto-posting form SharePoint serves.
+pub fn launch_form(html: &str) -> (String, String) {
+    let grab = |after: &str| -> String {
+        let start = html
+            .find(after)
+            .unwrap_or_else(|| panic!("{after} not in page"))
+            + after.len();
+        let end = start + html[start..].find('"').unwrap();
+        html_escape::decode_html_entities(&html[start..end]).into_owned()
+    };
+    (
+        grab("<form method=\"post\" action=\""),
+        grab("name=\"SPAppToken\" value=\""),
+    )
+}
+
+/// The claims of a JWT, unverified (to learn what secrets a test token carried).
+pub fn jwt_claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap_or("");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap_or_default())
+        .unwrap_or(Value::Null)
+}
+
+/// Fails if any of `secrets` appears in `text` (or a long enough piece of one does).
+pub fn assert_no_secrets(text: &str, secrets: &[String]) {
+    for s in secrets.iter().filter(|s| s.len() >= 8) {
+        assert!(
+            !text.contains(s.as_str()),
+            "a secret or token reached the logs: {}…",
+            &s[..6]
+        );
+        // A token's signature alone is as good as the token.
+        if let Some(sig) = s.rsplit('.').next().filter(|sig| sig.len() >= 20) {
+            assert!(!text.contains(sig), "a token signature reached the logs");
+        }
+    }
+}

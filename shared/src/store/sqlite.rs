@@ -4,6 +4,7 @@
 //! expressions are. Several processes may share the file (WAL, busy timeout): `spkeeper serve`
 //! and a `spkeeper sweep` from a terminal can run at once.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
@@ -105,11 +106,26 @@ fn from_ts(secs: i64) -> Result<DateTime<Utc>, StoreError> {
 impl SqliteStore {
     /// Opens (creating if needed) `{data_dir}/spkeeper.sqlite3`.
     pub fn open_dir(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(StoreError::unavailable)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(StoreError::unavailable)?;
         Self::open(&data_dir.join(DB_FILE))
     }
 
+    /// Opens the file, creating it private (0600): SQLite gives its WAL and shared-memory
+    /// files the same mode.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Err(e) = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            && e.kind() != std::io::ErrorKind::AlreadyExists
+        {
+            return Err(StoreError::unavailable(e));
+        }
         let conn = Connection::open(path).map_err(StoreError::unavailable)?;
         Self::init(conn, true)
     }

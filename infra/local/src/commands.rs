@@ -1,0 +1,154 @@
+//! `spkeeper sweep | grants | renew-link | notices`.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use spkeeper::core::grant::{GrantId, days_left};
+use spkeeper::core::notice::rfc3339;
+use spkeeper::ports::Outbox;
+use spkeeper::service::sweep::SweepService;
+
+use crate::Failure;
+use crate::setup::{self, Mode};
+
+fn runtime(e: impl std::fmt::Display) -> Failure {
+    Failure::Runtime(e.to_string())
+}
+
+pub async fn sweep(now: Option<DateTime<Utc>>, dry_run: bool) -> Result<(), Failure> {
+    let loaded = setup::load(Mode::Plain).await?;
+    let now = now.unwrap_or_else(|| loaded.ctx.now());
+    let summary = SweepService::new(loaded.ctx)
+        .run(now, dry_run)
+        .await
+        .map_err(runtime)?;
+    println!("{}", serde_json::to_string(&summary).map_err(runtime)?);
+    Ok(())
+}
+
+pub async fn grants(as_json: bool) -> Result<(), Failure> {
+    let loaded = setup::load(Mode::Plain).await?;
+    let ctx = &loaded.ctx;
+    let now = ctx.now();
+    let grants = ctx.grants.list().await.map_err(runtime)?;
+    let rows: Vec<Value> = grants
+        .iter()
+        .map(|g| {
+            json!({
+                "id": g.id,
+                "realm": g.realm,
+                "site_url": g.site_url,
+                "user": g.user,
+                "status": ctx.status_of(g, now),
+                "refresh_token_expires_at": rfc3339(g.rt_expires_at),
+                "days_left": days_left(g.rt_expires_at, now),
+                "notices_sent": g.progress.to_string(),
+            })
+        })
+        .collect();
+    if as_json {
+        println!("{}", Value::Array(rows));
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no grants yet");
+        return Ok(());
+    }
+    println!(
+        "{:<32}  {:<9}  {:<20}  {:>4}  {:<12}  {:<24}  SITE",
+        "GRANT", "STATUS", "EXPIRES", "DAYS", "NOTICES", "USER"
+    );
+    for (g, r) in grants.iter().zip(&rows) {
+        let user = g
+            .user
+            .as_ref()
+            .map(|u| {
+                if u.email.is_empty() {
+                    u.title.clone()
+                } else {
+                    u.email.clone()
+                }
+            })
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<32}  {:<9}  {:<20}  {:>4}  {:<12}  {:<24}  {}",
+            g.id,
+            r["status"].as_str().unwrap_or(""),
+            r["refresh_token_expires_at"].as_str().unwrap_or(""),
+            r["days_left"],
+            r["notices_sent"].as_str().unwrap_or(""),
+            user,
+            g.site_url
+        );
+    }
+    Ok(())
+}
+
+pub async fn renew_link(raw: &str) -> Result<(), Failure> {
+    let id = GrantId::parse(raw.trim()).ok_or_else(|| {
+        Failure::Usage(format!(
+            "{raw:?} is not a grant id (32 lowercase hex digits)"
+        ))
+    })?;
+    let loaded = setup::load(Mode::Plain).await?;
+    let ctx = &loaded.ctx;
+    if ctx.grants.load(&id).await.map_err(runtime)?.is_none() {
+        return Err(Failure::Runtime(format!("no grant {id}")));
+    }
+    println!("{}", ctx.renew_url(&id, ctx.now()));
+    Ok(())
+}
+
+pub async fn notices(as_json: bool) -> Result<(), Failure> {
+    let loaded = setup::load(Mode::Plain).await?;
+    let entries = loaded.store.undelivered().await.map_err(runtime)?;
+    let rows: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let notice: Value = serde_json::from_str(&e.body).unwrap_or(Value::Null);
+            json!({
+                "id": e.id,
+                "type": notice["type"],
+                "grant_id": notice["grant"]["id"],
+                "created_at": notice["created_at"],
+                "attempts": e.attempts,
+                "next_attempt_at": rfc3339(e.next_attempt_at),
+                "last_error": e.last_error,
+                "dead_letter": e.dead,
+                "notice": notice,
+            })
+        })
+        .collect();
+    if as_json {
+        println!("{}", Value::Array(rows));
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no notices waiting");
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<24}  {:<32}  {:>8}  STATE",
+        "NOTICE", "TYPE", "GRANT", "ATTEMPTS"
+    );
+    for r in &rows {
+        let state = if r["dead_letter"] == true {
+            format!("dead letter ({})", r["last_error"].as_str().unwrap_or(""))
+        } else if let Some(err) = r["last_error"].as_str() {
+            format!(
+                "retry at {} ({err})",
+                r["next_attempt_at"].as_str().unwrap_or("")
+            )
+        } else {
+            "queued".into()
+        };
+        println!(
+            "{:<36}  {:<24}  {:<32}  {:>8}  {state}",
+            r["id"].as_str().unwrap_or(""),
+            r["type"].as_str().unwrap_or(""),
+            r["grant_id"].as_str().unwrap_or("-"),
+            r["attempts"],
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! `--dev`: a SharePoint and ACS simulator on the same server, and generated configuration.
+//! None of this exists without `--dev`, and none of it is in a Lambda binary.
+
+mod page;
+mod sim;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use spkeeper::config::Source;
+use spkeeper::core::hosts::authority_of;
+
+pub use sim::Sim;
+
+use crate::keys;
+
+pub const DEV_FILE: &str = "dev.json";
+
+/// Generated on the first `serve --dev` and kept in `{data dir}/dev.json` (mode 0600), so a
+/// restart keeps working with the grants already stored. No `Debug`: it holds secrets.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct DevValues {
+    pub client_id: String,
+    pub client_secret: String,
+    /// The simulated tenant.
+    pub realm: String,
+    pub api_key: String,
+    pub webhook_secret: String,
+    /// Signs the simulator's refresh and access tokens.
+    pub sim_key: String,
+    /// Where the last `serve --dev` listened.
+    pub public_url: String,
+    /// The simulator's time travel, shared by every command run on this data directory.
+    #[serde(default)]
+    pub clock_offset_seconds: i64,
+}
+
+fn random(n: usize) -> Result<Vec<u8>, String> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).map_err(|e| format!("the system random generator failed: {e}"))?;
+    Ok(b)
+}
+
+fn guid() -> Result<String, String> {
+    let b = random(16)?;
+    let h = hex::encode(b);
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
+impl DevValues {
+    fn generate(public_url: &str) -> Result<Self, String> {
+        Ok(DevValues {
+            client_id: guid()?,
+            // AppRegNew secrets are base64 of 32 bytes.
+            client_secret: STANDARD.encode(random(32)?),
+            realm: guid()?,
+            api_key: format!("dev-{}", hex::encode(random(16)?)),
+            webhook_secret: format!("whsec_{}", STANDARD.encode(random(24)?)),
+            sim_key: STANDARD.encode(random(32)?),
+            public_url: public_url.to_string(),
+            clock_offset_seconds: 0,
+        })
+    }
+
+    pub fn load_or_create(dir: &Path, listening: &str) -> Result<Self, String> {
+        let path = dir.join(DEV_FILE);
+        let mut values: DevValues = keys::load_or_create(&path, || Self::generate(listening))?;
+        if values.public_url != listening {
+            values.public_url = listening.to_string();
+            values.save(&path)?;
+        }
+        Ok(values)
+    }
+
+    pub fn existing(dir: &Path) -> Result<Option<Self>, String> {
+        let path = dir.join(DEV_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        keys::load_or_create(&path, || Err("dev.json vanished".to_string())).map(Some)
+    }
+
+    /// Remembers the simulator's clock offset for the other commands.
+    pub fn save_offset(dir: &Path, offset_seconds: i64) -> Result<(), String> {
+        let path = dir.join(DEV_FILE);
+        let mut values =
+            Self::existing(dir)?.ok_or_else(|| format!("{} is missing", path.display()))?;
+        values.clock_offset_seconds = offset_seconds;
+        values.save(&path)
+    }
+
+    /// Replaces the file atomically, keeping it private.
+    fn save(&self, path: &Path) -> Result<(), String> {
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
+        let _ = fs::remove_file(&tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        fs::rename(&tmp, path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
+    }
+
+    /// Configuration for whatever `env` leaves unset: the simulator plays SharePoint and ACS
+    /// on the add-in's own origin, and the webhook inbox receives the notices.
+    pub fn as_source(&self, env: &dyn Source) -> BTreeMap<String, String> {
+        let public = env
+            .get("SPKEEPER_PUBLIC_URL")
+            .unwrap_or_else(|| self.public_url.clone());
+        let authority = Url::parse(&public)
+            .map(|u| authority_of(&u))
+            .unwrap_or_default();
+        let base = public.trim_end_matches('/').to_string();
+        [
+            ("SPKEEPER_CLIENT_ID", self.client_id.clone()),
+            ("SPKEEPER_CLIENT_SECRET", self.client_secret.clone()),
+            ("SPKEEPER_PUBLIC_URL", public.clone()),
+            ("SPKEEPER_ALLOWED_SP_HOSTS", authority.clone()),
+            ("SPKEEPER_STS_HOSTS", authority),
+            ("SPKEEPER_API_KEY", self.api_key.clone()),
+            ("SPKEEPER_WEBHOOK_URL", format!("{base}/dev/webhook")),
+            ("SPKEEPER_WEBHOOK_SECRET", self.webhook_secret.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// The simulator's routes. SharePoint's own paths are at the root, as on a real site
+/// collection whose URL is the server's base URL.
+pub fn router(sim: Arc<Sim>) -> Router {
+    Router::new()
+        .route("/dev/sharepoint", get(page::sharepoint))
+        .route("/dev/info", get(sim::info))
+        .route("/_layouts/15/AppRedirect.aspx", get(sim::app_redirect))
+        .route("/_api/web/currentuser", get(sim::current_user))
+        .route("/dev/acs/tokens/OAuth/2", post(sim::acs_token))
+        .route("/dev/acs/fault", post(sim::set_fault))
+        .route("/dev/acs/stats", get(sim::acs_stats))
+        .route("/dev/clock", post(sim::set_clock))
+        .route("/dev/sweep", post(sim::sweep_now))
+        .route("/dev/webhook", post(sim::receive_webhook).get(sim::inbox))
+        .with_state(sim)
+}

@@ -1,0 +1,213 @@
+//! `/dev/sharepoint`: the simulated SharePoint site, with the controls of the simulator.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{Html, IntoResponse, Response};
+use html_escape::{encode_double_quoted_attribute as attr, encode_text as text};
+use serde::Deserialize;
+
+use spkeeper::core::grant::days_left;
+use spkeeper::core::notice::rfc3339;
+use spkeeper::ports::{GrantStore, Outbox};
+
+use super::sim::{self, Sim, USER_COOKIE, clean_user, display_name, known_users, spkeeper_cookie};
+
+#[derive(Deserialize)]
+pub struct PageQuery {
+    user: Option<String>,
+}
+
+const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:#242424}\
+header{background:#03787c;color:#fff;padding:.7rem 1.5rem;font-weight:600}main{max-width:62rem;margin:1.5rem auto;padding:0 1rem}\
+section{border:1px solid #e1e1e1;border-radius:6px;padding:1rem 1.2rem;margin-bottom:1rem}h2{font-size:1.05rem;margin-top:0}\
+button{background:#03787c;color:#fff;border:0;border-radius:4px;padding:.45rem .9rem;font-size:.95rem;cursor:pointer;margin:.15rem}\
+button.light{background:#e9f1f1;color:#03787c}table{border-collapse:collapse;width:100%;font-size:.9rem}\
+td,th{border-bottom:1px solid #eee;padding:.3rem .4rem;text-align:left}form{display:inline}.muted{color:#666;font-size:.85rem}\
+code{background:#f4f4f4;padding:0 .2rem}.bad{color:#a4262c}.ok{color:#107c10}";
+
+fn button(action: &str, fields: &[(&str, &str)], label: &str, light: bool) -> String {
+    let inputs: String = fields
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                attr(k),
+                attr(v)
+            )
+        })
+        .collect();
+    format!(
+        "<form method=\"post\" action=\"{}\">{inputs}<button{}>{}</button></form>",
+        attr(action),
+        if light { " class=\"light\"" } else { "" },
+        text(label)
+    )
+}
+
+pub async fn sharepoint(
+    State(sim): State<Arc<Sim>>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    let user = clean_user(q.user.as_deref().or(spkeeper_cookie(&headers, USER_COOKIE)));
+    let now = sim.now();
+    let launch_action = format!(
+        "{}?{}",
+        sim.ctx.settings.launch_url(),
+        sim.standard_tokens()
+    );
+    let token = sim.context_token(&user);
+    let launch_form = sim::auto_post(&launch_action, &token, &sim.site_url(), false);
+    // Only the <form> of the auto-post page, as a button on this page.
+    let launch_form = launch_form
+        .split_once("<form")
+        .and_then(|(_, rest)| rest.split_once("</form>"))
+        .map(|(inner, _)| format!("<form{inner}</form>"))
+        .unwrap_or_default();
+
+    let users: String = known_users()
+        .map(|u| {
+            if u == user {
+                format!("<b>{}</b> ", text(&display_name(u)))
+            } else {
+                format!(
+                    "<a href=\"/dev/sharepoint?user={u}\">{}</a> ",
+                    text(&display_name(u))
+                )
+            }
+        })
+        .collect();
+
+    let grants = sim.store.list().await.unwrap_or_default();
+    let grant_rows: String = grants
+        .iter()
+        .map(|g| {
+            let status = sim.ctx.status_of(g, now);
+            let who = g.user.as_ref().map(|u| u.title.clone()).unwrap_or_else(|| "?".into());
+            format!(
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><a href=\"{}\">renew link</a></td></tr>",
+                &g.id.as_str()[..8],
+                text(&who),
+                status,
+                rfc3339(g.rt_expires_at),
+                days_left(g.rt_expires_at, now),
+                g.progress,
+                attr(&sim.ctx.renew_url(&g.id, now)),
+            )
+        })
+        .collect();
+    let pending = sim.store.undelivered().await.map(|v| v.len()).unwrap_or(0);
+    let inbox_rows: String = sim
+        .inbox()
+        .iter()
+        .rev()
+        .take(20)
+        .map(|e| {
+            let n = &e.notice;
+            format!(
+                "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td class=\"{}\">{}</td></tr>",
+                text(&e.received_at),
+                text(n["type"].as_str().unwrap_or("?")),
+                text(n["grant"]["id"].as_str().map(|s| &s[..8.min(s.len())]).unwrap_or("-")),
+                n["days_left"],
+                if e.signature_valid { "ok" } else { "bad" },
+                if e.signature_valid { "signature ok" } else { "BAD SIGNATURE" },
+            )
+        })
+        .collect();
+
+    let offset_days = sim.clock.offset().num_seconds() as f64 / 86_400.0;
+    let faults: Vec<String> = sim
+        .queued_faults()
+        .iter()
+        .map(|f| format!("{f:?}"))
+        .collect();
+    let clock_buttons: String = [
+        ("1", "+1 day"),
+        ("7", "+7 days"),
+        ("30", "+30 days"),
+        ("60", "+60 days"),
+        ("150", "+150 days"),
+    ]
+    .iter()
+    .map(|(d, label)| {
+        button(
+            "/dev/clock",
+            &[("advance_days", d), ("sweep", "1")],
+            label,
+            true,
+        )
+    })
+    .collect();
+    let fault_buttons: String = [
+        ("500", "HTTP 500"),
+        ("429", "HTTP 429"),
+        ("slow", "slow (6 s)"),
+        ("invalid_grant", "invalid_grant"),
+        ("invalid_client", "invalid_client"),
+    ]
+    .iter()
+    .map(|(m, label)| {
+        button(
+            "/dev/acs/fault",
+            &[("mode", m), ("count", "1")],
+            label,
+            true,
+        )
+    })
+    .collect();
+
+    let body = format!(
+        "<header>Contoso · simulated SharePoint (spkeeper --dev)</header><main>\
+        <section><h2>1 · Launch the add-in</h2>\
+        <p>Signed in to SharePoint as: {users}</p>\
+        {launch_form}\
+        <p class=\"muted\">The button posts a real context token (HS256, signed with the add-in's client secret) to \
+        <code>{launch}</code>, as SharePoint's AppRedirect.aspx does. Client id <code>{client}</code>, tenant <code>{realm}</code>.</p></section>\
+        <section><h2>2 · Travel in time</h2><p>Simulated now: <b>{now}</b> ({offset:+.1} days from real time)</p>\
+        {next} {clock_buttons} {reset} {sweep}\
+        <p class=\"muted\">Each jump runs a sweep; notices fall due 30, 7 and 1 days before the refresh token expires, six months after the launch.</p></section>\
+        <section><h2>3 · Grants</h2><table><tr><th>grant</th><th>user</th><th>status</th><th>refresh token expires</th><th>days</th><th>notices</th><th></th></tr>{grant_rows}</table>\
+        <p class=\"muted\">{pending} notice(s) waiting for delivery.</p></section>\
+        <section><h2>4 · Webhook inbox</h2><table><tr><th>received</th><th>type</th><th>grant</th><th>days left</th><th>signature</th></tr>{inbox_rows}</table></section>\
+        <section><h2>5 · Make ACS misbehave</h2><p>The next token request gets: {fault_buttons} {clear}</p>\
+        <p class=\"muted\">Queued: {faults} · token requests so far: {requests}</p></section>\
+        </main>",
+        launch = text(&sim.ctx.settings.launch_url()),
+        client = text(&sim.ctx.settings.client_id),
+        realm = text(&sim.values.realm),
+        now = rfc3339(now),
+        offset = offset_days,
+        next = button(
+            "/dev/clock",
+            &[("next_notice", "1"), ("sweep", "1")],
+            "jump to the next notice",
+            false
+        ),
+        reset = button(
+            "/dev/clock",
+            &[("reset", "1"), ("sweep", "1")],
+            "back to real time",
+            true
+        ),
+        sweep = button("/dev/sweep", &[], "sweep now", false),
+        clear = button("/dev/acs/fault", &[("mode", "clear")], "clear", false),
+        faults = text(&if faults.is_empty() {
+            "none".to_string()
+        } else {
+            faults.join(", ")
+        }),
+        requests = sim.token_requests(),
+    );
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Contoso · simulated SharePoint</title>\
+         <style>{STYLE}</style></head><body>{body}</body></html>"
+    );
+    let mut resp = Html(html).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("{USER_COOKIE}={user}; Path=/; SameSite=Lax")) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}

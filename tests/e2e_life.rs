@@ -1,0 +1,767 @@
+//! The whole life of a grant through the real `spkeeper` binary: `serve --dev` (the simulator
+//! plays SharePoint and ACS), `sweep`, `grants`, `renew-link` and `notices` as separate
+//! processes, and a webhook receiver that verifies every signature.
+//!
+//! launch → token → cached token (no second ACS call) → sweeps at T-30/T-7/T-1 (one notice
+//! each, none on a repeat) → expired → renew link → relaunch → renewed. Then: no log line of
+//! any process holds a token or a secret.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Duration as Days, Utc};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use spkeeper::testkit::{ContextTokenSpec, mint_context_token, mint_with_header};
+use spkeeper_e2e::*;
+
+const CLIENT_ID: &str = "6f1a8d2c-3b4e-4f5a-9b8c-7d6e5f4a3b2c";
+const CLIENT_SECRET: &str = "c2VjcmV0LWZvci1lMmUtdGVzdHMtb25seS0wMTIzNDU2Nzg5";
+const API_KEY: &str = "e2e-api-key-0123456789abcdef";
+const WEBHOOK_SECRET: &str = "whsec_ZTJlLXdlYmhvb2stc2VjcmV0LTAxMjM0NTY3";
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_spkeeper"))
+}
+
+struct Env {
+    vars: BTreeMap<String, String>,
+    _dir: tempfile::TempDir,
+    logs: PathBuf,
+}
+
+fn env(receiver: &Receiver, extra: &[(&str, &str)]) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut vars: BTreeMap<String, String> = [
+        (
+            "SPKEEPER_DATA_DIR",
+            dir.path().join("data").display().to_string(),
+        ),
+        ("SPKEEPER_CLIENT_ID", CLIENT_ID.into()),
+        ("SPKEEPER_CLIENT_SECRET", CLIENT_SECRET.into()),
+        ("SPKEEPER_API_KEY", API_KEY.into()),
+        ("SPKEEPER_WEBHOOK_URL", receiver.url()),
+        ("SPKEEPER_WEBHOOK_SECRET", WEBHOOK_SECRET.into()),
+        // debug: any dependency that would print a header or body gets its chance to
+        ("SPKEEPER_LOG", "debug".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (k, v) in extra {
+        vars.insert(k.to_string(), v.to_string());
+    }
+    Env {
+        vars,
+        _dir: dir,
+        logs,
+    }
+}
+
+struct Server {
+    proc: Proc,
+    base: String,
+    info: Value,
+}
+
+async fn start(env: &Env) -> Server {
+    let mut proc = Proc::spawn(
+        &bin(),
+        &["serve", "--dev", "--addr", "127.0.0.1:0"],
+        &env.vars,
+        &env.logs,
+        "serve",
+    );
+    let base = proc.wait_for_line("spkeeper listening on ", Duration::from_secs(30));
+    let info: Value = client()
+        .get(format!("{base}/dev/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    Server { proc, base, info }
+}
+
+impl Server {
+    fn realm(&self) -> String {
+        self.info["realm"].as_str().unwrap().to_string()
+    }
+
+    fn launch_url(&self) -> String {
+        format!(
+            "{}/launch?SPHostUrl={}&SPLanguage=en-US&SPClientTag=0&SPProductNumber=16.0.0.0",
+            self.base,
+            url::form_urlencoded::byte_serialize(self.base.as_bytes()).collect::<String>()
+        )
+    }
+
+    async fn set_clock(&self, at: DateTime<Utc>) {
+        let r = client()
+            .post(format!("{}/dev/clock", self.base))
+            .json(&json!({"now": at.to_rfc3339()}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    async fn acs_calls(&self) -> u64 {
+        let v: Value = client()
+            .get(format!("{}/dev/acs/stats", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["token_requests"].as_u64().unwrap()
+    }
+
+    async fn token(&self, grant_id: &str) -> reqwest::Response {
+        client()
+            .post(format!("{}/token", self.base))
+            .bearer_auth(API_KEY)
+            .json(&json!({"grant_id": grant_id}))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+fn cli(env: &Env, args: &[&str]) -> (String, String) {
+    let (code, out, err) = run(&bin(), args, &env.vars);
+    assert_eq!(code, 0, "spkeeper {args:?} failed:\n{err}");
+    std::fs::write(
+        env.logs.join(format!(
+            "cli-{}.log",
+            args.join("_").replace(['/', ':'], "-")
+        )),
+        format!("{out}{err}"),
+    )
+    .unwrap();
+    (out, err)
+}
+
+fn sweep_at(env: &Env, at: DateTime<Utc>) -> Value {
+    let (out, _) = cli(env, &["sweep", "--now", &at.to_rfc3339()]);
+    assert_eq!(out.lines().count(), 1, "one line of JSON: {out}");
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+/// Posts a launch (form body) and returns the response.
+async fn post_launch(url: &str, body: String, content_type: Option<&str>) -> reqwest::Response {
+    let mut req = client().post(url).body(body);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    req.send().await.unwrap()
+}
+
+fn form(token: &str) -> String {
+    format!(
+        "SPAppToken={}",
+        url::form_urlencoded::byte_serialize(token.as_bytes()).collect::<String>()
+    )
+}
+
+async fn assert_code(resp: reqwest::Response, status: u16, code: &str) {
+    assert_eq!(resp.status().as_u16(), status, "{code}");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], code);
+}
+
+fn spec(server: &Server, now: DateTime<Utc>) -> ContextTokenSpec {
+    ContextTokenSpec {
+        client_id: CLIENT_ID.into(),
+        audience_host: server.base.trim_start_matches("http://").to_string(),
+        realm: server.realm(),
+        cache_key: "attacker+key=".into(),
+        sts_uri: server.info["sts_uri"].as_str().unwrap().to_string(),
+        refresh_token: "attacker-refresh-token-value".into(),
+        nbf: now,
+        lifetime_hours: 12,
+        numeric_dates: true,
+    }
+}
+
+/// Bad launches are refused with their codes and write nothing.
+async fn bad_launches_write_nothing(env: &Env, server: &Server) {
+    let secret = SecretString::from(CLIENT_SECRET.to_string());
+    let now = Utc::now();
+    let url = server.launch_url();
+    let sign = |claims: &Value| mint_context_token(claims, &secret);
+
+    let wrong_secret = mint_context_token(
+        &spec(server, now).claims(),
+        &SecretString::from("d3Jvbmctc2VjcmV0".to_string()),
+    );
+    assert_code(
+        post_launch(
+            &url,
+            form(&wrong_secret),
+            Some("application/x-www-form-urlencoded"),
+        )
+        .await,
+        401,
+        "invalid_signature",
+    )
+    .await;
+
+    let expired = sign(&spec(server, now - Days::hours(13)).claims());
+    assert_code(
+        post_launch(
+            &url,
+            form(&expired),
+            Some("application/x-www-form-urlencoded"),
+        )
+        .await,
+        401,
+        "token_expired",
+    )
+    .await;
+
+    let mut no_aud = spec(server, now).claims();
+    no_aud.as_object_mut().unwrap().remove("aud");
+    assert_code(
+        post_launch(
+            &url,
+            form(&sign(&no_aud)),
+            Some("application/x-www-form-urlencoded"),
+        )
+        .await,
+        401,
+        "invalid_audience",
+    )
+    .await;
+
+    let claims = spec(server, now).claims();
+    let key = spkeeper::core::context_token::signing_key(&secret);
+    use base64::Engine;
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string());
+    let none = format!(
+        "{}.{payload}.",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#)
+    );
+    for t in [
+        none,
+        mint_with_header(&json!({"alg":"HS512","typ":"JWT"}), &claims, &key),
+        mint_with_header(&json!({"alg":"RS256","typ":"JWT"}), &claims, &key),
+    ] {
+        assert_code(
+            post_launch(&url, form(&t), Some("application/x-www-form-urlencoded")).await,
+            401,
+            "unsupported_algorithm",
+        )
+        .await;
+    }
+
+    let good = sign(&claims);
+    let bad_host = format!(
+        "{}/launch?SPHostUrl={}",
+        server.base, "https%3A%2F%2Fevil.example.com%2F"
+    );
+    assert_code(
+        post_launch(
+            &bad_host,
+            form(&good),
+            Some("application/x-www-form-urlencoded"),
+        )
+        .await,
+        403,
+        "host_not_allowed",
+    )
+    .await;
+
+    let mut untrusted = spec(server, now);
+    untrusted.sts_uri = "https://evil.example.com/tokens/OAuth/2".into();
+    assert_code(
+        post_launch(
+            &url,
+            form(&sign(&untrusted.claims())),
+            Some("application/x-www-form-urlencoded"),
+        )
+        .await,
+        403,
+        "untrusted_sts",
+    )
+    .await;
+
+    let oversized = format!("{}&pad={}", form(&good), "x".repeat(70 * 1024));
+    assert_code(
+        post_launch(&url, oversized, Some("application/x-www-form-urlencoded")).await,
+        413,
+        "payload_too_large",
+    )
+    .await;
+
+    let not_a_form = json!({"SPAppToken": good}).to_string();
+    assert_code(
+        post_launch(&url, not_a_form, Some("application/json")).await,
+        415,
+        "unsupported_media_type",
+    )
+    .await;
+
+    // The store after all of that: no grant, no notice.
+    let (grants, _) = cli(env, &["grants", "--json"]);
+    assert_eq!(serde_json::from_str::<Value>(&grants).unwrap(), json!([]));
+    let (notices, _) = cli(env, &["notices", "--json"]);
+    assert_eq!(serde_json::from_str::<Value>(&notices).unwrap(), json!([]));
+}
+
+/// SharePoint's page → the auto-posted form → our 303 and cookie. Returns the token posted.
+async fn launch_from_sharepoint(server: &Server, html: &str) -> String {
+    let (action, token) = launch_form(html);
+    assert!(
+        action.starts_with(&format!("{}/launch?", server.base)),
+        "{action}"
+    );
+    let resp = post_launch(
+        &action,
+        form(&token),
+        Some("application/x-www-form-urlencoded"),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 303);
+    assert_eq!(
+        resp.headers()["location"],
+        format!("{}/status", server.base).as_str()
+    );
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let status = client()
+        .get(format!("{}/status", server.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 200);
+    let page = status.text().await.unwrap();
+    assert!(
+        page.contains("Megan Bowen"),
+        "the user was identified after launch"
+    );
+    token
+}
+
+fn types(received: &[Received]) -> Vec<String> {
+    received
+        .iter()
+        .map(|r| r.notice["type"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+async fn run_life(extra: &[(&str, &str)]) {
+    let receiver = Receiver::start(WEBHOOK_SECRET).await;
+    let env = env(&receiver, extra);
+    let mut server = start(&env).await;
+    let mut secrets: Vec<String> = vec![
+        CLIENT_SECRET.into(),
+        API_KEY.into(),
+        WEBHOOK_SECRET.into(),
+        WEBHOOK_SECRET.trim_start_matches("whsec_").into(),
+    ];
+
+    bad_launches_write_nothing(&env, &server).await;
+
+    // Launch from the simulated SharePoint page.
+    let page = client()
+        .get(format!("{}/dev/sharepoint", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let first = launch_from_sharepoint(&server, &page).await;
+    secrets.push(first.clone());
+    secrets.push(
+        jwt_claims(&first)["refreshtoken"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
+    let (grants, _) = cli(&env, &["grants", "--json"]);
+    let grants: Value = serde_json::from_str(&grants).unwrap();
+    assert_eq!(grants.as_array().unwrap().len(), 1);
+    let gid = grants[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(grants[0]["status"], "active");
+    let expires: DateTime<Utc> = grants[0]["refresh_token_expires_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // An access token, then the same one from the cache: no second ACS call.
+    let resp = server.token(&gid).await;
+    assert_eq!(resp.status(), 200);
+    let a: Value = resp.json().await.unwrap();
+    let calls = server.acs_calls().await;
+    let b: Value = server.token(&gid).await.json().await.unwrap();
+    assert_eq!(a["access_token"], b["access_token"]);
+    assert_eq!(
+        server.acs_calls().await,
+        calls,
+        "cached: no second ACS call"
+    );
+    assert_eq!(a["grant"]["status"], "active");
+    secrets.push(a["access_token"].as_str().unwrap().to_string());
+
+    // The sweeps: one notice per stage, none on a repeat.
+    let mut expected = Vec::new();
+    for days in [30i64, 7, 1] {
+        let at = expires - Days::days(days) + Days::minutes(5);
+        server.set_clock(at).await;
+        let s = sweep_at(&env, at);
+        assert_eq!(s["notices"]["refresh_token.expiring"], 1, "T-{days}: {s}");
+        let again = sweep_at(&env, at);
+        assert_eq!(
+            again["notices"]["refresh_token.expiring"], 0,
+            "repeat at T-{days}: {again}"
+        );
+        expected.push("refresh_token.expiring".to_string());
+        let got = receiver
+            .wait_for(expected.len(), Duration::from_secs(20))
+            .await;
+        assert_eq!(types(&got), expected);
+        assert_eq!(got.last().unwrap().notice["days_left"], days);
+    }
+
+    // Expired: one notice; the token route now asks for a relaunch.
+    let after = expires + Days::hours(1);
+    server.set_clock(after).await;
+    let s = sweep_at(&env, after);
+    assert_eq!(
+        (
+            s["notices"]["refresh_token.expired"].as_u64(),
+            s["expired"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+    assert_eq!(sweep_at(&env, after)["notices"]["refresh_token.expired"], 0);
+    expected.push("refresh_token.expired".into());
+    let got = receiver
+        .wait_for(expected.len(), Duration::from_secs(20))
+        .await;
+    assert_eq!(types(&got), expected);
+    let resp = server.token(&gid).await;
+    assert_eq!(resp.status().as_u16(), 409);
+    let conflict: Value = resp.json().await.unwrap();
+    assert_eq!(conflict["error"], "relaunch_required");
+
+    // The renew link in the notice → SharePoint's AppRedirect.aspx → a fresh launch.
+    let renew_url = got.last().unwrap().notice["renew_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(renew_url.starts_with(&format!("{}/renew/{gid}?", server.base)));
+    let hop = client().get(&renew_url).send().await.unwrap();
+    assert_eq!(hop.status().as_u16(), 302);
+    let app_redirect = hop.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        app_redirect.starts_with(&format!(
+            "{}/_layouts/15/AppRedirect.aspx?client_id={CLIENT_ID}&redirect_uri=",
+            server.base
+        )),
+        "{app_redirect}"
+    );
+    let sharepoint = client()
+        .get(&app_redirect)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let second = launch_from_sharepoint(&server, &sharepoint).await;
+    secrets.push(second.clone());
+    secrets.push(
+        jwt_claims(&second)["refreshtoken"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
+
+    // The all-clear.
+    expected.push("refresh_token.renewed".into());
+    let got = receiver
+        .wait_for(expected.len(), Duration::from_secs(20))
+        .await;
+    assert_eq!(types(&got), expected);
+    assert!(
+        got.iter().all(|r| r.signature_valid),
+        "every webhook signature verified"
+    );
+    let ids: std::collections::BTreeSet<_> = got.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(ids.len(), got.len(), "one id per notice");
+    assert!(got.iter().all(|r| r.notice["id"] == r.id.as_str()));
+    let resp = server.token(&gid).await;
+    assert_eq!(resp.status(), 200, "renewed: tokens again");
+    let renewed: Value = resp.json().await.unwrap();
+    assert_eq!(renewed["grant"]["status"], "active");
+    secrets.push(renewed["access_token"].as_str().unwrap().to_string());
+
+    // The CLI's renew link verifies too, and nothing is left undelivered.
+    let (link, _) = cli(&env, &["renew-link", &gid]);
+    let hop = client().get(link.trim()).send().await.unwrap();
+    assert_eq!(hop.status().as_u16(), 302);
+    let (notices, _) = cli(&env, &["notices", "--json"]);
+    assert_eq!(serde_json::from_str::<Value>(&notices).unwrap(), json!([]));
+
+    // No log line of any process carries a token or a secret.
+    server.proc.stop();
+    secrets.extend(key_material(Path::new(&env.vars["SPKEEPER_DATA_DIR"])));
+    let mut logs = server.proc.output();
+    for entry in std::fs::read_dir(&env.logs).unwrap() {
+        logs.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default());
+    }
+    assert!(logs.contains("notice delivered"), "the logs were captured");
+    assert_no_secrets(&logs, &secrets);
+}
+
+/// Every key and secret in the data directory's private files (ids such as the realm are
+/// not secrets and are logged on purpose).
+fn key_material(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let read = |file: &str| -> Value {
+        std::fs::read_to_string(dir.join(file))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null)
+    };
+    let keys = read("keys.json");
+    out.push(keys["link_key"].as_str().unwrap_or_default().to_string());
+    if let Some(ring) = keys["token_keys"].as_object() {
+        out.extend(ring.values().filter_map(Value::as_str).map(String::from));
+    }
+    let dev = read("dev.json");
+    for field in ["client_secret", "api_key", "webhook_secret", "sim_key"] {
+        out.push(dev[field].as_str().unwrap_or_default().to_string());
+    }
+    assert!(
+        out.iter().filter(|s| !s.is_empty()).count() >= 6,
+        "key files were read"
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_life_on_the_embedded_store() {
+    run_life(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_deliveries_are_retried_until_the_receiver_takes_them() {
+    let receiver = Receiver::start(WEBHOOK_SECRET).await;
+    let env = env(&receiver, &[]);
+    let server = start(&env).await;
+    receiver.fail_next(2);
+    let page = client()
+        .get(format!("{}/dev/sharepoint", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    launch_from_sharepoint(&server, &page).await;
+    let (grants, _) = cli(&env, &["grants", "--json"]);
+    let expires: DateTime<Utc> =
+        serde_json::from_str::<Value>(&grants).unwrap()[0]["refresh_token_expires_at"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+    let at = expires - Days::days(30);
+    server.set_clock(at).await;
+    sweep_at(&env, at);
+    // two failures (1 s, then 2 s of backoff with jitter), then delivery
+    let got = receiver.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(types(&got), vec!["refresh_token.expiring"]);
+    assert!(got[0].signature_valid);
+}
+
+/// The README's walkthrough exactly: `serve --dev` with nothing configured, the page's buttons
+/// (as their JSON twins), and the simulator's own webhook inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_walkthrough_works_with_nothing_but_serve_dev() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join(".spkeeper");
+    let env = Env {
+        vars: BTreeMap::from([("SPKEEPER_DATA_DIR".to_string(), data.display().to_string())]),
+        logs: dir.path().to_path_buf(),
+        _dir: dir,
+    };
+    let server = start(&env).await;
+    let page = client()
+        .get(format!("{}/dev/sharepoint", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    launch_from_sharepoint(&server, &page).await;
+
+    let dev: Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("dev.json")).unwrap()).unwrap();
+    let (grants, _) = cli(&env, &["grants", "--json"]);
+    let gid = serde_json::from_str::<Value>(&grants).unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let resp = client()
+        .post(format!("{}/token", server.base))
+        .bearer_auth(dev["api_key"].as_str().unwrap())
+        .json(&json!({"grant_id": gid}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let inbox = || async {
+        let v: Value = client()
+            .get(format!("{}/dev/webhook", server.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v.as_array().unwrap().clone()
+    };
+    let wait_inbox = |n: usize| async move {
+        for _ in 0..200 {
+            let got = inbox().await;
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the inbox did not get {n} notices: {:?}", inbox().await);
+    };
+    let mut expected = Vec::new();
+    for (t, days) in [
+        ("refresh_token.expiring", 30),
+        ("refresh_token.expiring", 7),
+        ("refresh_token.expiring", 1),
+        ("refresh_token.expired", 0),
+    ] {
+        let r: Value = client()
+            .post(format!("{}/dev/clock", server.base))
+            .json(&json!({"next_notice": true, "sweep": true}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["sweep"]["notices"][t], 1, "{r}");
+        expected.push((t.to_string(), days));
+        let got = wait_inbox(expected.len()).await;
+        let seen: Vec<(String, i64)> = got
+            .iter()
+            .map(|e| {
+                (
+                    e["notice"]["type"].as_str().unwrap().to_string(),
+                    e["notice"]["days_left"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(seen, expected);
+        assert!(got.iter().all(|e| e["signature_valid"] == true));
+    }
+
+    let renew_url = wait_inbox(4).await[3]["notice"]["renew_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hop = client().get(&renew_url).send().await.unwrap();
+    assert_eq!(hop.status().as_u16(), 302);
+    let sharepoint = client()
+        .get(hop.headers()["location"].to_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    launch_from_sharepoint(&server, &sharepoint).await;
+    let got = wait_inbox(5).await;
+    assert_eq!(got[4]["notice"]["type"], "refresh_token.renewed");
+    assert_eq!(got[4]["signature_valid"], true);
+}
+
+#[test]
+fn bad_configuration_stops_the_cli_with_exit_2_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let base = BTreeMap::from([("SPKEEPER_DATA_DIR".to_string(), data)]);
+    let (code, _, err) = run(&bin(), &["grants"], &base);
+    assert_eq!(code, 2);
+    assert_eq!(
+        err.trim().lines().last().unwrap(),
+        "error: SPKEEPER_CLIENT_ID: is required"
+    );
+
+    let mut env = base.clone();
+    for (k, v) in [
+        ("SPKEEPER_CLIENT_ID", CLIENT_ID),
+        ("SPKEEPER_PUBLIC_URL", "https://addin.example.com"),
+        ("SPKEEPER_ALLOWED_SP_HOSTS", "*.sharepoint.com"),
+        ("SPKEEPER_CLIENT_SECRET", CLIENT_SECRET),
+        ("SPKEEPER_API_KEY", "short"),
+    ] {
+        env.insert(k.into(), v.into());
+    }
+    let (code, out, err) = run(&bin(), &["sweep"], &env);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("SPKEEPER_API_KEY") && !err.contains("short") && out.is_empty(),
+        "{err}"
+    );
+
+    env.insert("SPKEEPER_API_KEY".into(), API_KEY.into());
+    env.insert("SPKEEPER_NOTICE_DAYS".into(), "30,soon".into());
+    let (code, _, err) = run(&bin(), &["sweep"], &env);
+    assert_eq!(
+        (code, err.contains("SPKEEPER_NOTICE_DAYS")),
+        (2, true),
+        "{err}"
+    );
+
+    env.remove("SPKEEPER_NOTICE_DAYS");
+    let (code, out, _) = run(&bin(), &["sweep", "--dry-run"], &env);
+    assert_eq!(code, 0);
+    let summary: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(summary["examined"], 0);
+
+    let (code, _, err) = run(&bin(), &["renew-link", "not-a-grant"], &env);
+    assert_eq!((code, err.contains("not a grant id")), (2, true));
+    let (code, _, err) = run(
+        &bin(),
+        &["renew-link", "0123456789abcdef0123456789abcdef"],
+        &env,
+    );
+    assert_eq!((code, err.contains("no grant")), (1, true));
+    let (code, _, _) = run(&bin(), &["frobnicate"], &env);
+    assert_eq!(code, 2);
+    let (code, _, _) = run(&bin(), &["sweep", "--now", "yesterday"], &env);
+    assert_eq!(code, 2);
+
+    let (code, help, _) = run(&bin(), &["serve", "--help"], &env);
+    assert_eq!(code, 0);
+    assert!(!help.contains(CLIENT_SECRET) && !help.contains(API_KEY));
+}
