@@ -355,6 +355,28 @@ async fn launch_from_sharepoint(server: &Server, html: &str) -> String {
     token
 }
 
+/// Opens a SharePoint page (the site's launch button, or AppRedirect.aspx) and launches from it.
+async fn launch_via(server: &Server, page_url: &str) -> String {
+    let page = client()
+        .get(page_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    launch_from_sharepoint(server, &page).await
+}
+
+/// A context token and the refresh token inside it: both must stay out of the logs.
+fn token_secrets(context_token: &str) -> [String; 2] {
+    let rt = jwt_claims(context_token)["refreshtoken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    [context_token.to_string(), rt]
+}
+
 fn types(received: &[Received]) -> Vec<String> {
     received
         .iter()
@@ -376,22 +398,8 @@ async fn run_life(extra: &[(&str, &str)]) {
     bad_launches_write_nothing(&env, &server).await;
 
     // Launch from the simulated SharePoint page.
-    let page = client()
-        .get(format!("{}/dev/sharepoint", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let first = launch_from_sharepoint(&server, &page).await;
-    secrets.push(first.clone());
-    secrets.push(
-        jwt_claims(&first)["refreshtoken"]
-            .as_str()
-            .unwrap()
-            .to_string(),
-    );
+    let first = launch_via(&server, &format!("{}/dev/sharepoint", server.base)).await;
+    secrets.extend(token_secrets(&first));
     let (grants, _) = cli(&env, &["grants", "--json"]);
     let grants: Value = serde_json::from_str(&grants).unwrap();
     assert_eq!(grants.as_array().unwrap().len(), 1);
@@ -477,22 +485,8 @@ async fn run_life(extra: &[(&str, &str)]) {
         )),
         "{app_redirect}"
     );
-    let sharepoint = client()
-        .get(&app_redirect)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let second = launch_from_sharepoint(&server, &sharepoint).await;
-    secrets.push(second.clone());
-    secrets.push(
-        jwt_claims(&second)["refreshtoken"]
-            .as_str()
-            .unwrap()
-            .to_string(),
-    );
+    let second = launch_via(&server, &app_redirect).await;
+    secrets.extend(token_secrets(&second));
 
     // The all-clear.
     expected.push("refresh_token.renewed".into());
@@ -568,15 +562,7 @@ async fn failed_deliveries_are_retried_until_the_receiver_takes_them() {
     let env = env(&receiver, &[]);
     let server = start(&env).await;
     receiver.fail_next(2);
-    let page = client()
-        .get(format!("{}/dev/sharepoint", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    launch_from_sharepoint(&server, &page).await;
+    launch_via(&server, &format!("{}/dev/sharepoint", server.base)).await;
     let (grants, _) = cli(&env, &["grants", "--json"]);
     let expires: DateTime<Utc> =
         serde_json::from_str::<Value>(&grants).unwrap()[0]["refresh_token_expires_at"]
@@ -605,15 +591,7 @@ async fn readme_walkthrough_works_with_nothing_but_serve_dev() {
         _dir: dir,
     };
     let server = start(&env).await;
-    let page = client()
-        .get(format!("{}/dev/sharepoint", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    launch_from_sharepoint(&server, &page).await;
+    launch_via(&server, &format!("{}/dev/sharepoint", server.base)).await;
 
     let dev: Value =
         serde_json::from_str(&std::fs::read_to_string(data.join("dev.json")).unwrap()).unwrap();
@@ -690,15 +668,7 @@ async fn readme_walkthrough_works_with_nothing_but_serve_dev() {
         .to_string();
     let hop = client().get(&renew_url).send().await.unwrap();
     assert_eq!(hop.status().as_u16(), 302);
-    let sharepoint = client()
-        .get(hop.headers()["location"].to_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    launch_from_sharepoint(&server, &sharepoint).await;
+    launch_via(&server, hop.headers()["location"].to_str().unwrap()).await;
     let got = wait_inbox(5).await;
     assert_eq!(got[4]["notice"]["type"], "refresh_token.renewed");
     assert_eq!(got[4]["signature_valid"], true);

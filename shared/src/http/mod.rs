@@ -109,7 +109,7 @@ pub(crate) fn pairs(raw: &[u8]) -> Vec<(String, String)> {
 }
 
 /// A cookie's value from the `Cookie` headers.
-pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()

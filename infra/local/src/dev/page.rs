@@ -12,7 +12,9 @@ use spkeeper::core::grant::days_left;
 use spkeeper::core::notice::rfc3339;
 use spkeeper::ports::{GrantStore, Outbox};
 
-use super::sim::{self, Sim, USER_COOKIE, clean_user, display_name, known_users, spkeeper_cookie};
+use spkeeper::http::cookie;
+
+use super::sim::{self, Sim, USER_COOKIE, clean_user, display_name, known_users};
 
 #[derive(Deserialize)]
 pub struct PageQuery {
@@ -51,7 +53,7 @@ pub async fn sharepoint(
     headers: axum::http::HeaderMap,
     Query(q): Query<PageQuery>,
 ) -> Response {
-    let user = clean_user(q.user.as_deref().or(spkeeper_cookie(&headers, USER_COOKIE)));
+    let user = clean_user(q.user.as_deref().or(cookie(&headers, USER_COOKIE)));
     let now = sim.now();
     let launch_action = format!(
         "{}?{}",

@@ -27,6 +27,7 @@ use spkeeper::clock::OffsetClock;
 use spkeeper::context::Context;
 use spkeeper::core::context_token::SHAREPOINT_PRINCIPAL;
 use spkeeper::core::notice::rfc3339;
+use spkeeper::http::cookie;
 use spkeeper::ports::GrantStore;
 use spkeeper::service::sweep::SweepService;
 use spkeeper::store::sqlite::SqliteStore;
@@ -325,20 +326,9 @@ pub async fn app_redirect(
     let Some(target) = valid else {
         return (StatusCode::BAD_REQUEST, Html("<p>Sorry, something went wrong: the redirect URI is not the app's registered domain.</p>")).into_response();
     };
-    let user = clean_user(spkeeper_cookie(&headers, USER_COOKIE));
+    let user = clean_user(cookie(&headers, USER_COOKIE));
     let token = sim.context_token(&user);
     Html(auto_post(target.as_str(), &token, &sim.site_url(), true)).into_response()
-}
-
-pub fn spkeeper_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
 }
 
 /// The ACS token endpoint: the refresh-token grant, answered with string-typed fields.
