@@ -366,3 +366,22 @@ async fn no_token_or_secret_reaches_an_error_body() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn an_oversized_acs_answer_is_refused_not_read_and_not_retried() {
+    let h = Harness::new().await;
+    let id = launched(&h, "megan").await;
+    h.stub.script(&[Reply::Huge(100 * 1024)]);
+    let calls = h.stub.token_calls();
+    let resp = h
+        .token_request(json!({"grant_id": id, "host": "contoso.sharepoint.com"}))
+        .await;
+    assert_error(resp, 503, "sts_unavailable").await;
+    assert_eq!(h.stub.token_calls(), calls + 1);
+    // just under the cap is fine
+    h.stub.script(&[Reply::Huge(60 * 1024)]);
+    let resp = h
+        .token_request(json!({"grant_id": id, "host": "contoso.sharepoint.com"}))
+        .await;
+    assert_eq!(resp.status().as_u16(), 200);
+}

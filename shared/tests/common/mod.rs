@@ -46,6 +46,8 @@ pub const PUBLIC: &str = "https://addin.example.com";
 pub enum Reply {
     Status(u16, &'static str),
     Slow(Duration),
+    /// A 200 whose body is this many bytes.
+    Huge(usize),
 }
 
 pub struct StubState {
@@ -68,6 +70,13 @@ async fn stub_token(
             return (StatusCode::from_u16(code).unwrap(), body.to_string()).into_response();
         }
         Some(Reply::Slow(d)) => tokio::time::sleep(d).await,
+        Some(Reply::Huge(n)) => {
+            let body = format!(
+                "{{\"access_token\":\"{}\",\"expires_in\":\"3599\"}}",
+                "x".repeat(n)
+            );
+            return (StatusCode::OK, body).into_response();
+        }
         None => {}
     }
     // Real ACS is slow enough that concurrent callers overlap; so is this.
