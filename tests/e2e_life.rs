@@ -556,6 +556,25 @@ async fn whole_life_on_the_embedded_store() {
     run_life(&[]).await;
 }
 
+/// The same life, unchanged, with the grants in DynamoDB and the notices through SQS (moto).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_life_on_dynamodb_and_sqs() {
+    let sdk = spkeeper::testkit::moto::sdk_config().await;
+    let (table, queue) = spkeeper::testkit::moto::fresh(&sdk, "e2e").await;
+    let moto = spkeeper::testkit::moto::url();
+    run_life(&[
+        ("SPKEEPER_STORE", "dynamodb"),
+        ("SPKEEPER_TABLE", &table),
+        ("SPKEEPER_QUEUE_URL", &queue),
+        ("AWS_ENDPOINT_URL", &moto),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ])
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_deliveries_are_retried_until_the_receiver_takes_them() {
     let receiver = Receiver::start(WEBHOOK_SECRET).await;

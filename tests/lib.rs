@@ -1,5 +1,8 @@
 //! Helpers for the end-to-end tests: real processes, a webhook receiver that verifies every
-//! signature, and an HTTP client that does not follow redirects.
+//! signature, an HTTP client that does not follow redirects, and (in [`lambda`]) a local
+//! Lambda Runtime API with the AWS resources a function needs.
+
+pub mod lambda;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -73,6 +76,18 @@ impl Proc {
         }
     }
 
+    /// Waits for the process to exit on its own; its status, or `None` on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// Stops the process politely (SIGTERM) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -138,12 +153,14 @@ pub struct Receiver {
     pub addr: SocketAddr,
     got: Arc<Mutex<Vec<Received>>>,
     fail_next: Arc<Mutex<u32>>,
+    refuse: Arc<Mutex<Vec<String>>>,
 }
 
 struct ReceiverState {
     secret: String,
     got: Arc<Mutex<Vec<Received>>>,
     fail_next: Arc<Mutex<u32>>,
+    refuse: Arc<Mutex<Vec<String>>>,
 }
 
 async fn receive(
@@ -157,6 +174,13 @@ async fn receive(
             *fail -= 1;
             return StatusCode::SERVICE_UNAVAILABLE;
         }
+    }
+    let refused = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|id| st.refuse.lock().unwrap().iter().any(|r| r == id));
+    if refused {
+        return StatusCode::INTERNAL_SERVER_ERROR;
     }
     let valid = standardwebhooks::Webhook::new(&st.secret)
         .map(|wh| wh.verify(&body, &headers).is_ok())
@@ -182,10 +206,12 @@ impl Receiver {
     pub async fn start(secret: &str) -> Receiver {
         let got = Arc::new(Mutex::new(Vec::new()));
         let fail_next = Arc::new(Mutex::new(0));
+        let refuse = Arc::new(Mutex::new(Vec::new()));
         let st = Arc::new(ReceiverState {
             secret: secret.to_string(),
             got: Arc::clone(&got),
             fail_next: Arc::clone(&fail_next),
+            refuse: Arc::clone(&refuse),
         });
         let app = Router::new().route("/hook", post(receive)).with_state(st);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -195,6 +221,7 @@ impl Receiver {
             addr,
             got,
             fail_next,
+            refuse,
         }
     }
 
@@ -204,6 +231,11 @@ impl Receiver {
 
     pub fn received(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
+    }
+
+    /// Deliveries of this notice id always get a 500.
+    pub fn refuse(&self, id: &str) {
+        self.refuse.lock().unwrap().push(id.to_string());
     }
 
     /// The next `n` deliveries get a 503.

@@ -271,6 +271,8 @@ pub enum DeliveryError {
     Transport(String),
     #[error("the notice could not be signed")]
     Signing,
+    #[error("the message is not a notice")]
+    Malformed,
 }
 
 /// Standard Webhooks delivery: `webhook-id`, `webhook-timestamp`, `webhook-signature`.

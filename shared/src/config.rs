@@ -325,6 +325,7 @@ impl SecretDocument {
 }
 
 /// The secrets in their usable form. Nothing here prints.
+#[derive(Clone)]
 pub struct Secrets {
     pub client_secret: SecretString,
     pub client_secret_secondary: Option<SecretString>,

@@ -9,7 +9,7 @@ use crate::clock::Clock;
 use crate::config::{Secrets, Settings};
 use crate::core::grant::{self, GrantId, Status};
 use crate::core::notice::{NoticeGrant, NoticeSubject, rfc3339};
-use crate::ports::{GrantRecord, GrantStore, TokenCache};
+use crate::ports::{GrantRecord, GrantStore, NoticeRelay, TokenCache};
 
 /// A grant as apps and users see it (in `/token` answers and on the status page).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -21,12 +21,15 @@ pub struct GrantSummary {
     pub renew_url: String,
 }
 
+#[derive(Clone)]
 pub struct Context {
     pub settings: Settings,
     pub secrets: Secrets,
     pub clock: Arc<dyn Clock>,
     pub grants: Arc<dyn GrantStore>,
     pub cache: Arc<dyn TokenCache>,
+    /// Moves queued notices to the delivery queue (a no-op for the embedded store).
+    pub relay: Arc<dyn NoticeRelay>,
     pub http: reqwest::Client,
 }
 

@@ -15,3 +15,6 @@ pub mod service;
 pub mod store;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+
+#[cfg(feature = "aws")]
+pub mod aws;

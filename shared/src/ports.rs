@@ -88,11 +88,15 @@ impl StoreError {
     }
 }
 
-/// Where the sweep resumes: after this (due time, grant id).
+/// Where the next page of the due index starts: opaque, each adapter writes its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DueCursor {
-    pub due_at: DateTime<Utc>,
-    pub id: GrantId,
+pub struct DueCursor(pub String);
+
+/// One page of due grants; `next` is `None` after the last page.
+#[derive(Debug, Clone)]
+pub struct DuePage {
+    pub grants: Vec<GrantRecord>,
+    pub next: Option<DueCursor>,
 }
 
 #[async_trait]
@@ -125,14 +129,14 @@ pub trait GrantStore: Send + Sync {
     /// Best effort: records who the user is (does not bump the revision).
     async fn set_user(&self, id: &GrantId, user: &User) -> Result<(), StoreError>;
 
-    /// Grants whose `next_due_at` ≤ `now`, in (due time, id) order, after `after`.
-    /// Reads only what is due: never a scan of every grant.
+    /// Grants whose `next_due_at` ≤ `now`, a page of at most `limit` at a time (a page may be
+    /// short, even empty, before the last). Reads only what is due: never a scan.
     async fn due(
         &self,
         now: DateTime<Utc>,
-        after: Option<&DueCursor>,
+        cursor: Option<&DueCursor>,
         limit: usize,
-    ) -> Result<Vec<GrantRecord>, StoreError>;
+    ) -> Result<DuePage, StoreError>;
 
     /// Every grant, for `spkeeper grants` (operators; pages internally).
     async fn list(&self) -> Result<Vec<GrantRecord>, StoreError>;
@@ -145,6 +149,40 @@ pub trait GrantStore: Send + Sync {
     /// details past expiry + 180 days, expired access tokens). A no-op where storage expires
     /// items itself (DynamoDB TTL). Returns how many items went.
     async fn purge(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
+/// How queued notices reach their delivery queue.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RelayStats {
+    pub relayed: u64,
+    pub failed: u64,
+}
+
+/// Moves notices from the outbox (written atomically with each state change) to the delivery
+/// queue. Where the outbox is itself the queue (SQLite), there is nothing to move.
+#[async_trait]
+pub trait NoticeRelay: Send + Sync {
+    /// Everything still waiting; the sweep calls this, so nothing waits longer than a sweep.
+    async fn relay_pending(&self, now: DateTime<Utc>) -> Result<RelayStats, StoreError>;
+
+    /// Best effort, right after the write that queued `notice`: a failure leaves it for
+    /// [`relay_pending`](Self::relay_pending).
+    async fn relay_now(&self, notice: &Notice, now: DateTime<Utc>) -> Result<(), StoreError>;
+}
+
+/// The embedded store's relay: its outbox table is the queue the delivery loop reads.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OutboxIsTheQueue;
+
+#[async_trait]
+impl NoticeRelay for OutboxIsTheQueue {
+    async fn relay_pending(&self, _now: DateTime<Utc>) -> Result<RelayStats, StoreError> {
+        Ok(RelayStats::default())
+    }
+
+    async fn relay_now(&self, _notice: &Notice, _now: DateTime<Utc>) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// An access token in the cache, sealed.

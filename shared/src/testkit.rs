@@ -81,3 +81,93 @@ impl ContextTokenSpec {
         })
     }
 }
+
+/// moto, the local stand-in for DynamoDB, SQS and Secrets Manager, as the tests use it.
+#[cfg(feature = "aws")]
+pub mod moto {
+    use aws_config::{BehaviorVersion, SdkConfig};
+    use aws_sdk_dynamodb::config::{Credentials, Region};
+
+    /// Where the test command started moto.
+    pub const URL_VAR: &str = "SPKEEPER_TEST_MOTO_URL";
+
+    /// moto's URL. Tests that need it fail, saying how to run them, when it is not running.
+    pub fn url() -> String {
+        std::env::var(URL_VAR).unwrap_or_else(|_| {
+            panic!("{URL_VAR} is not set: run ./infra/scripts/test, which installs and starts moto for these tests")
+        })
+    }
+
+    /// An SDK configuration that can only reach moto.
+    pub async fn sdk_config() -> SdkConfig {
+        aws_config::defaults(BehaviorVersion::latest())
+            .endpoint_url(url())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+            .load()
+            .await
+    }
+
+    /// A name no other test uses: tests share one moto.
+    pub fn unique(prefix: &str) -> String {
+        let mut b = [0u8; 6];
+        let _ = getrandom::fill(&mut b);
+        format!("{prefix}-{}", hex::encode(b))
+    }
+
+    /// A fresh table (the project's own definition) and queue; returns (table, queue URL).
+    pub async fn fresh(sdk: &SdkConfig, prefix: &str) -> (String, String) {
+        let table = unique(&format!("spk-{prefix}"));
+        crate::aws::table::create(&aws_sdk_dynamodb::Client::new(sdk), &table)
+            .await
+            .unwrap_or_else(|e| panic!("creating table {table} in moto: {e}"));
+        let queue = aws_sdk_sqs::Client::new(sdk)
+            .create_queue()
+            .queue_name(unique(&format!("spk-{prefix}")))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("creating a queue in moto: {e}"));
+        (table, queue.queue_url().unwrap_or_default().to_string())
+    }
+
+    /// Stores `document` (the secret's JSON) in moto's Secrets Manager; returns its ARN.
+    pub async fn create_secret(sdk: &SdkConfig, document: &serde_json::Value) -> String {
+        let out = aws_sdk_secretsmanager::Client::new(sdk)
+            .create_secret()
+            .name(unique("spk-secret"))
+            .secret_string(document.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("creating a secret in moto: {e}"));
+        out.arn().unwrap_or_default().to_string()
+    }
+
+    /// Receives and deletes every message now on the queue: the bodies.
+    pub async fn drain(sdk: &SdkConfig, queue_url: &str) -> Vec<String> {
+        let sqs = aws_sdk_sqs::Client::new(sdk);
+        let mut bodies = Vec::new();
+        loop {
+            let out = sqs
+                .receive_message()
+                .queue_url(queue_url)
+                .max_number_of_messages(10)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("receiving from moto: {e}"));
+            if out.messages().is_empty() {
+                return bodies;
+            }
+            for m in out.messages() {
+                bodies.push(m.body().unwrap_or_default().to_string());
+                if let Some(r) = m.receipt_handle() {
+                    let _ = sqs
+                        .delete_message()
+                        .queue_url(queue_url)
+                        .receipt_handle(r)
+                        .send()
+                        .await;
+                }
+            }
+        }
+    }
+}

@@ -92,9 +92,9 @@ async fn renew_link_to_a_host_no_longer_allowed_is_host_not_allowed() {
     })
     .await;
     let stored = h.store_load(&id).await;
-    use spkeeper::ports::GrantStore;
     strict
-        .store
+        .ctx
+        .grants
         .put_grant(
             None,
             &stored.record,

@@ -1,9 +1,36 @@
-//! The `exchange` Lambda function. Its wiring to the shared crate (DynamoDB, SQS, Secrets Manager)
-//! is the next piece of work; until then it refuses to start rather than pretend.
+//! The `exchange` Lambda function: `POST /token` behind API Gateway (HTTP API), authorized by
+//! the API key or, with `SPKEEPER_TOKEN_AUTH=iam`, by API Gateway's IAM authorizer.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "spkeeper: the exchange Lambda function is not built yet; run `spkeeper serve` instead"
+use std::sync::Arc;
+
+use axum::Router;
+use spkeeper::aws::iam::IamAuth;
+use spkeeper::clients::{AcsClient, RetryPolicy};
+use spkeeper::config::TokenAuth;
+use spkeeper::http::{ApiKeyAuth, TokenAuthorizer, finish, health_router, token_router};
+use spkeeper::service::exchange::TokenService;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    lambda_http::tracing::init_default_subscriber();
+    let (ctx, _aws) = spkeeper::aws::init_context()
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
+    let auth: Arc<dyn TokenAuthorizer> = match (ctx.settings.token_auth, &ctx.secrets.api_key) {
+        (TokenAuth::Iam, _) => Arc::new(IamAuth),
+        (TokenAuth::ApiKey, Some(key)) => Arc::new(ApiKeyAuth(key.clone())),
+        (TokenAuth::ApiKey, None) => {
+            return Err("SPKEEPER_API_KEY: is required unless SPKEEPER_TOKEN_AUTH=iam".into());
+        }
+    };
+    let tokens = Arc::new(TokenService::new(
+        Arc::clone(&ctx),
+        AcsClient::new(ctx.http.clone(), RetryPolicy::default()),
+    ));
+    let app = finish(
+        Router::new()
+            .merge(token_router(tokens, auth))
+            .merge(health_router()),
     );
-    std::process::ExitCode::from(1)
+    lambda_http::run(app).await
 }

@@ -1,9 +1,32 @@
-//! The `launch` Lambda function. Its wiring to the shared crate (DynamoDB, SQS, Secrets Manager)
-//! is the next piece of work; until then it refuses to start rather than pretend.
+//! The `launch` Lambda function: `POST /launch`, `GET /status`, `GET /renew/{grant_id}` and
+//! `GET /healthz` behind API Gateway (HTTP API). Only wiring: the routers live in `spkeeper`.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "spkeeper: the launch Lambda function is not built yet; run `spkeeper serve` instead"
+use std::sync::Arc;
+
+use axum::Router;
+use spkeeper::clients::{AcsClient, RetryPolicy};
+use spkeeper::http::{finish, health_router, launch_router, renew_router, status_router};
+use spkeeper::service::exchange::TokenService;
+use spkeeper::service::launch::LaunchService;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    lambda_http::tracing::init_default_subscriber();
+    // Clients, configuration and keys: once, at init. Fails closed.
+    let (ctx, _aws) = spkeeper::aws::init_context()
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
+    let tokens = Arc::new(TokenService::new(
+        Arc::clone(&ctx),
+        AcsClient::new(ctx.http.clone(), RetryPolicy::default()),
+    ));
+    let launch = Arc::new(LaunchService::new(Arc::clone(&ctx), tokens));
+    let app = finish(
+        Router::new()
+            .merge(launch_router(launch))
+            .merge(status_router(Arc::clone(&ctx)))
+            .merge(renew_router(ctx))
+            .merge(health_router()),
     );
-    std::process::ExitCode::from(1)
+    lambda_http::run(app).await
 }

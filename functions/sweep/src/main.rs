@@ -1,7 +1,38 @@
-//! The `sweep` Lambda function. Its wiring to the shared crate (DynamoDB, SQS, Secrets Manager)
-//! is the next piece of work; until then it refuses to start rather than pretend.
+//! The `sweep` Lambda function: on its EventBridge schedule, one sweep (notices into the
+//! outbox, then onto SQS), with its JSON summary in the log and as the result. Safe to run
+//! twice at once: every notice is a conditional write.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("spkeeper: the sweep Lambda function is not built yet; run `spkeeper serve` instead");
-    std::process::ExitCode::from(1)
+use std::sync::Arc;
+
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use spkeeper::service::sweep::{SweepService, SweepSummary};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let (ctx, _aws) = spkeeper::aws::init_context()
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
+    let sweep = Arc::new(SweepService::new(ctx));
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<EventBridgeEvent<serde_json::Value>>| {
+            let sweep = Arc::clone(&sweep);
+            async move { run(&sweep, event).await }
+        },
+    ))
+    .await
+}
+
+async fn run(
+    sweep: &SweepService,
+    event: LambdaEvent<EventBridgeEvent<serde_json::Value>>,
+) -> Result<SweepSummary, Error> {
+    tracing::info!(scheduled = ?event.payload.time, "sweeping");
+    let summary = sweep
+        .run(chrono::Utc::now(), false)
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "sweep failed"))?;
+    tracing::info!(summary = %serde_json::to_string(&summary).unwrap_or_default(), "sweep done");
+    Ok(summary)
 }

@@ -9,7 +9,7 @@ use spkeeper::ports::Outbox;
 use spkeeper::service::sweep::SweepService;
 
 use crate::Failure;
-use crate::setup::{self, Mode};
+use crate::setup::{self, Backend, Mode};
 
 fn runtime(e: impl std::fmt::Display) -> Failure {
     Failure::Runtime(e.to_string())
@@ -101,24 +101,44 @@ pub async fn renew_link(raw: &str) -> Result<(), Failure> {
 
 pub async fn notices(as_json: bool) -> Result<(), Failure> {
     let loaded = setup::load(Mode::Plain).await?;
-    let entries = loaded.store.undelivered().await.map_err(runtime)?;
-    let rows: Vec<Value> = entries
-        .iter()
-        .map(|e| {
-            let notice: Value = serde_json::from_str(&e.body).unwrap_or(Value::Null);
-            json!({
-                "id": e.id,
-                "type": notice["type"],
-                "grant_id": notice["grant"]["id"],
-                "created_at": notice["created_at"],
-                "attempts": e.attempts,
-                "next_attempt_at": rfc3339(e.next_attempt_at),
-                "last_error": e.last_error,
-                "dead_letter": e.dead,
-                "notice": notice,
+    let rows = match &loaded.backend {
+        Backend::Sqlite(store) => store
+            .undelivered()
+            .await
+            .map_err(runtime)?
+            .iter()
+            .map(|e| {
+                row(
+                    &e.id,
+                    &e.body,
+                    json!({
+                        "attempts": e.attempts,
+                        "next_attempt_at": rfc3339(e.next_attempt_at),
+                        "last_error": e.last_error,
+                        "dead_letter": e.dead,
+                    }),
+                )
             })
-        })
-        .collect();
+            .collect(),
+        // On DynamoDB, what has not reached SQS yet; SQS and its dead-letter queue hold the rest.
+        Backend::Aws(aws) => {
+            let mut rows = Vec::new();
+            let mut cursor = None;
+            loop {
+                let (holders, next) = aws.dynamo.holders(cursor, 100).await.map_err(runtime)?;
+                for h in holders {
+                    for (id, body) in &h.notices {
+                        rows.push(row(id, body, json!({"state": "not yet on SQS"})));
+                    }
+                }
+                match next {
+                    Some(n) => cursor = Some(n),
+                    None => break,
+                }
+            }
+            rows
+        }
+    };
     if as_json {
         println!("{}", Value::Array(rows));
         return Ok(());
@@ -140,15 +160,31 @@ pub async fn notices(as_json: bool) -> Result<(), Failure> {
                 r["next_attempt_at"].as_str().unwrap_or("")
             )
         } else {
-            "queued".into()
+            r["state"].as_str().unwrap_or("queued").to_string()
         };
         println!(
             "{:<36}  {:<24}  {:<32}  {:>8}  {state}",
             r["id"].as_str().unwrap_or(""),
             r["type"].as_str().unwrap_or(""),
             r["grant_id"].as_str().unwrap_or("-"),
-            r["attempts"],
+            r["attempts"].as_u64().unwrap_or(0),
         );
     }
     Ok(())
+}
+
+/// One queued notice for `notices`: its id, what it is, and how its delivery stands.
+fn row(id: &str, body: &str, status: Value) -> Value {
+    let notice: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let mut r = json!({
+        "id": id,
+        "type": notice["type"],
+        "grant_id": notice["grant"]["id"],
+        "created_at": notice["created_at"],
+        "notice": notice,
+    });
+    if let (Some(r), Some(s)) = (r.as_object_mut(), status.as_object()) {
+        r.extend(s.clone());
+    }
+    r
 }

@@ -12,6 +12,7 @@ use spkeeper::config::TokenAuth;
 use spkeeper::http::{
     ApiKeyAuth, finish, health_router, launch_router, renew_router, status_router, token_router,
 };
+use spkeeper::ports::Outbox;
 use spkeeper::service::deliver::Deliverer;
 use spkeeper::service::exchange::TokenService;
 use spkeeper::service::launch::LaunchService;
@@ -19,7 +20,7 @@ use spkeeper::service::sweep::SweepService;
 
 use crate::Failure;
 use crate::dev::Sim;
-use crate::setup::{self, Mode};
+use crate::setup::{self, Backend, Mode};
 
 /// How often the delivery loop looks for notices: "delivered within seconds".
 const DELIVERY_POLL: Duration = Duration::from_secs(1);
@@ -76,7 +77,10 @@ pub async fn run(addr: SocketAddr, dev: bool, sweep_interval: u64) -> Result<(),
             Arc::clone(&ctx),
             Arc::clone(&loaded.clock),
             values,
-            Arc::clone(&loaded.store),
+            match &loaded.backend {
+                Backend::Sqlite(store) => Some(store.clone() as Arc<dyn Outbox>),
+                Backend::Aws(_) => None,
+            },
             Arc::clone(&sweep),
         )
         .map_err(Failure::Runtime)?;
@@ -93,8 +97,14 @@ pub async fn run(addr: SocketAddr, dev: bool, sweep_interval: u64) -> Result<(),
         (Some(url), Some(secret)) => {
             let sender = WebhookSender::new(ctx.http.clone(), url.clone(), secret)
                 .map_err(|e| Failure::Usage(format!("SPKEEPER_WEBHOOK_SECRET: {e}")))?;
-            let deliverer = Deliverer::new(loaded.store.clone(), sender);
-            tokio::spawn(delivery_loop(deliverer));
+            match &loaded.backend {
+                Backend::Sqlite(store) => {
+                    tokio::spawn(delivery_loop(Deliverer::new(store.clone(), sender)));
+                }
+                Backend::Aws(aws) => {
+                    tokio::spawn(sqs_delivery_loop(aws.queue.clone(), sender));
+                }
+            }
             tracing::info!(webhook = %url, "delivering notices");
         }
         _ => tracing::warn!(
@@ -143,6 +153,17 @@ async fn delivery_loop(deliverer: Deliverer) {
             tracing::error!(error = %e, "notice delivery pass failed");
         }
         tokio::time::sleep(DELIVERY_POLL).await;
+    }
+}
+
+/// On DynamoDB the queue is SQS: receive, deliver, delete (what fails comes back after the
+/// queue's visibility timeout, and ends in its dead-letter queue).
+async fn sqs_delivery_loop(queue: spkeeper::aws::sqs::SqsQueue, sender: WebhookSender) {
+    loop {
+        if let Err(e) = spkeeper::aws::consume_once(&queue, &sender, 1).await {
+            tracing::error!(error = %e, "receiving notices from SQS failed");
+            tokio::time::sleep(DELIVERY_POLL).await;
+        }
     }
 }
 

@@ -4,11 +4,24 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use spkeeper::aws::Aws;
 use spkeeper::clients::http_client;
 use spkeeper::clock::{Clock, OffsetClock};
 use spkeeper::config::{Env, Layered, Secrets, Settings, Source, StoreChoice};
 use spkeeper::context::Context;
+use spkeeper::ports::{GrantStore, NoticeRelay, OutboxIsTheQueue, TokenCache};
 use spkeeper::store::sqlite::SqliteStore;
+
+type Ports = (
+    Backend,
+    Arc<dyn GrantStore>,
+    Arc<dyn TokenCache>,
+    Arc<dyn NoticeRelay>,
+);
+
+fn aws_sdk_secretsmanager_client(sdk: &aws_config::SdkConfig) -> spkeeper::aws::SecretsClient {
+    spkeeper::aws::SecretsClient::new(sdk)
+}
 
 use crate::Failure;
 use crate::dev::DevValues;
@@ -32,9 +45,16 @@ pub fn data_dir() -> PathBuf {
     )
 }
 
+/// Where the data lives.
+pub enum Backend {
+    Sqlite(Arc<SqliteStore>),
+    /// DynamoDB and SQS (`SPKEEPER_STORE=dynamodb`), e.g. on moto or against AWS itself.
+    Aws(Box<Aws>),
+}
+
 pub struct Loaded {
     pub ctx: Arc<Context>,
-    pub store: Arc<SqliteStore>,
+    pub backend: Backend,
     /// The clock: real time, or the simulator's adjustable clock with `--dev`.
     pub clock: Arc<OffsetClock>,
     pub dev: Option<DevValues>,
@@ -67,24 +87,49 @@ pub async fn load(mode: Mode) -> Result<Loaded, Failure> {
     let source = Layered(vec![&Env, &dev_source]);
 
     let settings = Settings::from_source(&source).map_err(|e| Failure::Usage(e.to_string()))?;
-    let store = match &settings.store {
+    let runtime = |e: &dyn std::fmt::Display| Failure::Runtime(e.to_string());
+    let (backend, grants, cache, relay): Ports = match &settings.store {
         StoreChoice::Sqlite { data_dir } => {
-            Arc::new(SqliteStore::open_dir(data_dir).map_err(|e| Failure::Runtime(e.to_string()))?)
+            let store = Arc::new(SqliteStore::open_dir(data_dir).map_err(|e| runtime(&e))?);
+            let parts = (store.clone(), store.clone());
+            (
+                Backend::Sqlite(store),
+                parts.0,
+                parts.1,
+                Arc::new(OutboxIsTheQueue),
+            )
         }
         StoreChoice::DynamoDb { .. } => {
-            return Err(Failure::Usage(
-                "SPKEEPER_STORE: dynamodb is served by the Lambda functions; the CLI runs on sqlite".into(),
-            ));
+            let sdk = spkeeper::aws::sdk_config().await;
+            let aws =
+                Aws::from_settings(&sdk, &settings).map_err(|e| Failure::Usage(e.to_string()))?;
+            let parts = (
+                Arc::new(aws.dynamo.clone()),
+                Arc::new(aws.dynamo.clone()),
+                Arc::new(aws.relay.clone()),
+            );
+            (Backend::Aws(Box::new(aws)), parts.0, parts.1, parts.2)
         }
     };
     let key_dir = match &settings.store {
         StoreChoice::Sqlite { data_dir } => data_dir.clone(),
         StoreChoice::DynamoDb { .. } => dir,
     };
-    let doc = keys::key_file(&key_dir)
-        .map_err(Failure::Runtime)?
-        .into_document()
-        .with_env_fallback(&source);
+    // In AWS the secrets are one Secrets Manager secret; locally, the key file and the
+    // environment.
+    let doc = match Env.get("SPKEEPER_SECRETS_ARN") {
+        Some(arn) => {
+            let sdk = spkeeper::aws::sdk_config().await;
+            let client = aws_sdk_secretsmanager_client(&sdk);
+            spkeeper::aws::secrets::load(&client, &arn)
+                .await
+                .map_err(|e| Failure::Usage(e.to_string()))?
+        }
+        None => keys::key_file(&key_dir)
+            .map_err(Failure::Runtime)?
+            .into_document()
+            .with_env_fallback(&source),
+    };
     let secrets =
         Secrets::from_document(doc, &settings).map_err(|e| Failure::Usage(e.to_string()))?;
     let http = http_client()
@@ -106,13 +151,14 @@ pub async fn load(mode: Mode) -> Result<Loaded, Failure> {
         settings,
         secrets,
         clock: clock.clone() as Arc<dyn Clock>,
-        grants: store.clone(),
-        cache: store.clone(),
+        grants,
+        cache,
+        relay,
         http,
     });
     Ok(Loaded {
         ctx,
-        store,
+        backend,
         clock,
         dev,
     })

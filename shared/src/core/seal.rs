@@ -29,6 +29,7 @@ pub enum SealError {
     Ring(String),
 }
 
+#[derive(Clone)]
 pub struct KeyRing {
     active: String,
     keys: BTreeMap<String, Aes256Gcm>,

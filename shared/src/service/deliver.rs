@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::clients::WebhookSender;
+use crate::clients::{DeliveryError, WebhookSender};
 use crate::ports::{DeliveryOutcome, Outbox, StoreError};
 
 /// Attempts before a notice is dead-lettered: with the backoff below, 31 to 47 hours of trying.
@@ -25,6 +25,18 @@ fn unit_random() -> f64 {
         return 0.5;
     }
     f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX)
+}
+
+/// Delivers one queued notice body (an SQS message, or an outbox row): its `id` is the
+/// webhook id. Returns that id.
+pub async fn deliver_body(sender: &WebhookSender, body: &str) -> Result<String, DeliveryError> {
+    let id = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["id"].as_str().map(String::from))
+        .filter(|id| !id.is_empty())
+        .ok_or(DeliveryError::Malformed)?;
+    sender.send(&id, body, Utc::now().timestamp()).await?;
+    Ok(id)
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -226,7 +226,14 @@ impl TokenService {
             tokio::time::sleep(POLL).await;
         }
 
-        let result = self.exchange(stored, host).await;
+        // Whoever held the lease before us may have just cached a token (it writes the cache
+        // before it lets go): look once more before asking ACS.
+        let now = self.ctx.now();
+        let result = match self.fresh_cached(id, host, now).await {
+            Ok(Some(t)) => Ok(self.issue(stored, t, now)),
+            Ok(None) => self.exchange(stored, host).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = self.ctx.cache.release_lease(&lease_key, &self.owner).await {
             tracing::warn!(grant_id = %id, error = %e, "could not release the ACS lease; it will lapse");
         }
@@ -350,6 +357,9 @@ impl TokenService {
             {
                 Written::Done => {
                     tracing::info!(grant_id = %id, notice_id = %notice.id, "grant revoked; notice queued");
+                    if let Err(e) = self.ctx.relay.relay_now(&notice, now).await {
+                        tracing::warn!(notice_id = %notice.id, error = %e, "notice stays queued for the next sweep");
+                    }
                     return Ok(());
                 }
                 Written::Conflict => continue,

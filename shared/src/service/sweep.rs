@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::context::Context;
 use crate::core::grant::{Stage, days_left, due_stage};
 use crate::core::notice::{Notice, NoticeType, rfc3339};
-use crate::ports::{DueCursor, StoreError, Written};
+use crate::ports::{DueCursor, GrantRecord, StoreError, Written};
 
 /// How far ahead operators hear that the client secret expires.
 pub const CLIENT_SECRET_WARNING_DAYS: i64 = 30;
@@ -28,6 +28,8 @@ pub struct SweepSummary {
     pub expired: u64,
     /// Notices another writer (an overlapping sweep, a launch) got to first.
     pub conflicts: u64,
+    /// Notices moved on to the delivery queue (SQS; the embedded outbox is the queue itself).
+    pub relayed: u64,
     pub elapsed_ms: u64,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
@@ -40,6 +42,7 @@ impl SweepSummary {
             notices: NoticeType::ALL.iter().map(|t| (t.as_str(), 0)).collect(),
             expired: 0,
             conflicts: 0,
+            relayed: 0,
             elapsed_ms: 0,
             dry_run,
         }
@@ -66,70 +69,79 @@ impl SweepService {
     pub async fn run(&self, now: DateTime<Utc>, dry_run: bool) -> Result<SweepSummary, StoreError> {
         let started = Instant::now();
         let mut summary = SweepSummary::new(dry_run);
-        let days = &self.ctx.settings.notice_days;
         let mut cursor: Option<DueCursor> = None;
-
         loop {
             let page = self.ctx.grants.due(now, cursor.as_ref(), PAGE).await?;
-            let Some(last) = page.last() else { break };
-            cursor = last.next_due_at.map(|due_at| DueCursor {
-                due_at,
-                id: last.id.clone(),
-            });
-            let full = page.len() == PAGE;
-
-            for g in page {
-                summary.examined += 1;
-                let stage = due_stage(g.rt_expires_at, g.progress, now, days);
-                let (progress, notice) = match stage {
-                    Some(stage) => {
-                        let renew_url = self.ctx.renew_url(&g.id, now);
-                        let notice =
-                            Notice::for_stage(stage, self.ctx.notice_subject(&g, &renew_url), now);
-                        (stage.progress(), Some(notice))
-                    }
-                    // In the index but nothing due (the notice days changed): re-index it.
-                    None => (g.progress, None),
-                };
-                let next = self.ctx.next_due_at(&g, progress);
-                if notice.is_none() && next == g.next_due_at {
-                    continue;
-                }
-                if dry_run {
-                    if let Some(n) = &notice {
-                        summary.count(n.kind);
-                        summary.expired += u64::from(stage == Some(Stage::Expired));
-                    }
-                    continue;
-                }
-                match self
-                    .ctx
-                    .grants
-                    .advance(&g.id, g.rev, progress, next, notice.as_ref(), now)
-                    .await?
-                {
-                    Written::Done => {
-                        if let Some(n) = &notice {
-                            summary.count(n.kind);
-                            summary.expired += u64::from(stage == Some(Stage::Expired));
-                            tracing::info!(grant_id = %g.id, notice_id = %n.id, notice_type = n.kind.as_str(), "notice queued");
-                        }
-                    }
-                    Written::Conflict => summary.conflicts += 1,
-                }
+            for g in page.grants {
+                self.visit(g, now, dry_run, &mut summary).await?;
             }
-            if !full || cursor.is_none() {
-                break;
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
             }
         }
 
         self.client_secret_warning(now, dry_run, &mut summary)
             .await?;
         if !dry_run {
+            // Everything queued reaches the delivery queue by the end of a sweep, including
+            // what an earlier run (or a crashed launch) left behind.
+            let relay = self.ctx.relay.relay_pending(now).await?;
+            summary.relayed = relay.relayed;
             self.ctx.grants.purge(now).await?;
         }
         summary.elapsed_ms = started.elapsed().as_millis() as u64;
         Ok(summary)
+    }
+
+    /// One due grant: send the nearest due stage, or re-index it if nothing is due.
+    async fn visit(
+        &self,
+        g: GrantRecord,
+        now: DateTime<Utc>,
+        dry_run: bool,
+        summary: &mut SweepSummary,
+    ) -> Result<(), StoreError> {
+        summary.examined += 1;
+        let stage = due_stage(
+            g.rt_expires_at,
+            g.progress,
+            now,
+            &self.ctx.settings.notice_days,
+        );
+        let (progress, notice) = match stage {
+            Some(stage) => {
+                let renew_url = self.ctx.renew_url(&g.id, now);
+                let notice = Notice::for_stage(stage, self.ctx.notice_subject(&g, &renew_url), now);
+                (stage.progress(), Some(notice))
+            }
+            // In the index but nothing due (the notice days changed): re-index it.
+            None => (g.progress, None),
+        };
+        let next = self.ctx.next_due_at(&g, progress);
+        if notice.is_none() && next == g.next_due_at {
+            return Ok(());
+        }
+        let written = if dry_run {
+            Written::Done
+        } else {
+            self.ctx
+                .grants
+                .advance(&g.id, g.rev, progress, next, notice.as_ref(), now)
+                .await?
+        };
+        match (written, &notice) {
+            (Written::Done, Some(n)) => {
+                summary.count(n.kind);
+                summary.expired += u64::from(stage == Some(Stage::Expired));
+                if !dry_run {
+                    tracing::info!(grant_id = %g.id, notice_id = %n.id, notice_type = n.kind.as_str(), "notice queued");
+                }
+            }
+            (Written::Done, None) => {}
+            (Written::Conflict, _) => summary.conflicts += 1,
+        }
+        Ok(())
     }
 
     async fn client_secret_warning(

@@ -16,7 +16,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use crate::core::grant::{GrantId, Progress, relaunch_retention};
 use crate::core::notice::{Notice, User};
 use crate::ports::{
-    CachedToken, DeliveryOutcome, DueCursor, GrantRecord, GrantStore, Outbox, OutboxEntry,
+    CachedToken, DeliveryOutcome, DueCursor, DuePage, GrantRecord, GrantStore, Outbox, OutboxEntry,
     StandardTokens, StoreError, StoredGrant, TokenCache, Written,
 };
 
@@ -387,30 +387,46 @@ impl GrantStore for SqliteStore {
     async fn due(
         &self,
         now: DateTime<Utc>,
-        after: Option<&DueCursor>,
+        cursor: Option<&DueCursor>,
         limit: usize,
-    ) -> Result<Vec<GrantRecord>, StoreError> {
-        let (after_due, after_id) = after
-            .map(|c| (ts(c.due_at), c.id.as_str().to_string()))
-            .unwrap_or((i64::MIN, String::new()));
-        self.call(move |c| {
-            let mut stmt = c
-                .prepare_cached(&format!(
-                    "SELECT {GRANT_COLUMNS} FROM grants INDEXED BY grants_due \
-                     WHERE next_due_at IS NOT NULL AND next_due_at <= ?1 \
-                       AND (next_due_at > ?2 OR (next_due_at = ?2 AND id > ?3)) \
-                     ORDER BY next_due_at, id LIMIT ?4"
-                ))
-                .map_err(sql)?;
-            let rows = stmt
-                .query_map(
-                    params![ts(now), after_due, after_id, limit as i64],
-                    read_grant,
+    ) -> Result<DuePage, StoreError> {
+        // The cursor is "{due}|{id}" of the last grant returned.
+        let (after_due, after_id) = match cursor {
+            None => (i64::MIN, String::new()),
+            Some(DueCursor(c)) => {
+                let (d, id) = c.split_once('|').ok_or_else(|| corrupt("due cursor"))?;
+                (
+                    d.parse::<i64>().map_err(|_| corrupt("due cursor"))?,
+                    id.to_string(),
                 )
-                .map_err(sql)?;
-            rows.map(|r| r.map_err(sql)?).collect()
-        })
-        .await
+            }
+        };
+        let grants: Vec<GrantRecord> = self
+            .call(move |c| {
+                let mut stmt = c
+                    .prepare_cached(&format!(
+                        "SELECT {GRANT_COLUMNS} FROM grants INDEXED BY grants_due \
+                         WHERE next_due_at IS NOT NULL AND next_due_at <= ?1 \
+                           AND (next_due_at > ?2 OR (next_due_at = ?2 AND id > ?3)) \
+                         ORDER BY next_due_at, id LIMIT ?4"
+                    ))
+                    .map_err(sql)?;
+                let rows = stmt
+                    .query_map(
+                        params![ts(now), after_due, after_id, limit as i64],
+                        read_grant,
+                    )
+                    .map_err(sql)?;
+                rows.map(|r| r.map_err(sql)?).collect()
+            })
+            .await?;
+        let next = match grants.last() {
+            Some(last) if grants.len() == limit => last
+                .next_due_at
+                .map(|d| DueCursor(format!("{}|{}", ts(d), last.id))),
+            _ => None,
+        };
+        Ok(DuePage { grants, next })
     }
 
     async fn list(&self) -> Result<Vec<GrantRecord>, StoreError> {

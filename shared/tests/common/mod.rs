@@ -20,6 +20,14 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+use aws_config::SdkConfig;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use spkeeper::aws::Aws;
 use spkeeper::clients::{AcsClient, RetryPolicy, http_client};
 use spkeeper::clock::{Clock, OffsetClock};
 use spkeeper::config::{KeyFile, Secrets, Settings};
@@ -28,10 +36,12 @@ use spkeeper::http::{
     ApiKeyAuth, finish, health_router, launch_router, renew_router, status_router, token_router,
 };
 use spkeeper::ports::{GrantRecord, GrantStore, Outbox};
+use spkeeper::ports::{NoticeRelay, OutboxIsTheQueue, TokenCache};
 use spkeeper::service::exchange::TokenService;
 use spkeeper::service::launch::LaunchService;
 use spkeeper::service::sweep::SweepService;
 use spkeeper::store::sqlite::SqliteStore;
+use spkeeper::testkit::moto;
 use spkeeper::testkit::{ContextTokenSpec, mint_context_token};
 
 pub const CLIENT_ID: &str = "a044e184-7de2-4d05-aacf-52118008c44e";
@@ -167,15 +177,72 @@ pub struct Harness {
     pub app: Router,
     pub stub: Stub,
     pub clock: Arc<OffsetClock>,
-    pub store: Arc<SqliteStore>,
+    pub backend: Backend,
     pub tokens: Arc<TokenService>,
     pub sweep: SweepService,
+    /// Notices taken off the SQS queue so far (moto backend).
+    drained: Mutex<Vec<Value>>,
 }
+
+/// Where the harness keeps its data.
+pub enum Backend {
+    Sqlite(Arc<SqliteStore>),
+    Moto { aws: Box<Aws>, sdk: Box<SdkConfig> },
+}
+
+type Ports = (
+    Backend,
+    Arc<dyn GrantStore>,
+    Arc<dyn TokenCache>,
+    Arc<dyn NoticeRelay>,
+);
 
 #[derive(Default)]
 pub struct Options {
     pub secondary: bool,
     pub extra_env: Vec<(&'static str, String)>,
+    /// DynamoDB and SQS on moto instead of SQLite.
+    pub moto: bool,
+    /// With `moto`: record the name of every DynamoDB operation sent.
+    pub record_operations: Option<Arc<Mutex<Vec<String>>>>,
+}
+
+/// Records each DynamoDB operation the SDK sends.
+#[derive(Debug)]
+struct RecordOperations(Arc<Mutex<Vec<String>>>);
+
+impl Intercept for RecordOperations {
+    fn name(&self) -> &'static str {
+        "RecordOperations"
+    }
+
+    fn read_before_serialization(
+        &self,
+        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(m) = cfg.load::<Metadata>() {
+            self.0.lock().unwrap().push(m.name().to_string());
+        }
+        Ok(())
+    }
+}
+
+pub async fn moto_backend(record: Option<Arc<Mutex<Vec<String>>>>) -> (Aws, SdkConfig) {
+    let sdk = moto::sdk_config().await;
+    let (table, queue) = moto::fresh(&sdk, "h").await;
+    let mut dynamo = aws_sdk_dynamodb::config::Builder::from(&sdk);
+    if let Some(r) = record {
+        dynamo = dynamo.interceptor(RecordOperations(r));
+    }
+    let aws = Aws::from_clients(
+        aws_sdk_dynamodb::Client::from_conf(dynamo.build()),
+        aws_sdk_sqs::Client::new(&sdk),
+        &table,
+        &queue,
+    );
+    (aws, sdk)
 }
 
 impl Harness {
@@ -213,13 +280,38 @@ impl Harness {
             .with_env_fallback(&env);
         let secrets = Secrets::from_document(doc, &settings).unwrap();
         let api_key = secrets.api_key.clone().unwrap();
-        let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+        let (backend, grants, cache, relay): Ports = if opts.moto {
+            let (aws, sdk) = moto_backend(opts.record_operations).await;
+            let parts = (
+                Arc::new(aws.dynamo.clone()),
+                Arc::new(aws.dynamo.clone()),
+                Arc::new(aws.relay.clone()),
+            );
+            (
+                Backend::Moto {
+                    aws: Box::new(aws),
+                    sdk: Box::new(sdk),
+                },
+                parts.0,
+                parts.1,
+                parts.2,
+            )
+        } else {
+            let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+            (
+                Backend::Sqlite(store.clone()),
+                store.clone(),
+                store,
+                Arc::new(OutboxIsTheQueue),
+            )
+        };
         let ctx = Arc::new(Context {
             settings,
             secrets,
             clock: clock.clone() as Arc<dyn Clock>,
-            grants: store.clone(),
-            cache: store.clone(),
+            grants,
+            cache,
+            relay,
             http: http_client().unwrap(),
         });
         let retry = RetryPolicy {
@@ -249,9 +341,10 @@ impl Harness {
             app,
             stub,
             clock,
-            store,
+            backend,
             tokens,
             sweep,
+            drained: Mutex::new(Vec::new()),
         }
     }
 
@@ -327,22 +420,45 @@ impl Harness {
         &self,
         id: &spkeeper::core::grant::GrantId,
     ) -> spkeeper::ports::StoredGrant {
-        self.store.load(id).await.unwrap().expect("grant stored")
+        self.ctx
+            .grants
+            .load(id)
+            .await
+            .unwrap()
+            .expect("grant stored")
     }
 
     pub async fn grants(&self) -> Vec<GrantRecord> {
-        self.store.list().await.unwrap()
+        self.ctx.grants.list().await.unwrap()
     }
 
-    /// Bodies of notices queued and not yet delivered.
+    /// Bodies of every notice queued so far (on SQLite: not yet delivered; on moto: relayed
+    /// to SQS and taken off the queue, cumulatively).
     pub async fn queued(&self) -> Vec<Value> {
-        self.store
-            .undelivered()
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| serde_json::from_str(&e.body).unwrap())
-            .collect()
+        match &self.backend {
+            Backend::Sqlite(store) => store
+                .undelivered()
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| serde_json::from_str(&e.body).unwrap())
+                .collect(),
+            Backend::Moto { aws, sdk } => {
+                use spkeeper::ports::NoticeRelay;
+                aws.relay
+                    .relay_pending(self.now() + chrono::Duration::days(3650))
+                    .await
+                    .unwrap();
+                let bodies = moto::drain(sdk, aws.queue.url()).await;
+                let mut drained = self.drained.lock().unwrap();
+                drained.extend(
+                    bodies
+                        .iter()
+                        .map(|b| serde_json::from_str::<Value>(b).unwrap()),
+                );
+                drained.clone()
+            }
+        }
     }
 }
 

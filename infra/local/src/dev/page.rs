@@ -10,7 +10,6 @@ use serde::Deserialize;
 
 use spkeeper::core::grant::days_left;
 use spkeeper::core::notice::rfc3339;
-use spkeeper::ports::{GrantStore, Outbox};
 
 use spkeeper::http::cookie;
 
@@ -82,7 +81,7 @@ pub async fn sharepoint(
         })
         .collect();
 
-    let grants = sim.store.list().await.unwrap_or_default();
+    let grants = sim.ctx.grants.list().await.unwrap_or_default();
     let grant_rows: String = grants
         .iter()
         .map(|g| {
@@ -100,7 +99,13 @@ pub async fn sharepoint(
             )
         })
         .collect();
-    let pending = sim.store.undelivered().await.map(|v| v.len()).unwrap_or(0);
+    let pending = match &sim.outbox {
+        Some(outbox) => format!(
+            "{} notice(s) waiting for delivery.",
+            outbox.undelivered().await.map(|v| v.len()).unwrap_or(0)
+        ),
+        None => "Notices go to the SQS queue.".to_string(),
+    };
     let inbox_rows: String = sim
         .inbox()
         .iter()
@@ -172,7 +177,7 @@ pub async fn sharepoint(
         {next} {clock_buttons} {reset} {sweep}\
         <p class=\"muted\">Each jump runs a sweep; notices fall due 30, 7 and 1 days before the refresh token expires, six months after the launch.</p></section>\
         <section><h2>3 · Grants</h2><table><tr><th>grant</th><th>user</th><th>status</th><th>refresh token expires</th><th>days</th><th>notices</th><th></th></tr>{grant_rows}</table>\
-        <p class=\"muted\">{pending} notice(s) waiting for delivery.</p></section>\
+        <p class=\"muted\">{pending}</p></section>\
         <section><h2>4 · Webhook inbox</h2><table><tr><th>received</th><th>type</th><th>grant</th><th>days left</th><th>signature</th></tr>{inbox_rows}</table></section>\
         <section><h2>5 · Make ACS misbehave</h2><p>The next token request gets: {fault_buttons} {clear}</p>\
         <p class=\"muted\">Queued: {faults} · token requests so far: {requests}</p></section>\

@@ -28,9 +28,8 @@ use spkeeper::context::Context;
 use spkeeper::core::context_token::SHAREPOINT_PRINCIPAL;
 use spkeeper::core::notice::rfc3339;
 use spkeeper::http::cookie;
-use spkeeper::ports::GrantStore;
+use spkeeper::ports::Outbox;
 use spkeeper::service::sweep::SweepService;
-use spkeeper::store::sqlite::SqliteStore;
 use spkeeper::testkit::{ContextTokenSpec, mint_context_token};
 
 use super::DevValues;
@@ -74,7 +73,8 @@ pub struct Sim {
     pub clock: Arc<OffsetClock>,
     pub values: DevValues,
     sim_key: Vec<u8>,
-    pub store: Arc<SqliteStore>,
+    /// The embedded queue, to show what waits in it (none on DynamoDB: notices go to SQS).
+    pub outbox: Option<Arc<dyn Outbox>>,
     sweep: Arc<SweepService>,
     faults: Mutex<VecDeque<Fault>>,
     token_requests: AtomicU64,
@@ -130,7 +130,7 @@ impl Sim {
         ctx: Arc<Context>,
         clock: Arc<OffsetClock>,
         values: DevValues,
-        store: Arc<SqliteStore>,
+        outbox: Option<Arc<dyn Outbox>>,
         sweep: Arc<SweepService>,
     ) -> Result<Self, String> {
         let sim_key = STANDARD
@@ -141,7 +141,7 @@ impl Sim {
             clock,
             values,
             sim_key,
-            store,
+            outbox,
             sweep,
             faults: Mutex::new(VecDeque::new()),
             token_requests: AtomicU64::new(0),
@@ -561,7 +561,7 @@ pub async fn set_clock(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: By
         sim.clock.reset();
     } else if truthy(input.get("next_notice")) {
         // Just past the earliest notice any grant has coming.
-        let grants = sim.store.list().await.unwrap_or_default();
+        let grants = sim.ctx.grants.list().await.unwrap_or_default();
         match grants.iter().filter_map(|g| g.next_due_at).min() {
             Some(due) if due > sim.now() => sim.clock.set(due + Duration::minutes(1)),
             Some(_) => {}

@@ -1,0 +1,846 @@
+//! The DynamoDB adapter: grants, refresh tokens, the access-token cache, leases and the notice
+//! outbox in one table (layout in [`super::table`]).
+//!
+//! Every state change is conditional on the grant's revision. A notice is written into the
+//! `outbox` map of the very item whose state change causes it, in the same write, so the
+//! sweep's path is one conditional `UpdateItem` per notice, and a process that dies after it
+//! loses nothing: the notice waits in the item (and the `outbox` index) for the relay.
+//! A launch writes the grant and its refresh token (two items) in one transaction.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, TransactWriteItem, Update};
+use chrono::{DateTime, Duration, Utc};
+
+use super::table::{
+    DUE_INDEX, DUE_PK, DUE_SHARDS, DUE_SK, OUTBOX_INDEX, OUTBOX_PARTITION, OUTBOX_PK, OUTBOX_SK,
+    PK, SK, TTL,
+};
+use crate::core::grant::{GrantId, Progress, relaunch_retention};
+use crate::core::notice::{Notice, User};
+use crate::ports::{
+    CachedToken, DueCursor, DuePage, GrantRecord, GrantStore, StandardTokens, StoreError,
+    StoredGrant, TokenCache, Written,
+};
+
+pub type Item = HashMap<String, AttributeValue>;
+type Response = aws_smithy_runtime_api::http::Response;
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("DynamoDB item: {what}"))
+}
+
+/// Any SDK failure: the table is unavailable (throttled, unreachable, misconfigured).
+fn sdk<E>(e: SdkError<E, Response>) -> StoreError
+where
+    aws_sdk_dynamodb::Error: From<SdkError<E, Response>>,
+{
+    StoreError::unavailable(aws_sdk_dynamodb::Error::from(e))
+}
+
+/// Did a single-item write fail only its condition?
+fn condition_failed<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(
+    e: &SdkError<E, Response>,
+) -> bool {
+    e.as_service_error()
+        .and_then(|se| se.code())
+        .is_some_and(|c| c == "ConditionalCheckFailedException")
+}
+
+/// Did a transaction fail only on conditions (or a competing transaction)?
+fn transaction_lost(e: &SdkError<TransactWriteItemsError, Response>) -> bool {
+    match e.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
+            c.cancellation_reasons().iter().all(|r| {
+                matches!(
+                    r.code(),
+                    None | Some("None")
+                        | Some("ConditionalCheckFailed")
+                        | Some("TransactionConflict")
+                )
+            })
+        }
+        _ => false,
+    }
+}
+
+fn key(pk: String, sk: &str) -> Item {
+    HashMap::from([(PK.to_string(), s(pk)), (SK.to_string(), s(sk))])
+}
+
+fn grant_key(id: &GrantId) -> Item {
+    key(format!("G#{id}"), "G")
+}
+
+fn refresh_key(id: &GrantId) -> Item {
+    key(format!("RT#{id}"), "RT")
+}
+
+fn access_key(id: &GrantId, host: &str) -> Item {
+    key(format!("AT#{id}"), host)
+}
+
+fn lease_key(k: &str) -> Item {
+    key(format!("L#{k}"), "L")
+}
+
+fn marker_key(m: &str) -> Item {
+    key(format!("M#{m}"), "M")
+}
+
+fn get_s(item: &Item, name: &str) -> Result<String, StoreError> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Ok(v.clone()),
+        _ => Err(corrupt(name)),
+    }
+}
+
+fn get_opt_s(item: &Item, name: &str) -> Option<String> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+fn get_n(item: &Item, name: &str) -> Result<i64, StoreError> {
+    match item.get(name) {
+        Some(AttributeValue::N(v)) => v.parse().map_err(|_| corrupt(name)),
+        _ => Err(corrupt(name)),
+    }
+}
+
+fn get_time(item: &Item, name: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp(get_n(item, name)?, 0).ok_or_else(|| corrupt(name))
+}
+
+/// The due partition of a grant: spreads the index's writes and the sweep's reads.
+pub fn due_partition(id: &GrantId) -> String {
+    let first = u8::from_str_radix(&id.as_str()[..2], 16).unwrap_or(0);
+    format!("DUE#{}", first % DUE_SHARDS)
+}
+
+/// Sorts by due time, then grant id: `{epoch seconds, 12 digits}#{grant id}`.
+fn due_sort_key(due: DateTime<Utc>, id: &GrantId) -> String {
+    format!("{:012}#{id}", due.timestamp().max(0))
+}
+
+/// Where an item waits in the outbox index: by when its first notice was queued.
+fn outbox_sort_key(notice: &Notice, pk: &str) -> String {
+    let created = DateTime::parse_from_rfc3339(&notice.created_at)
+        .map(|t| t.timestamp())
+        .unwrap_or_else(|_| Utc::now().timestamp());
+    format!("{:012}#{pk}", created.max(0))
+}
+
+/// An update expression with generated placeholders.
+#[derive(Default)]
+struct Expr {
+    sets: Vec<String>,
+    removes: Vec<String>,
+    names: HashMap<String, String>,
+    values: Item,
+}
+
+impl Expr {
+    fn name(&mut self, attr: &str) -> String {
+        let p = format!("#n{}", self.names.len());
+        self.names.insert(p.clone(), attr.to_string());
+        p
+    }
+
+    fn value(&mut self, v: AttributeValue) -> String {
+        let p = format!(":v{}", self.values.len());
+        self.values.insert(p.clone(), v);
+        p
+    }
+
+    fn set(&mut self, attr: &str, v: AttributeValue) {
+        let (a, v) = (self.name(attr), self.value(v));
+        self.sets.push(format!("{a} = {v}"));
+    }
+
+    fn remove(&mut self, attr: &str) {
+        let a = self.name(attr);
+        self.removes.push(a);
+    }
+
+    /// `SET outbox.{notice id} = body` and index the item in the outbox (keeping its place if
+    /// it is already there).
+    fn queue(&mut self, notice: &Notice, pk: &str) {
+        let (map, id, body) = (
+            self.name("outbox"),
+            self.name(&notice.id),
+            self.value(s(notice.to_json())),
+        );
+        self.sets.push(format!("{map}.{id} = {body}"));
+        self.set(OUTBOX_PK, s(OUTBOX_PARTITION));
+        let (osk, at) = (
+            self.name(OUTBOX_SK),
+            self.value(s(outbox_sort_key(notice, pk))),
+        );
+        self.sets
+            .push(format!("{osk} = if_not_exists({osk}, {at})"));
+    }
+
+    fn expression(&self) -> String {
+        let mut e = String::new();
+        if !self.sets.is_empty() {
+            e.push_str("SET ");
+            e.push_str(&self.sets.join(", "));
+        }
+        if !self.removes.is_empty() {
+            e.push_str(" REMOVE ");
+            e.push_str(&self.removes.join(", "));
+        }
+        e
+    }
+}
+
+/// The grant's fields, as attributes (`None` = the attribute must not be there).
+fn grant_attributes(g: &GrantRecord, rev: u64) -> Vec<(&'static str, Option<AttributeValue>)> {
+    let opt = |v: &Option<String>| v.as_ref().map(s);
+    vec![
+        ("rev", Some(n(rev as i64))),
+        ("realm", Some(s(&g.realm))),
+        ("site_url", Some(s(&g.site_url))),
+        ("app_web_url", opt(&g.app_web_url)),
+        ("sp_language", opt(&g.standard_tokens.language)),
+        ("sp_client_tag", opt(&g.standard_tokens.client_tag)),
+        ("sp_product_number", opt(&g.standard_tokens.product_number)),
+        ("sts_uri", Some(s(&g.sts_uri))),
+        ("target_principal", Some(s(&g.target_principal))),
+        (
+            "user",
+            g.user
+                .as_ref()
+                .map(|u| s(serde_json::to_string(u).unwrap_or_default())),
+        ),
+        ("rt_version", Some(n(g.rt_version))),
+        ("rt_expires_at", Some(n(g.rt_expires_at.timestamp()))),
+        ("progress", Some(s(g.progress.to_string()))),
+        ("created_at", Some(n(g.created_at.timestamp()))),
+        ("updated_at", Some(n(g.updated_at.timestamp()))),
+        (
+            TTL,
+            Some(n(relaunch_retention(g.rt_expires_at).timestamp())),
+        ),
+        ("next_due_at", g.next_due_at.map(|d| n(d.timestamp()))),
+        (DUE_PK, g.next_due_at.map(|_| s(due_partition(&g.id)))),
+        (DUE_SK, g.next_due_at.map(|d| s(due_sort_key(d, &g.id)))),
+    ]
+}
+
+fn read_grant(item: &Item) -> Result<GrantRecord, StoreError> {
+    let pk = get_s(item, PK)?;
+    let id = pk
+        .strip_prefix("G#")
+        .and_then(GrantId::parse)
+        .ok_or_else(|| corrupt("grant key"))?;
+    Ok(GrantRecord {
+        id,
+        rev: u64::try_from(get_n(item, "rev")?).map_err(|_| corrupt("rev"))?,
+        realm: get_s(item, "realm")?,
+        site_url: get_s(item, "site_url")?,
+        app_web_url: get_opt_s(item, "app_web_url"),
+        standard_tokens: StandardTokens {
+            language: get_opt_s(item, "sp_language"),
+            client_tag: get_opt_s(item, "sp_client_tag"),
+            product_number: get_opt_s(item, "sp_product_number"),
+        },
+        sts_uri: get_s(item, "sts_uri")?,
+        target_principal: get_s(item, "target_principal")?,
+        user: get_opt_s(item, "user")
+            .map(|j| serde_json::from_str::<User>(&j).map_err(|_| corrupt("user")))
+            .transpose()?,
+        rt_version: get_n(item, "rt_version")?,
+        rt_expires_at: get_time(item, "rt_expires_at")?,
+        progress: get_s(item, "progress")?
+            .parse()
+            .map_err(StoreError::Corrupt)?,
+        next_due_at: item
+            .contains_key("next_due_at")
+            .then(|| get_time(item, "next_due_at"))
+            .transpose()?,
+        created_at: get_time(item, "created_at")?,
+        updated_at: get_time(item, "updated_at")?,
+    })
+}
+
+/// An item's queued notices: notice id → body.
+pub fn outbox_of(item: &Item) -> Vec<(String, String)> {
+    match item.get("outbox") {
+        Some(AttributeValue::M(m)) => {
+            let mut v: Vec<(String, String)> = m
+                .iter()
+                .filter_map(|(id, body)| body.as_s().ok().map(|b| (id.clone(), b.clone())))
+                .collect();
+            v.sort();
+            v
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// An item that holds queued notices, as the relay sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub key: (String, String),
+    pub notices: Vec<(String, String)>,
+    /// A relay holds it until then.
+    pub leased_until: Option<DateTime<Utc>>,
+}
+
+fn holder(item: &Item) -> Result<Holder, StoreError> {
+    Ok(Holder {
+        key: (get_s(item, PK)?, get_s(item, SK)?),
+        notices: outbox_of(item),
+        leased_until: item
+            .contains_key("relay_until")
+            .then(|| get_time(item, "relay_until"))
+            .transpose()?,
+    })
+}
+
+#[derive(Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+impl fmt::Debug for DynamoStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DynamoStore")
+            .field("table", &self.table)
+            .finish()
+    }
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoStore {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    async fn get(&self, key: Item) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(out.item)
+    }
+
+    /// A conditional `UpdateItem`: `Conflict` when the condition fails.
+    async fn update(&self, key: Item, expr: Expr, condition: &str) -> Result<Written, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .update_expression(expr.expression())
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(expr.names).filter(|m| !m.is_empty()))
+            .set_expression_attribute_values(Some(expr.values).filter(|m| !m.is_empty()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Written::Done),
+            Err(e) if condition_failed(&e) => Ok(Written::Conflict),
+            Err(e) => Err(sdk(e)),
+        }
+    }
+
+    /// Queries a partition of an index for sort keys ≤ `until`, from `start`.
+    async fn query(
+        &self,
+        index: &str,
+        (pk, sk): (&str, &str),
+        partition: &str,
+        until: &str,
+        start: Option<Item>,
+        limit: usize,
+    ) -> Result<(Vec<Item>, Option<Item>), StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(index)
+            .key_condition_expression("#p = :p AND #s <= :until")
+            .expression_attribute_names("#p", pk)
+            .expression_attribute_names("#s", sk)
+            .expression_attribute_values(":p", s(partition))
+            .expression_attribute_values(":until", s(until))
+            .set_exclusive_start_key(start)
+            .limit(i32::try_from(limit.max(1)).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok((out.items.unwrap_or_default(), out.last_evaluated_key))
+    }
+
+    /// Items holding notices not yet relayed, a page at a time (relay, `spkeeper notices`).
+    pub async fn holders(
+        &self,
+        start: Option<Item>,
+        limit: usize,
+    ) -> Result<(Vec<Holder>, Option<Item>), StoreError> {
+        let (items, next) = self
+            .query(
+                OUTBOX_INDEX,
+                (OUTBOX_PK, OUTBOX_SK),
+                OUTBOX_PARTITION,
+                "~",
+                start,
+                limit,
+            )
+            .await?;
+        let holders = items.iter().map(holder).collect::<Result<Vec<_>, _>>()?;
+        Ok((holders, next))
+    }
+
+    /// Takes an item's queued notices for relaying until `until`, unless another relay holds
+    /// them; returns them as they are now.
+    pub async fn claim(
+        &self,
+        (pk, sk): &(String, String),
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<Holder>, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk.clone(), sk)))
+            .update_expression("SET relay_owner = :o, relay_until = :u")
+            .condition_expression(
+                "attribute_exists(outbox_pk) AND (attribute_not_exists(relay_until) OR relay_until <= :now)",
+            )
+            .expression_attribute_values(":o", s(owner))
+            .expression_attribute_values(":u", n(until.timestamp()))
+            .expression_attribute_values(":now", n(now.timestamp()))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => out.attributes.as_ref().map(holder).transpose(),
+            Err(e) if condition_failed(&e) => Ok(None),
+            Err(e) => Err(sdk(e)),
+        }
+    }
+
+    /// Removes relayed notices from an item this owner holds. When they were all it had, the
+    /// item leaves the outbox index; if more arrived meanwhile, they stay for the next relay.
+    pub async fn remove_relayed(
+        &self,
+        claimed: &Holder,
+        sent: &[String],
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        let (pk, sk) = &claimed.key;
+        let everything = claimed.notices.iter().all(|(id, _)| sent.contains(id));
+        let attempt = |drop_index: bool| {
+            let mut e = Expr::default();
+            for id in sent {
+                let (map, nid) = (e.name("outbox"), e.name(id));
+                e.removes.push(format!("{map}.{nid}"));
+            }
+            e.remove("relay_owner");
+            e.remove("relay_until");
+            let owner_v = e.value(s(owner));
+            let mut condition = format!("relay_owner = {owner_v}");
+            if drop_index {
+                e.remove(OUTBOX_PK);
+                e.remove(OUTBOX_SK);
+                let map = e.name("outbox");
+                let count = e.value(n(claimed.notices.len() as i64));
+                condition.push_str(&format!(" AND size({map}) = {count}"));
+            }
+            (e, condition)
+        };
+        if everything {
+            let (e, condition) = attempt(true);
+            if self.update(key(pk.clone(), sk), e, &condition).await? == Written::Done {
+                return Ok(());
+            }
+        }
+        // Our lease lapsed (another relay sends them: a duplicate id that consumers drop), or
+        // new notices arrived: keep the item indexed.
+        let (e, condition) = attempt(false);
+        self.update(key(pk.clone(), sk), e, &condition).await?;
+        Ok(())
+    }
+}
+
+fn encode_cursor(shard: u8, key: Option<&Item>) -> DueCursor {
+    let key: HashMap<&str, &str> = key
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_s().ok().map(|v| (k.as_str(), v.as_str())))
+        .collect();
+    DueCursor(serde_json::json!({"shard": shard, "key": key}).to_string())
+}
+
+fn decode_cursor(c: &DueCursor) -> Result<(u8, Option<Item>), StoreError> {
+    let v: serde_json::Value = serde_json::from_str(&c.0).map_err(|_| corrupt("due cursor"))?;
+    let shard = v["shard"]
+        .as_u64()
+        .and_then(|s| u8::try_from(s).ok())
+        .filter(|s| *s < DUE_SHARDS)
+        .ok_or_else(|| corrupt("due cursor"))?;
+    let key: Item = v["key"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), s(v))))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((shard, (!key.is_empty()).then_some(key)))
+}
+
+#[async_trait]
+impl GrantStore for DynamoStore {
+    async fn load(&self, id: &GrantId) -> Result<Option<StoredGrant>, StoreError> {
+        let (grant, rt) = tokio::try_join!(self.get(grant_key(id)), self.get(refresh_key(id)))?;
+        let Some(grant) = grant else { return Ok(None) };
+        let record = read_grant(&grant)?;
+        // The refresh token belongs to this record only if it is the same version.
+        let sealed = rt
+            .filter(|i| get_n(i, "rt_version").ok() == Some(record.rt_version))
+            .map(|i| get_s(&i, "sealed"))
+            .transpose()?;
+        Ok(Some(StoredGrant {
+            record,
+            sealed_refresh_token: sealed,
+        }))
+    }
+
+    async fn put_grant(
+        &self,
+        expected_rev: Option<u64>,
+        grant: &GrantRecord,
+        sealed_refresh_token: &str,
+        notice: Option<&Notice>,
+    ) -> Result<Written, StoreError> {
+        let new_rev = expected_rev.map_or(1, |r| r + 1);
+        let pk = format!("G#{}", grant.id);
+        let details = match expected_rev {
+            // A new grant: the whole item, with an (empty or one-notice) outbox.
+            None => {
+                let mut item = grant_key(&grant.id);
+                item.extend(
+                    grant_attributes(grant, new_rev)
+                        .into_iter()
+                        .filter_map(|(k, v)| v.map(|v| (k.to_string(), v))),
+                );
+                let mut outbox = HashMap::new();
+                if let Some(notice) = notice {
+                    outbox.insert(notice.id.clone(), s(notice.to_json()));
+                    item.insert(OUTBOX_PK.into(), s(OUTBOX_PARTITION));
+                    item.insert(OUTBOX_SK.into(), s(outbox_sort_key(notice, &pk)));
+                }
+                item.insert("outbox".into(), AttributeValue::M(outbox));
+                let put = Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .build()
+                    .map_err(StoreError::unavailable)?;
+                TransactWriteItem::builder().put(put).build()
+            }
+            // A replacement: every field, keeping the notices still in its outbox.
+            Some(rev) => {
+                let mut e = Expr::default();
+                for (attr, v) in grant_attributes(grant, new_rev) {
+                    match v {
+                        Some(v) => e.set(attr, v),
+                        None => e.remove(attr),
+                    }
+                }
+                if let Some(notice) = notice {
+                    e.queue(notice, &pk);
+                }
+                let expected = e.value(n(rev as i64));
+                let rev_name = e.name("rev");
+                let update = Update::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(grant_key(&grant.id)))
+                    .update_expression(e.expression())
+                    .condition_expression(format!("{rev_name} = {expected}"))
+                    .set_expression_attribute_names(Some(e.names))
+                    .set_expression_attribute_values(Some(e.values))
+                    .build()
+                    .map_err(StoreError::unavailable)?;
+                TransactWriteItem::builder().update(update).build()
+            }
+        };
+        let mut rt = refresh_key(&grant.id);
+        rt.insert("sealed".into(), s(sealed_refresh_token));
+        rt.insert("rt_version".into(), n(grant.rt_version));
+        rt.insert(TTL.into(), n(grant.rt_expires_at.timestamp()));
+        let rt = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(rt))
+            .build()
+            .map_err(StoreError::unavailable)?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(details)
+            .transact_items(TransactWriteItem::builder().put(rt).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Written::Done),
+            Err(e) if transaction_lost(&e) => Ok(Written::Conflict),
+            Err(e) => Err(sdk(e)),
+        }
+    }
+
+    async fn advance(
+        &self,
+        id: &GrantId,
+        expected_rev: u64,
+        progress: Progress,
+        next_due_at: Option<DateTime<Utc>>,
+        notice: Option<&Notice>,
+        now: DateTime<Utc>,
+    ) -> Result<Written, StoreError> {
+        let mut e = Expr::default();
+        e.set("rev", n(expected_rev as i64 + 1));
+        e.set("progress", s(progress.to_string()));
+        e.set("updated_at", n(now.timestamp()));
+        match next_due_at {
+            Some(due) => {
+                e.set("next_due_at", n(due.timestamp()));
+                e.set(DUE_PK, s(due_partition(id)));
+                e.set(DUE_SK, s(due_sort_key(due, id)));
+            }
+            // Out of the due index: nothing more is due for this refresh token.
+            None => {
+                e.remove("next_due_at");
+                e.remove(DUE_PK);
+                e.remove(DUE_SK);
+            }
+        }
+        if let Some(notice) = notice {
+            e.queue(notice, &format!("G#{id}"));
+        }
+        let (rev_name, expected) = (e.name("rev"), e.value(n(expected_rev as i64)));
+        self.update(grant_key(id), e, &format!("{rev_name} = {expected}"))
+            .await
+    }
+
+    async fn set_user(&self, id: &GrantId, user: &User) -> Result<(), StoreError> {
+        let json = serde_json::to_string(user).map_err(|_| corrupt("user"))?;
+        let mut e = Expr::default();
+        e.set("user", s(json));
+        self.update(grant_key(id), e, "attribute_exists(pk)")
+            .await?;
+        Ok(())
+    }
+
+    async fn due(
+        &self,
+        now: DateTime<Utc>,
+        cursor: Option<&DueCursor>,
+        limit: usize,
+    ) -> Result<DuePage, StoreError> {
+        let (shard, start) = match cursor {
+            Some(c) => decode_cursor(c)?,
+            None => (0, None),
+        };
+        // Every grant due at or before `now`, whatever its id: "{now}#~" sorts after them all.
+        let until = format!("{:012}#~", now.timestamp().max(0));
+        let (items, last) = self
+            .query(
+                DUE_INDEX,
+                (DUE_PK, DUE_SK),
+                &format!("DUE#{shard}"),
+                &until,
+                start,
+                limit,
+            )
+            .await?;
+        let grants = items
+            .iter()
+            .map(read_grant)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = match (last, shard + 1 < DUE_SHARDS) {
+            (Some(key), _) => Some(encode_cursor(shard, Some(&key))),
+            (None, true) => Some(encode_cursor(shard + 1, None)),
+            (None, false) => None,
+        };
+        Ok(DuePage { grants, next })
+    }
+
+    /// Operators only (`spkeeper grants`): a paginated Scan of the grant items. The sweep
+    /// never calls it, and no Lambda role may Scan.
+    async fn list(&self) -> Result<Vec<GrantRecord>, StoreError> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("sk = :g")
+                .expression_attribute_values(":g", s("G"))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk)?;
+            for item in page.items() {
+                out.push(read_grant(item)?);
+            }
+            match page.last_evaluated_key {
+                Some(k) => start = Some(k),
+                None => break,
+            }
+        }
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    async fn queue_once(&self, marker: &str, notice: &Notice) -> Result<Written, StoreError> {
+        let mut item = marker_key(marker);
+        let pk = format!("M#{marker}");
+        item.insert("created_at".into(), n(Utc::now().timestamp()));
+        item.insert(
+            "outbox".into(),
+            AttributeValue::M(HashMap::from([(notice.id.clone(), s(notice.to_json()))])),
+        );
+        item.insert(OUTBOX_PK.into(), s(OUTBOX_PARTITION));
+        item.insert(OUTBOX_SK.into(), s(outbox_sort_key(notice, &pk)));
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Written::Done),
+            Err(e) if condition_failed(&e) => Ok(Written::Conflict),
+            Err(e) => Err(sdk(e)),
+        }
+    }
+
+    /// DynamoDB's TTL lets go of expired items by itself.
+    async fn purge(&self, _now: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+}
+
+#[async_trait]
+impl TokenCache for DynamoStore {
+    async fn get_access_token(
+        &self,
+        id: &GrantId,
+        host: &str,
+    ) -> Result<Option<CachedToken>, StoreError> {
+        let Some(item) = self.get(access_key(id, host)).await? else {
+            return Ok(None);
+        };
+        Ok(Some(CachedToken {
+            sealed: get_s(&item, "sealed")?,
+            expires_at: get_time(&item, "expires_at")?,
+            resource: get_s(&item, "resource")?,
+        }))
+    }
+
+    async fn put_access_token(
+        &self,
+        id: &GrantId,
+        host: &str,
+        token: &CachedToken,
+    ) -> Result<(), StoreError> {
+        let mut item = access_key(id, host);
+        item.insert("sealed".into(), s(&token.sealed));
+        item.insert("resource".into(), s(&token.resource));
+        item.insert("expires_at".into(), n(token.expires_at.timestamp()));
+        item.insert(TTL.into(), n(token.expires_at.timestamp()));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(())
+    }
+
+    async fn try_lease(
+        &self,
+        key: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut item = lease_key(key);
+        item.insert("owner".into(), s(owner));
+        item.insert("lease_until".into(), n(until.timestamp()));
+        item.insert(TTL.into(), n((until + Duration::hours(1)).timestamp()));
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR lease_until <= :now")
+            .expression_attribute_values(":now", n(now.timestamp()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if condition_failed(&e) => Ok(false),
+            Err(e) => Err(sdk(e)),
+        }
+    }
+
+    async fn release_lease(&self, key: &str, owner: &str) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(lease_key(key)))
+            .condition_expression("#o = :o")
+            .expression_attribute_names("#o", "owner")
+            .expression_attribute_values(":o", s(owner))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if condition_failed(&e) => Ok(()),
+            Err(e) => Err(sdk(e)),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The AWS adapters (feature `aws`): DynamoDB store, SQS queue and relay, Secrets Manager,
+//! API Gateway IAM auth, and what every Lambda function builds once at init.
+
+pub mod dynamo;
+pub mod iam;
+pub mod relay;
+pub mod secrets;
+pub mod sqs;
+pub mod table;
+
+use std::sync::Arc;
+
+use aws_config::{BehaviorVersion, SdkConfig};
+
+use crate::clients::{DeliveryError, WebhookSender, http_client};
+use crate::clock::SystemClock;
+use crate::config::{ConfigError, Env, Secrets, Settings, Source, StoreChoice};
+use crate::context::Context;
+use crate::service::deliver::deliver_body;
+pub use aws_sdk_secretsmanager::Client as SecretsClient;
+use dynamo::DynamoStore;
+use relay::DynamoRelay;
+use sqs::SqsQueue;
+
+/// The SDK's configuration from the environment (region, credentials, `AWS_ENDPOINT_URL`).
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::load_defaults(BehaviorVersion::latest()).await
+}
+
+/// The table, the queue and the relay between them.
+#[derive(Debug, Clone)]
+pub struct Aws {
+    pub dynamo: DynamoStore,
+    pub queue: SqsQueue,
+    pub relay: DynamoRelay,
+}
+
+impl Aws {
+    pub fn new(sdk: &SdkConfig, table: &str, queue_url: &str) -> Self {
+        Self::from_clients(
+            aws_sdk_dynamodb::Client::new(sdk),
+            aws_sdk_sqs::Client::new(sdk),
+            table,
+            queue_url,
+        )
+    }
+
+    pub fn from_clients(
+        dynamo: aws_sdk_dynamodb::Client,
+        sqs: aws_sdk_sqs::Client,
+        table: &str,
+        queue_url: &str,
+    ) -> Self {
+        let dynamo = DynamoStore::new(dynamo, table);
+        let queue = SqsQueue::new(sqs, queue_url);
+        let relay = DynamoRelay::new(dynamo.clone(), queue.clone());
+        Aws {
+            dynamo,
+            queue,
+            relay,
+        }
+    }
+
+    /// From `SPKEEPER_TABLE` and `SPKEEPER_QUEUE_URL`.
+    pub fn from_settings(sdk: &SdkConfig, settings: &Settings) -> Result<Self, ConfigError> {
+        match &settings.store {
+            StoreChoice::DynamoDb { table, queue_url } => Ok(Aws::new(sdk, table, queue_url)),
+            StoreChoice::Sqlite { .. } => Err(ConfigError::new(
+                "SPKEEPER_STORE",
+                "must be dynamodb in AWS",
+            )),
+        }
+    }
+
+    pub fn context(
+        &self,
+        settings: Settings,
+        secrets: Secrets,
+    ) -> Result<Arc<Context>, ConfigError> {
+        let http = http_client().map_err(|e| {
+            ConfigError::new(
+                "SPKEEPER_PUBLIC_URL",
+                format!("cannot build the HTTP client: {e}"),
+            )
+        })?;
+        Ok(Arc::new(Context {
+            settings,
+            secrets,
+            clock: Arc::new(SystemClock),
+            grants: Arc::new(self.dynamo.clone()),
+            cache: Arc::new(self.dynamo.clone()),
+            relay: Arc::new(self.relay.clone()),
+            http,
+        }))
+    }
+}
+
+/// Settings from the environment and secrets from the one Secrets Manager secret.
+pub async fn load_config(sdk: &SdkConfig) -> Result<(Settings, Secrets), ConfigError> {
+    let settings = Settings::from_source(&Env)?;
+    let arn = Env
+        .get("SPKEEPER_SECRETS_ARN")
+        .ok_or_else(|| ConfigError::new("SPKEEPER_SECRETS_ARN", "is required"))?;
+    let doc = secrets::load(&aws_sdk_secretsmanager::Client::new(sdk), &arn).await?;
+    let secrets = Secrets::from_document(doc, &settings)?;
+    Ok((settings, secrets))
+}
+
+/// What a Lambda function with the table needs, built once at init.
+pub async fn init_context() -> Result<(Arc<Context>, Aws), ConfigError> {
+    let sdk = sdk_config().await;
+    let (settings, secrets) = load_config(&sdk).await?;
+    let aws = Aws::from_settings(&sdk, &settings)?;
+    let ctx = aws.context(settings, secrets)?;
+    Ok((ctx, aws))
+}
+
+/// The webhook sender from the settings and secrets.
+pub fn webhook_sender(
+    settings: &Settings,
+    secrets: &Secrets,
+    http: reqwest::Client,
+) -> Result<WebhookSender, ConfigError> {
+    let url = settings.webhook_url.clone().ok_or_else(|| {
+        ConfigError::new("SPKEEPER_WEBHOOK_URL", "is required to deliver notices")
+    })?;
+    let secret = secrets.webhook_secret.as_ref().ok_or_else(|| {
+        ConfigError::new("SPKEEPER_WEBHOOK_SECRET", "is required to deliver notices")
+    })?;
+    WebhookSender::new(http, url, secret)
+        .map_err(|e| ConfigError::new("SPKEEPER_WEBHOOK_SECRET", e.to_string()))
+}
+
+/// One round of delivering from SQS outside Lambda (`spkeeper serve` on DynamoDB): receive,
+/// deliver, delete what was delivered. What fails reappears after the queue's visibility
+/// timeout and ends in its dead-letter queue, as with the `notify` function.
+pub async fn consume_once(
+    queue: &SqsQueue,
+    sender: &WebhookSender,
+    wait_seconds: i32,
+) -> Result<u32, crate::ports::StoreError> {
+    let out = queue
+        .client()
+        .receive_message()
+        .queue_url(queue.url())
+        .max_number_of_messages(10)
+        .wait_time_seconds(wait_seconds)
+        .send()
+        .await
+        .map_err(|e| crate::ports::StoreError::unavailable(aws_sdk_sqs::Error::from(e)))?;
+    let mut delivered = 0;
+    for m in out.messages() {
+        let (Some(body), Some(receipt)) = (m.body(), m.receipt_handle()) else {
+            continue;
+        };
+        match deliver_body(sender, body).await {
+            Ok(id) => {
+                queue
+                    .client()
+                    .delete_message()
+                    .queue_url(queue.url())
+                    .receipt_handle(receipt)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        crate::ports::StoreError::unavailable(aws_sdk_sqs::Error::from(e))
+                    })?;
+                tracing::info!(notice_id = %id, "notice delivered");
+                delivered += 1;
+            }
+            Err(e) => log_failure(m.message_id(), &e),
+        }
+    }
+    Ok(delivered)
+}
+
+fn log_failure(message_id: Option<&str>, e: &DeliveryError) {
+    tracing::warn!(message_id = message_id.unwrap_or(""), error = %e, "notice delivery failed; SQS will redeliver it");
+}

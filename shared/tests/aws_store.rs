@@ -1,0 +1,372 @@
+//! The DynamoDB + SQS adapters on moto (the real wire protocols): the conformance suite every
+//! store passes, and the concurrency Lambda brings.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::Duration;
+use serde_json::Value;
+
+use common::*;
+use spkeeper::aws::Aws;
+use spkeeper::aws::relay::DynamoRelay;
+use spkeeper::aws::sqs::SqsQueue;
+use spkeeper::clients::{AcsClient, RetryPolicy};
+use spkeeper::core::grant::{GrantId, Progress};
+use spkeeper::ports::NoticeRelay;
+use spkeeper::service::exchange::TokenService;
+use spkeeper::service::sweep::SweepService;
+use spkeeper::store::conformance::{self, NoticeProbe};
+use spkeeper::testkit::moto;
+
+/// What reached the queue: relay everything, then drain SQS.
+struct QueueProbe {
+    aws: Aws,
+    sdk: aws_config::SdkConfig,
+}
+
+#[async_trait]
+impl NoticeProbe for QueueProbe {
+    async fn take(&self) -> Vec<String> {
+        let far = chrono::Utc::now() + Duration::days(36500);
+        self.aws.relay.relay_pending(far).await.unwrap();
+        moto::drain(&self.sdk, self.aws.queue.url())
+            .await
+            .iter()
+            .map(|b| {
+                serde_json::from_str::<Value>(b).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn dynamodb_and_sqs_pass_the_conformance_suite() {
+    let (aws, sdk) = moto_backend(None).await;
+    let probe = QueueProbe {
+        aws: aws.clone(),
+        sdk,
+    };
+    conformance::run(&aws.dynamo, &probe).await;
+}
+
+async fn launch_many(h: &Harness, n: usize) -> Vec<GrantId> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        assert_eq!(
+            h.launch(&h.token(&format!("user{i}")))
+                .await
+                .status()
+                .as_u16(),
+            303
+        );
+        ids.push(h.grant_id(&format!("user{i}")));
+    }
+    ids
+}
+
+/// Writes `n` grants straight through the store (as launches would), all due at once.
+async fn seed_due(h: &Harness, n: usize) -> chrono::DateTime<chrono::Utc> {
+    let template = conformance::record("seed", 0);
+    // A few writers at a time: moto serialises its writes and turns away a flood.
+    let grants = Arc::clone(&h.ctx.grants);
+    let mut next = 0;
+    while next < n {
+        let batch: Vec<_> = (next..n.min(next + 8))
+            .map(|i| {
+                let grants = Arc::clone(&grants);
+                let mut g = conformance::record(&format!("seed-{i}"), 0);
+                g.site_url = "https://contoso.sharepoint.com/sites/a".into();
+                tokio::spawn(async move {
+                    grants
+                        .put_grant(None, &g, "v1.k.sealed", None)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in batch {
+            t.await.unwrap();
+        }
+        next += 8;
+    }
+    template.rt_expires_at - Duration::days(30) + Duration::hours(1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_sweeps_at_once_over_500_due_grants_queue_one_notice_id_per_grant_and_stage() {
+    let h = Harness::with(Options {
+        moto: true,
+        ..Options::default()
+    })
+    .await;
+    let t0 = std::time::Instant::now();
+    let at = seed_due(&h, 500).await;
+    eprintln!("seeded in {:?}", t0.elapsed());
+    let sweeps: Vec<_> = (0..4)
+        .map(|_| {
+            let sweep = SweepService::new(Arc::clone(&h.ctx));
+            tokio::spawn(async move { sweep.run(at, false).await.unwrap() })
+        })
+        .collect();
+    let mut total = 0;
+    let mut conflicts = 0;
+    for s in sweeps {
+        let s = s.await.unwrap();
+        total += s.notices["refresh_token.expiring"];
+        conflicts += s.conflicts;
+    }
+    eprintln!("swept in {:?}", t0.elapsed());
+    assert_eq!(total, 500, "each grant's notice written once");
+    let Backend::Moto { aws, sdk } = &h.backend else {
+        unreachable!()
+    };
+    let bodies = moto::drain(sdk, aws.queue.url()).await;
+    let ids: BTreeSet<String> = bodies
+        .iter()
+        .map(|b| {
+            serde_json::from_str::<Value>(b).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 500, "one notice id per (grant, stage)");
+    assert_eq!(bodies.len(), 500, "and each on the queue once");
+    let grants: BTreeSet<String> = bodies
+        .iter()
+        .map(|b| {
+            serde_json::from_str::<Value>(b).unwrap()["grant"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(grants.len(), 500);
+    println!("4 sweeps over 500 grants: {conflicts} lost races, as expected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_token_requests_across_instances_make_one_acs_call() {
+    let h = Harness::with(Options {
+        moto: true,
+        ..Options::default()
+    })
+    .await;
+    let id = launch_many(&h, 1).await.remove(0);
+    let before = h.stub.token_calls();
+    // 50 separate services: as many Lambda instances, no shared memory, one table.
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let svc = TokenService::new(
+                Arc::clone(&h.ctx),
+                AcsClient::new(h.ctx.http.clone(), RetryPolicy::default()),
+            );
+            let id = id.clone();
+            tokio::spawn(async move {
+                svc.access_token(&id, Some("contoso.sharepoint.com"))
+                    .await
+                    .map(|t| t.expires_at)
+            })
+        })
+        .collect();
+    let mut expiries = BTreeSet::new();
+    for t in tasks {
+        expiries.insert(t.await.unwrap().expect("every caller gets the token"));
+    }
+    assert_eq!(
+        h.stub.token_calls() - before,
+        1,
+        "one ACS call for 50 callers"
+    );
+    assert_eq!(expiries.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_launch_racing_a_sweep_never_loses_the_newer_refresh_token() {
+    let h = Harness::with(Options {
+        moto: true,
+        ..Options::default()
+    })
+    .await;
+    let ids = launch_many(&h, 12).await;
+    let exp = h.store_load(&ids[0]).await.record.rt_expires_at;
+    // T-30: every grant is due, and every user relaunches at the same moment.
+    h.clock.set(exp - Duration::days(30) + Duration::hours(1));
+    let sweep = SweepService::new(Arc::clone(&h.ctx));
+    let now = h.now();
+    let sweeping = tokio::spawn(async move { sweep.run(now, false).await.unwrap() });
+    let tokens: Vec<String> = (0..ids.len())
+        .map(|i| h.token(&format!("user{i}")))
+        .collect();
+    let launches: Vec<_> = tokens.iter().map(|t| h.launch(t)).collect();
+    for l in futures_join(launches).await {
+        assert_eq!(l.status().as_u16(), 303);
+    }
+    sweeping.await.unwrap();
+
+    let notices = h.queued().await;
+    for (i, id) in ids.iter().enumerate() {
+        let g = h.store_load(id).await;
+        assert!(
+            g.record.rt_version >= now.timestamp() - 5,
+            "user{i}: the newer refresh token is stored"
+        );
+        let rt = h
+            .ctx
+            .secrets
+            .key_ring
+            .open(g.sealed_refresh_token.as_deref().unwrap(), id.as_str())
+            .unwrap();
+        assert!(
+            secrecy::ExposeSecret::expose_secret(&rt)
+                .ends_with(&format!("-{}", g.record.rt_version))
+        );
+        // Whichever came first, the record is consistent: an expiring notice for the old
+        // token means a renewed one for the new; none means a fresh start.
+        let of = |t: &str| {
+            notices
+                .iter()
+                .filter(|n| n["grant"]["id"] == id.as_str() && n["type"] == t)
+                .count()
+        };
+        assert_eq!(
+            of("refresh_token.expiring"),
+            of("refresh_token.renewed"),
+            "user{i}"
+        );
+        assert!(matches!(g.record.progress, Progress::None));
+    }
+}
+
+async fn futures_join<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futs.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(Option::unwrap).collect()
+}
+
+#[tokio::test]
+async fn a_crash_between_the_store_update_and_the_sqs_send_loses_no_notice() {
+    let h = Harness::with(Options {
+        moto: true,
+        ..Options::default()
+    })
+    .await;
+    let id = launch_many(&h, 1).await.remove(0);
+    let Backend::Moto { aws, sdk } = &h.backend else {
+        unreachable!()
+    };
+    let exp = h.store_load(&id).await.record.rt_expires_at;
+    let at = exp - Duration::days(30) + Duration::hours(1);
+
+    // The process "dies" after the transaction and before the send: its relay cannot reach
+    // SQS (a queue that does not exist), exactly where a crash would stop it.
+    let dead_queue = SqsQueue::new(
+        aws_sdk_sqs::Client::new(sdk),
+        format!("{}-gone", aws.queue.url()),
+    );
+    let crashed = spkeeper::context::Context {
+        relay: Arc::new(DynamoRelay::new(aws.dynamo.clone(), dead_queue)),
+        ..(*h.ctx).clone()
+    };
+    let result = SweepService::new(Arc::new(crashed)).run(at, false).await;
+    assert!(result.is_err(), "the relay failed mid-sweep");
+    assert_eq!(
+        h.store_load(&id).await.record.progress,
+        Progress::Expiring(30),
+        "the state change is written"
+    );
+    assert!(
+        moto::drain(sdk, aws.queue.url()).await.is_empty(),
+        "nothing reached the queue"
+    );
+
+    // The next sweep (after the crashed one's claim lapses) sends it, once, with its id.
+    let later = at + spkeeper::aws::relay::CLAIM + Duration::seconds(1);
+    let s = SweepService::new(Arc::clone(&h.ctx))
+        .run(later, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.notices["refresh_token.expiring"], 0,
+        "no second notice is written"
+    );
+    assert_eq!(s.relayed, 1);
+    let bodies = moto::drain(sdk, aws.queue.url()).await;
+    assert_eq!(bodies.len(), 1);
+    let n: Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(
+        (n["type"].as_str(), n["days_left"].as_i64()),
+        (Some("refresh_token.expiring"), Some(30))
+    );
+    let again = SweepService::new(Arc::clone(&h.ctx))
+        .run(later + Duration::hours(1), false)
+        .await
+        .unwrap();
+    assert_eq!(again.relayed, 0);
+}
+
+#[tokio::test]
+async fn the_sweep_only_queries_the_index_and_never_scans() {
+    let ops = Arc::new(Mutex::new(Vec::new()));
+    let h = Harness::with(Options {
+        moto: true,
+        record_operations: Some(Arc::clone(&ops)),
+        ..Options::default()
+    })
+    .await;
+    let ids = launch_many(&h, 3).await;
+    let exp = h.store_load(&ids[0]).await.record.rt_expires_at;
+    ops.lock().unwrap().clear();
+    let s = SweepService::new(Arc::clone(&h.ctx))
+        .run(exp - Duration::days(7), false)
+        .await
+        .unwrap();
+    assert_eq!(s.notices["refresh_token.expiring"], 3);
+    let seen: BTreeMap<String, usize> =
+        ops.lock()
+            .unwrap()
+            .iter()
+            .fold(BTreeMap::new(), |mut m, op| {
+                *m.entry(op.clone()).or_default() += 1;
+                m
+            });
+    assert!(!seen.contains_key("Scan"), "{seen:?}");
+    assert!(
+        seen.contains_key("Query") && seen.contains_key("UpdateItem"),
+        "{seen:?}"
+    );
+    // Nothing that reads an item by key: the sweep never touches a token.
+    let allowed = ["Query", "UpdateItem", "PutItem"];
+    assert!(
+        seen.keys().all(|op| allowed.contains(&op.as_str())),
+        "the sweep sent {seen:?}"
+    );
+    // and `spkeeper grants`, the one operator listing, is the only Scan there is
+    ops.lock().unwrap().clear();
+    h.ctx.grants.list().await.unwrap();
+    assert_eq!(ops.lock().unwrap().as_slice(), ["Scan"]);
+}

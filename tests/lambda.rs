@@ -1,0 +1,318 @@
+//! A local Lambda Runtime API (the interface a `provided.al2023` runtime polls), and the AWS
+//! side of the Lambda tests: moto resources, the Secrets Manager secret, an ACS stand-in.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use spkeeper::aws::Aws;
+use spkeeper::config::{KeyFile, SecretDocument, Secrets, Settings};
+use spkeeper::testkit::moto;
+
+/// What a function answered for one invocation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Response(Value),
+    Error(Value),
+}
+
+#[derive(Default)]
+struct RuntimeState {
+    queue: Mutex<VecDeque<(String, Value)>>,
+    queued: Notify,
+    outcomes: Mutex<HashMap<String, Outcome>>,
+    answered: Notify,
+    init_error: Mutex<Option<Value>>,
+    counter: AtomicUsize,
+}
+
+/// The Runtime API: `GET /2018-06-01/runtime/invocation/next` hands out queued events; the
+/// function posts each result to `…/{request id}/response` or `…/error`.
+#[derive(Clone)]
+pub struct RuntimeApi {
+    pub addr: SocketAddr,
+    state: Arc<RuntimeState>,
+}
+
+async fn next(State(st): State<Arc<RuntimeState>>) -> Response {
+    loop {
+        let notified = st.queued.notified();
+        if let Some((id, event)) = st.queue.lock().unwrap().pop_front() {
+            let deadline = (std::time::SystemTime::now() + Duration::from_secs(30))
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis();
+            return (
+                StatusCode::OK,
+                [
+                    ("lambda-runtime-aws-request-id", id.clone()),
+                    ("lambda-runtime-deadline-ms", deadline.to_string()),
+                    (
+                        "lambda-runtime-invoked-function-arn",
+                        "arn:aws:lambda:eu-west-1:123456789012:function:spkeeper-test".to_string(),
+                    ),
+                    ("lambda-runtime-trace-id", format!("Root=1-00000000-{id}")),
+                    ("content-type", "application/json".to_string()),
+                ],
+                event.to_string(),
+            )
+                .into_response();
+        }
+        notified.await;
+    }
+}
+
+fn record(st: &RuntimeState, id: String, outcome: Outcome) -> StatusCode {
+    st.outcomes.lock().unwrap().insert(id, outcome);
+    st.answered.notify_waiters();
+    StatusCode::ACCEPTED
+}
+
+async fn response(
+    State(st): State<Arc<RuntimeState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> StatusCode {
+    record(
+        &st,
+        id,
+        Outcome::Response(serde_json::from_slice(&body).unwrap_or(Value::Null)),
+    )
+}
+
+async fn error(
+    State(st): State<Arc<RuntimeState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> StatusCode {
+    record(
+        &st,
+        id,
+        Outcome::Error(serde_json::from_slice(&body).unwrap_or(Value::Null)),
+    )
+}
+
+async fn init_error(State(st): State<Arc<RuntimeState>>, _h: HeaderMap, body: Bytes) -> StatusCode {
+    *st.init_error.lock().unwrap() = Some(serde_json::from_slice(&body).unwrap_or(Value::Null));
+    st.answered.notify_waiters();
+    StatusCode::ACCEPTED
+}
+
+impl RuntimeApi {
+    pub async fn start() -> RuntimeApi {
+        let state = Arc::new(RuntimeState::default());
+        let app = Router::new()
+            .route("/2018-06-01/runtime/invocation/next", get(next))
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/response",
+                post(response),
+            )
+            .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
+            .route("/2018-06-01/runtime/init/error", post(init_error))
+            .with_state(Arc::clone(&state));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        RuntimeApi { addr, state }
+    }
+
+    /// The environment Lambda gives a function.
+    pub fn env(&self, function: &str) -> BTreeMap<String, String> {
+        [
+            ("AWS_LAMBDA_RUNTIME_API", self.addr.to_string()),
+            ("AWS_LAMBDA_FUNCTION_NAME", format!("spkeeper-{function}")),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512".into()),
+            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
+            (
+                "AWS_LAMBDA_LOG_GROUP_NAME",
+                format!("/aws/lambda/spkeeper-{function}"),
+            ),
+            (
+                "AWS_LAMBDA_LOG_STREAM_NAME",
+                "2026/11/25/[$LATEST]0123456789abcdef".into(),
+            ),
+            ("AWS_LAMBDA_LOG_FORMAT", "JSON".into()),
+            ("AWS_LAMBDA_LOG_LEVEL", "DEBUG".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Queues `event`, waits for the function's answer; returns (request id, outcome).
+    pub async fn invoke(&self, event: Value) -> (String, Outcome) {
+        let id = format!(
+            "req-{:04}-{}",
+            self.state.counter.fetch_add(1, Ordering::SeqCst),
+            moto::unique("r")
+        );
+        self.state
+            .queue
+            .lock()
+            .unwrap()
+            .push_back((id.clone(), event));
+        self.state.queued.notify_waiters();
+        let start = Instant::now();
+        loop {
+            let answered = self.state.answered.notified();
+            if let Some(o) = self.state.outcomes.lock().unwrap().remove(&id) {
+                return (id, o);
+            }
+            if let Some(e) = self.state.init_error.lock().unwrap().clone() {
+                panic!("the function failed to start: {e}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no answer to {id}"
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(200), answered).await;
+        }
+    }
+
+    pub fn init_error(&self) -> Option<Value> {
+        self.state.init_error.lock().unwrap().clone()
+    }
+}
+
+/// A fixture from `infra/events/`.
+pub fn fixture(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../infra/events")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub const CLIENT_ID: &str = "6f1a8d2c-3b4e-4f5a-9b8c-7d6e5f4a3b2c";
+pub const REALM: &str = "040f2415-e6e3-4480-96ce-26ef73275f73";
+pub const CLIENT_SECRET: &str = "bGFtYmRhLXRlc3QtY2xpZW50LXNlY3JldC0wMTIzNDU2";
+pub const API_KEY: &str = "lambda-test-api-key-0123456789";
+pub const WEBHOOK_SECRET: &str = "whsec_bGFtYmRhLXdlYmhvb2stc2VjcmV0LTAxMjM0";
+
+/// moto's table, queue and secret for one test, and the environment a function gets.
+pub struct AwsFixture {
+    pub sdk: aws_config::SdkConfig,
+    pub table: String,
+    pub queue_url: String,
+    pub secret: Value,
+    pub env: BTreeMap<String, String>,
+}
+
+impl AwsFixture {
+    /// `extra` overrides or adds `SPKEEPER_*` variables.
+    pub async fn new(extra: &[(&str, &str)]) -> AwsFixture {
+        let sdk = moto::sdk_config().await;
+        let (table, queue_url) = moto::fresh(&sdk, "fn").await;
+        let keys = serde_json::to_value(KeyFile::generate().unwrap()).unwrap();
+        let mut secret = json!({
+            "client_secret": CLIENT_SECRET,
+            "api_key": API_KEY,
+            "webhook_secret": WEBHOOK_SECRET,
+        });
+        for (k, v) in keys.as_object().unwrap() {
+            secret[k] = v.clone();
+        }
+        let arn = moto::create_secret(&sdk, &secret).await;
+        let mut env: BTreeMap<String, String> = [
+            ("SPKEEPER_CLIENT_ID", CLIENT_ID.to_string()),
+            ("SPKEEPER_PUBLIC_URL", "https://addin.example.com".into()),
+            ("SPKEEPER_ALLOWED_SP_HOSTS", "*.sharepoint.com".into()),
+            ("SPKEEPER_STORE", "dynamodb".into()),
+            ("SPKEEPER_TABLE", table.clone()),
+            ("SPKEEPER_QUEUE_URL", queue_url.clone()),
+            ("SPKEEPER_SECRETS_ARN", arn),
+            ("AWS_ENDPOINT_URL", moto::url()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_SESSION_TOKEN", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (k, v) in extra {
+            env.insert(k.to_string(), v.to_string());
+        }
+        AwsFixture {
+            sdk,
+            table,
+            queue_url,
+            secret,
+            env,
+        }
+    }
+
+    pub fn aws(&self) -> Aws {
+        Aws::new(&self.sdk, &self.table, &self.queue_url)
+    }
+
+    /// The same context a function builds, for seeding and inspecting.
+    pub fn context(&self) -> Arc<spkeeper::context::Context> {
+        let settings = Settings::from_source(&self.env).unwrap();
+        let doc: SecretDocument = serde_json::from_value(self.secret.clone()).unwrap();
+        let secrets = Secrets::from_document(doc, &settings).unwrap();
+        self.aws().context(settings, secrets).unwrap()
+    }
+
+    /// The function's environment: ours and the Runtime API's.
+    pub fn env_for(&self, rt: &RuntimeApi, function: &str) -> BTreeMap<String, String> {
+        let mut env = self.env.clone();
+        env.extend(rt.env(function));
+        env
+    }
+}
+
+/// A stand-in for ACS's token endpoint that counts what it is asked.
+#[derive(Clone)]
+pub struct AcsStub {
+    pub addr: SocketAddr,
+    calls: Arc<AtomicUsize>,
+}
+
+async fn acs(State(calls): State<Arc<AtomicUsize>>, body: Bytes) -> Response {
+    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let now = chrono::Utc::now().timestamp();
+    axum::Json(json!({
+        "token_type": "Bearer",
+        "access_token": format!("lambda-access-token-{n}"),
+        "expires_in": "3599",
+        "not_before": now.to_string(),
+        "expires_on": (now + 3599).to_string(),
+        "resource": form.get("resource").cloned().unwrap_or_default(),
+    }))
+    .into_response()
+}
+
+impl AcsStub {
+    pub async fn start() -> AcsStub {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let app = Router::new()
+            .route("/tokens/OAuth/2", post(acs))
+            .with_state(Arc::clone(&calls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        AcsStub { addr, calls }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn sts_uri(&self) -> String {
+        format!("http://{}/tokens/OAuth/2", self.addr)
+    }
+}

@@ -1,0 +1,174 @@
+//! The `launch` binary, run through a local Lambda Runtime API with the API Gateway fixtures.
+
+use std::path::PathBuf;
+
+use chrono::Utc;
+use secrecy::SecretString;
+use serde_json::Value;
+
+use spkeeper::core::grant::GrantId;
+use spkeeper::ports::GrantStore;
+use spkeeper::testkit::{ContextTokenSpec, mint_context_token};
+use spkeeper_e2e::lambda::*;
+use spkeeper_e2e::{Proc, assert_no_secrets};
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_launch"))
+}
+
+fn response(o: Outcome) -> Value {
+    match o {
+        Outcome::Response(v) => v,
+        Outcome::Error(e) => panic!("the function failed: {e}"),
+    }
+}
+
+fn body(r: &Value) -> Value {
+    serde_json::from_str(r["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_function_serves_health_launch_and_refusals_from_the_fixtures() {
+    // The token service is unreachable on purpose: the first exchange after a launch is best
+    // effort and must not fail it.
+    let fx = AwsFixture::new(&[("SPKEEPER_STS_HOSTS", "127.0.0.1:9")]).await;
+    let rt = RuntimeApi::start().await;
+    let logs = tempfile::tempdir().unwrap();
+    let proc = Proc::spawn(
+        &bin(),
+        &[],
+        &fx.env_for(&rt, "launch"),
+        logs.path(),
+        "launch",
+    );
+
+    let (_, o) = rt.invoke(fixture("apigw-http-healthz.json")).await;
+    let r = response(o);
+    assert_eq!(r["statusCode"], 200);
+    assert_eq!(body(&r), serde_json::json!({"status": "ok"}));
+
+    // The fixture as recorded: a browser's launch with no token gets the error as a page.
+    let (_, o) = rt.invoke(fixture("apigw-http-launch.json")).await;
+    let r = response(o);
+    assert_eq!(r["statusCode"], 400);
+    assert!(
+        r["headers"]["content-type"]
+            .as_str()
+            .unwrap()
+            .starts_with("text/html"),
+        "{r}"
+    );
+    assert!(
+        r["body"]
+            .as_str()
+            .unwrap()
+            .contains("missing_context_token"),
+        "{r}"
+    );
+    // and an API client gets JSON
+    let mut json_client = fixture("apigw-http-launch.json");
+    json_client["headers"]["accept"] = Value::String("application/json".into());
+    let r = response(rt.invoke(json_client).await.1);
+    assert_eq!(body(&r)["error"], "missing_context_token");
+
+    // The same launch carrying a valid context token.
+    let spec = ContextTokenSpec {
+        client_id: CLIENT_ID.into(),
+        audience_host: "addin.example.com".into(),
+        realm: REALM.into(),
+        cache_key: "lambda+user/key=".into(),
+        sts_uri: "http://127.0.0.1:9/tokens/OAuth/2".into(),
+        refresh_token: "lambda-refresh-token-value".into(),
+        nbf: Utc::now(),
+        lifetime_hours: 12,
+        numeric_dates: false,
+    };
+    let token = mint_context_token(
+        &spec.claims(),
+        &SecretString::from(CLIENT_SECRET.to_string()),
+    );
+    let mut event = fixture("apigw-http-launch.json");
+    let form = format!(
+        "SPAppToken={}&{}",
+        url::form_urlencoded::byte_serialize(token.as_bytes()).collect::<String>(),
+        event["body"].as_str().unwrap()
+    );
+    event["body"] = Value::String(form);
+    let (request_id, o) = rt.invoke(event).await;
+    let r = response(o);
+    assert_eq!(r["statusCode"], 303, "{r}");
+    assert_eq!(r["headers"]["location"], "https://addin.example.com/status");
+    let cookies = r["cookies"].to_string();
+    assert!(
+        cookies.contains("spkeeper_session=")
+            && cookies.contains("HttpOnly")
+            && cookies.contains("Secure"),
+        "{r}"
+    );
+
+    // Stored in DynamoDB, sealed.
+    let id = GrantId::derive(REALM, "lambda+user/key=");
+    let stored = fx
+        .aws()
+        .dynamo
+        .load(&id)
+        .await
+        .unwrap()
+        .expect("grant stored");
+    assert_eq!(
+        stored.record.site_url,
+        "https://contoso.sharepoint.com/sites/sales"
+    );
+    assert!(
+        !stored
+            .sealed_refresh_token
+            .unwrap()
+            .contains("lambda-refresh-token-value")
+    );
+
+    // JSON logs carrying the request id, and no secret in them.
+    drop(proc);
+    let logs = std::fs::read_to_string(logs.path().join("launch.stdout")).unwrap();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains(&request_id) && serde_json::from_str::<Value>(l).is_ok()),
+        "{logs}"
+    );
+    assert_no_secrets(
+        &logs,
+        &[
+            CLIENT_SECRET.into(),
+            API_KEY.into(),
+            WEBHOOK_SECRET.into(),
+            token,
+            "lambda-refresh-token-value".into(),
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_function_refuses_to_start_without_its_secret() {
+    let mut fx = AwsFixture::new(&[]).await;
+    fx.env.insert(
+        "SPKEEPER_SECRETS_ARN".into(),
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:missing".into(),
+    );
+    let rt = RuntimeApi::start().await;
+    let logs = tempfile::tempdir().unwrap();
+    let mut proc = Proc::spawn(
+        &bin(),
+        &[],
+        &fx.env_for(&rt, "launch"),
+        logs.path(),
+        "launch",
+    );
+    let status = proc
+        .wait_exit(std::time::Duration::from_secs(30))
+        .expect("the function exits at init");
+    assert!(!status.success());
+    let out = proc.output();
+    assert!(
+        out.contains("SPKEEPER_SECRETS_ARN") && out.contains("cannot read the secret"),
+        "{out}"
+    );
+}
