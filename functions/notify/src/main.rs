@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use spkeeper::clients::{WebhookSender, http_client};
+use spkeeper::clients::{DeliveryError, WebhookSender, http_client};
 use spkeeper::service::deliver::deliver_body;
 
 #[tokio::main]
@@ -35,25 +35,55 @@ async fn init() -> Result<WebhookSender, Error> {
     )?)
 }
 
-async fn deliver(sender: &WebhookSender, event: SqsEvent) -> SqsBatchResponse {
-    let mut failures = Vec::new();
+/// Delivers the batch's records at once (so one slow receiver costs one timeout, not ten)
+/// and names the messages that failed.
+async fn deliver(sender: &Arc<WebhookSender>, event: SqsEvent) -> SqsBatchResponse {
+    let mut deliveries = tokio::task::JoinSet::new();
     for record in event.records {
-        let message_id = record.message_id.unwrap_or_default();
-        let outcome = match record.body.as_deref() {
-            Some(body) => deliver_body(sender, body).await,
-            None => Err(spkeeper::clients::DeliveryError::Malformed),
-        };
-        match outcome {
-            Ok(notice_id) => tracing::info!(%notice_id, %message_id, "notice delivered"),
-            Err(e) => {
-                tracing::warn!(%message_id, error = %e, "notice delivery failed; SQS will retry it");
-                let mut failure = BatchItemFailure::default();
-                failure.item_identifier = message_id;
-                failures.push(failure);
+        let sender = Arc::clone(sender);
+        deliveries.spawn(async move {
+            let message_id = record.message_id.unwrap_or_default();
+            let outcome = match record.body.as_deref() {
+                Some(body) => deliver_body(&sender, body).await,
+                None => Err(DeliveryError::Malformed),
+            };
+            match outcome {
+                Ok(notice_id) => {
+                    tracing::info!(%notice_id, %message_id, "notice delivered");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(%message_id, error = %e, "notice delivery failed; SQS will retry it");
+                    Some(message_id)
+                }
             }
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(done) = deliveries.join_next().await {
+        // A delivery task cannot panic in a release build (panic = abort); in any case, a
+        // task that did not finish is not a delivery, but its id is lost with it, so the
+        // whole batch is retried instead.
+        match done {
+            Ok(Some(id)) => failures.push(failure(id)),
+            Ok(None) => {}
+            Err(_) => return retry_everything(),
         }
     }
     let mut response = SqsBatchResponse::default();
     response.batch_item_failures = failures;
+    response
+}
+
+fn failure(message_id: String) -> BatchItemFailure {
+    let mut f = BatchItemFailure::default();
+    f.item_identifier = message_id;
+    f
+}
+
+/// An empty item identifier makes Lambda treat the whole batch as failed.
+fn retry_everything() -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = vec![failure(String::new())];
     response
 }
