@@ -27,6 +27,47 @@ pub enum Outcome {
     Error(Value),
 }
 
+impl Outcome {
+    /// The response; a test fails if the function reported an error instead.
+    pub fn response(self) -> Value {
+        match self {
+            Outcome::Response(v) => v,
+            Outcome::Error(e) => panic!("the function failed: {e}"),
+        }
+    }
+}
+
+/// The JSON body of an API Gateway (HTTP API) response.
+pub fn body_of(r: &Value) -> Value {
+    serde_json::from_str(r["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null)
+}
+
+/// A grant as a launch would have stored it (for seeding the table).
+pub fn grant_record(
+    key: &str,
+    sts_uri: &str,
+    nbf: chrono::DateTime<chrono::Utc>,
+    expires: chrono::DateTime<chrono::Utc>,
+) -> spkeeper::ports::GrantRecord {
+    spkeeper::ports::GrantRecord {
+        id: spkeeper::core::grant::GrantId::derive(REALM, key),
+        rev: 0,
+        realm: REALM.into(),
+        site_url: "https://contoso.sharepoint.com/sites/sales".into(),
+        app_web_url: None,
+        standard_tokens: spkeeper::ports::StandardTokens::default(),
+        sts_uri: sts_uri.into(),
+        target_principal: spkeeper::core::context_token::SHAREPOINT_PRINCIPAL.into(),
+        user: None,
+        rt_version: nbf.timestamp(),
+        rt_expires_at: expires,
+        progress: spkeeper::core::grant::Progress::None,
+        next_due_at: None,
+        created_at: nbf,
+        updated_at: nbf,
+    }
+}
+
 #[derive(Default)]
 struct RuntimeState {
     queue: Mutex<VecDeque<(String, Value)>>,
@@ -281,8 +322,21 @@ pub struct AcsStub {
     calls: Arc<AtomicUsize>,
 }
 
-async fn acs(State(calls): State<Arc<AtomicUsize>>, body: Bytes) -> Response {
-    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+#[derive(Clone)]
+struct AcsState {
+    calls: Arc<AtomicUsize>,
+    refuse_client: bool,
+}
+
+async fn acs(State(st): State<AcsState>, body: Bytes) -> Response {
+    let n = st.calls.fetch_add(1, Ordering::SeqCst) + 1;
+    if st.refuse_client {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "invalid_client", "error_description": "AADSTS7000222: The provided client secret keys are expired."})),
+        )
+            .into_response();
+    }
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let now = chrono::Utc::now().timestamp();
     axum::Json(json!({
@@ -298,10 +352,22 @@ async fn acs(State(calls): State<Arc<AtomicUsize>>, body: Bytes) -> Response {
 
 impl AcsStub {
     pub async fn start() -> AcsStub {
+        Self::serve(false).await
+    }
+
+    /// One that refuses the add-in's client credentials (`invalid_client`).
+    pub async fn refusing_the_client() -> AcsStub {
+        Self::serve(true).await
+    }
+
+    async fn serve(refuse_client: bool) -> AcsStub {
         let calls = Arc::new(AtomicUsize::new(0));
         let app = Router::new()
             .route("/tokens/OAuth/2", post(acs))
-            .with_state(Arc::clone(&calls));
+            .with_state(AcsState {
+                calls: Arc::clone(&calls),
+                refuse_client,
+            });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });

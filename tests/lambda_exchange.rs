@@ -4,11 +4,9 @@
 use std::path::PathBuf;
 
 use chrono::{Duration, Utc};
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use spkeeper::core::grant::{GrantId, Progress, refresh_token_expiry};
-use spkeeper::ports::{GrantRecord, StandardTokens};
+use spkeeper::core::grant::{GrantId, refresh_token_expiry};
 use spkeeper_e2e::Proc;
 use spkeeper_e2e::lambda::*;
 
@@ -16,40 +14,18 @@ fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_exchange"))
 }
 
-fn response(o: Outcome) -> Value {
-    match o {
-        Outcome::Response(v) => v,
-        Outcome::Error(e) => panic!("the function failed: {e}"),
-    }
-}
-
-fn body(r: &Value) -> Value {
-    serde_json::from_str(r["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null)
-}
-
 /// A grant as a launch would have stored it, with its refresh token sealed by the function's
 /// own keys.
 async fn seed(fx: &AwsFixture, acs: &AcsStub) -> GrantId {
     let ctx = fx.context();
-    let id = GrantId::derive(REALM, "exchange-user");
     let nbf = Utc::now() - Duration::hours(1);
-    let record = GrantRecord {
-        id: id.clone(),
-        rev: 0,
-        realm: REALM.into(),
-        site_url: "https://contoso.sharepoint.com/sites/sales".into(),
-        app_web_url: None,
-        standard_tokens: StandardTokens::default(),
-        sts_uri: acs.sts_uri(),
-        target_principal: "00000003-0000-0ff1-ce00-000000000000".into(),
-        user: None,
-        rt_version: nbf.timestamp(),
-        rt_expires_at: refresh_token_expiry(nbf),
-        progress: Progress::None,
-        next_due_at: None,
-        created_at: nbf,
-        updated_at: nbf,
-    };
+    let record = grant_record(
+        "exchange-user",
+        &acs.sts_uri(),
+        nbf,
+        refresh_token_expiry(nbf),
+    );
+    let id = record.id.clone();
     let sealed = ctx
         .secrets
         .key_ring
@@ -94,34 +70,34 @@ async fn exchange_function_issues_tokens_to_holders_of_the_api_key() {
     );
 
     let bearer = format!("Bearer {API_KEY}");
-    let r = response(rt.invoke(token_event(&id, Some(&bearer), false)).await.1);
+    let r = rt
+        .invoke(token_event(&id, Some(&bearer), false))
+        .await
+        .1
+        .response();
     assert_eq!(r["statusCode"], 200, "{r}");
-    let b = body(&r);
+    let b = body_of(&r);
     assert_eq!(b["access_token"], "lambda-access-token-1");
     assert_eq!(b["grant"]["id"], id.as_str());
     // cached: a second call does not reach ACS
-    let r = response(rt.invoke(token_event(&id, Some(&bearer), false)).await.1);
+    let r = rt
+        .invoke(token_event(&id, Some(&bearer), false))
+        .await
+        .1
+        .response();
     assert_eq!((r["statusCode"].as_u64(), acs.calls()), (Some(200), 1));
 
-    let r = response(rt.invoke(token_event(&id, None, true)).await.1);
+    let r = rt.invoke(token_event(&id, None, true)).await.1.response();
     assert_eq!(
-        (r["statusCode"].as_u64(), body(&r)["error"].as_str()),
+        (r["statusCode"].as_u64(), body_of(&r)["error"].as_str()),
         (Some(401), Some("unauthorized"))
     );
-    let r = response(
-        rt.invoke(token_event(
-            &GrantId::derive("x", "y"),
-            Some(&bearer),
-            false,
-        ))
-        .await
-        .1,
-    );
+    let stranger = token_event(&GrantId::derive("x", "y"), Some(&bearer), false);
+    let r = rt.invoke(stranger).await.1.response();
     assert_eq!(
-        (r["statusCode"].as_u64(), body(&r)["error"].as_str()),
+        (r["statusCode"].as_u64(), body_of(&r)["error"].as_str()),
         (Some(404), Some("unknown_grant"))
     );
-    let _ = fx.context().secrets.client_secret.expose_secret();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,21 +121,54 @@ async fn exchange_function_with_iam_auth_trusts_only_api_gateways_iam_caller() {
 
     // The fixture as recorded: an IAM-signed call (API Gateway checked the signature).
     let (_, o) = rt.invoke(fixture("apigw-http-token-iam.json")).await;
-    let r = response(o);
+    let r = o.response();
     assert_eq!(
-        (r["statusCode"].as_u64(), body(&r)["error"].as_str()),
+        (r["statusCode"].as_u64(), body_of(&r)["error"].as_str()),
         (Some(404), Some("unknown_grant"))
     );
-    let r = response(rt.invoke(token_event(&id, None, true)).await.1);
+    let r = rt.invoke(token_event(&id, None, true)).await.1.response();
     assert_eq!(r["statusCode"], 200, "{r}");
     // without API Gateway's IAM identity, even with the API key, nobody gets in
-    let r = response(
-        rt.invoke(token_event(&id, Some(&format!("Bearer {API_KEY}")), false))
-            .await
-            .1,
-    );
+    let with_key = token_event(&id, Some(&format!("Bearer {API_KEY}")), false);
+    let r = rt.invoke(with_key).await.1.response();
     assert_eq!(
-        (r["statusCode"].as_u64(), body(&r)["error"].as_str()),
+        (r["statusCode"].as_u64(), body_of(&r)["error"].as_str()),
         (Some(401), Some("unauthorized"))
     );
+}
+
+/// The template's `sts_rejected_client` alarm counts log lines whose JSON has
+/// `fields.event = "sts_rejected_client"`: this is the line the function writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_function_logs_the_event_the_sts_rejected_client_alarm_counts() {
+    let acs = AcsStub::refusing_the_client().await;
+    let fx = AwsFixture::new(&[("SPKEEPER_STS_HOSTS", &acs.addr.to_string())]).await;
+    let id = seed(&fx, &acs).await;
+    let rt = RuntimeApi::start().await;
+    let logs = tempfile::tempdir().unwrap();
+    let mut proc = Proc::spawn(
+        &bin(),
+        &[],
+        &fx.env_for(&rt, "exchange"),
+        logs.path(),
+        "exchange",
+    );
+    let with_key = token_event(&id, Some(&format!("Bearer {API_KEY}")), false);
+    let r = rt.invoke(with_key).await.1.response();
+    assert_eq!(
+        (r["statusCode"].as_u64(), body_of(&r)["error"].as_str()),
+        (Some(502), Some("sts_rejected_client"))
+    );
+    proc.stop();
+    let out = std::fs::read_to_string(logs.path().join("exchange.stdout")).unwrap();
+    let events: Vec<Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["event"] == "sts_rejected_client")
+        .collect();
+    assert!(
+        !events.is_empty(),
+        "no sts_rejected_client event in:\n{out}"
+    );
+    assert_eq!(events[0]["level"], "ERROR");
 }

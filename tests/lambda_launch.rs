@@ -16,17 +16,6 @@ fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_launch"))
 }
 
-fn response(o: Outcome) -> Value {
-    match o {
-        Outcome::Response(v) => v,
-        Outcome::Error(e) => panic!("the function failed: {e}"),
-    }
-}
-
-fn body(r: &Value) -> Value {
-    serde_json::from_str(r["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn launch_function_serves_health_launch_and_refusals_from_the_fixtures() {
     // The token service is unreachable on purpose: the first exchange after a launch is best
@@ -43,13 +32,13 @@ async fn launch_function_serves_health_launch_and_refusals_from_the_fixtures() {
     );
 
     let (_, o) = rt.invoke(fixture("apigw-http-healthz.json")).await;
-    let r = response(o);
+    let r = o.response();
     assert_eq!(r["statusCode"], 200);
-    assert_eq!(body(&r), serde_json::json!({"status": "ok"}));
+    assert_eq!(body_of(&r), serde_json::json!({"status": "ok"}));
 
     // The fixture as recorded: a browser's launch with no token gets the error as a page.
     let (_, o) = rt.invoke(fixture("apigw-http-launch.json")).await;
-    let r = response(o);
+    let r = o.response();
     assert_eq!(r["statusCode"], 400);
     assert!(
         r["headers"]["content-type"]
@@ -68,8 +57,8 @@ async fn launch_function_serves_health_launch_and_refusals_from_the_fixtures() {
     // and an API client gets JSON
     let mut json_client = fixture("apigw-http-launch.json");
     json_client["headers"]["accept"] = Value::String("application/json".into());
-    let r = response(rt.invoke(json_client).await.1);
-    assert_eq!(body(&r)["error"], "missing_context_token");
+    let r = rt.invoke(json_client).await.1.response();
+    assert_eq!(body_of(&r)["error"], "missing_context_token");
 
     // The same launch carrying a valid context token.
     let spec = ContextTokenSpec {
@@ -95,7 +84,7 @@ async fn launch_function_serves_health_launch_and_refusals_from_the_fixtures() {
     );
     event["body"] = Value::String(form);
     let (request_id, o) = rt.invoke(event).await;
-    let r = response(o);
+    let r = o.response();
     assert_eq!(r["statusCode"], 303, "{r}");
     assert_eq!(r["headers"]["location"], "https://addin.example.com/status");
     let cookies = r["cookies"].to_string();

@@ -5,8 +5,6 @@ use std::path::PathBuf;
 use chrono::{Duration, Utc};
 use serde_json::Value;
 
-use spkeeper::core::grant::{GrantId, Progress};
-use spkeeper::ports::{GrantRecord, StandardTokens};
 use spkeeper::testkit::moto;
 use spkeeper_e2e::Proc;
 use spkeeper_e2e::lambda::*;
@@ -21,24 +19,14 @@ async fn sweep_function_queues_due_notices_on_sqs_once_however_often_it_runs() {
     let ctx = fx.context();
     // A grant whose refresh token expires in ten days: the 30-day stage is overdue.
     let expires = Utc::now() + Duration::days(10);
-    let id = GrantId::derive(REALM, "sweep-user");
-    let record = GrantRecord {
-        id: id.clone(),
-        rev: 0,
-        realm: REALM.into(),
-        site_url: "https://contoso.sharepoint.com/sites/sales".into(),
-        app_web_url: None,
-        standard_tokens: StandardTokens::default(),
-        sts_uri: "https://accounts.accesscontrol.windows.net/tokens/OAuth/2".into(),
-        target_principal: "00000003-0000-0ff1-ce00-000000000000".into(),
-        user: None,
-        rt_version: (expires - Duration::days(182)).timestamp(),
-        rt_expires_at: expires,
-        progress: Progress::None,
-        next_due_at: Some(expires - Duration::days(30)),
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-    };
+    let mut record = grant_record(
+        "sweep-user",
+        "https://accounts.accesscontrol.windows.net/tokens/OAuth/2",
+        expires - Duration::days(182),
+        expires,
+    );
+    record.next_due_at = Some(expires - Duration::days(30));
+    let id = record.id.clone();
     ctx.grants
         .put_grant(None, &record, "v1.k.sealed", None)
         .await

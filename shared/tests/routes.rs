@@ -247,30 +247,6 @@ async fn overlapping_sweeps_send_one_notice_per_grant_and_stage() {
 
 struct SweepHandle<'a>(&'a spkeeper::service::sweep::SweepService);
 
-async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    // Poll them together on this task: the sweeps interleave at every await.
-    let mut futs: Vec<_> = futs.map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in futs.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().map(Option::unwrap).collect()
-}
-
 #[tokio::test]
 async fn dry_run_counts_but_writes_nothing() {
     let h = Harness::new().await;

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use spkeeper::aws::iam::IamAuth;
-use spkeeper::clients::{AcsClient, RetryPolicy};
 use spkeeper::config::TokenAuth;
 use spkeeper::http::{ApiKeyAuth, TokenAuthorizer, finish, health_router, token_router};
 use spkeeper::service::exchange::TokenService;
@@ -23,10 +22,7 @@ async fn main() -> Result<(), lambda_http::Error> {
             return Err("SPKEEPER_API_KEY: is required unless SPKEEPER_TOKEN_AUTH=iam".into());
         }
     };
-    let tokens = Arc::new(TokenService::new(
-        Arc::clone(&ctx),
-        AcsClient::new(ctx.http.clone(), RetryPolicy::default()),
-    ));
+    let tokens = Arc::new(TokenService::for_context(&ctx));
     let app = finish(
         Router::new()
             .merge(token_router(tokens, auth))

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use axum::Router;
-use spkeeper::clients::{AcsClient, RetryPolicy};
 use spkeeper::http::{finish, health_router, launch_router, renew_router, status_router};
 use spkeeper::service::exchange::TokenService;
 use spkeeper::service::launch::LaunchService;
@@ -16,10 +15,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     let (ctx, _aws) = spkeeper::aws::init_context()
         .await
         .inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
-    let tokens = Arc::new(TokenService::new(
-        Arc::clone(&ctx),
-        AcsClient::new(ctx.http.clone(), RetryPolicy::default()),
-    ));
+    let tokens = Arc::new(TokenService::for_context(&ctx));
     let launch = Arc::new(LaunchService::new(Arc::clone(&ctx), tokens));
     let app = finish(
         Router::new()

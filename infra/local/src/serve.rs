@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use chrono::Utc;
 
-use spkeeper::clients::{AcsClient, RetryPolicy, WebhookSender};
+use spkeeper::clients::WebhookSender;
 use spkeeper::config::TokenAuth;
 use spkeeper::http::{
     ApiKeyAuth, finish, health_router, launch_router, renew_router, status_router, token_router,
@@ -59,10 +59,7 @@ pub async fn run(addr: SocketAddr, dev: bool, sweep_interval: u64) -> Result<(),
         .clone()
         .ok_or_else(|| Failure::Usage("SPKEEPER_API_KEY: is required".into()))?;
 
-    let tokens = Arc::new(TokenService::new(
-        Arc::clone(&ctx),
-        AcsClient::new(ctx.http.clone(), RetryPolicy::default()),
-    ));
+    let tokens = Arc::new(TokenService::for_context(&ctx));
     let launch = Arc::new(LaunchService::new(Arc::clone(&ctx), Arc::clone(&tokens)));
     let sweep = Arc::new(SweepService::new(Arc::clone(&ctx)));
 

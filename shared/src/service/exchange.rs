@@ -10,7 +10,7 @@ use chrono::{DateTime, Duration, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use crate::clients::{AcsClient, RefreshRequest, current_user};
+use crate::clients::{AcsClient, RefreshRequest, RetryPolicy, current_user};
 use crate::context::Context;
 use crate::context::GrantSummary;
 use crate::core::acs::{AcsFailure, resource};
@@ -107,6 +107,14 @@ impl TokenService {
             inflight: Mutex::new(HashMap::new()),
             owner: lease_owner(),
         }
+    }
+
+    /// With the ACS client every host uses: the context's HTTP client, the default retries.
+    pub fn for_context(ctx: &Arc<Context>) -> Self {
+        Self::new(
+            Arc::clone(ctx),
+            AcsClient::new(ctx.http.clone(), RetryPolicy::default()),
+        )
     }
 
     pub fn context(&self) -> &Arc<Context> {
