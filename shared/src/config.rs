@@ -183,13 +183,15 @@ impl Settings {
                 let u = Url::parse(v.trim()).map_err(|_| {
                     ConfigError::new("SPKEEPER_WEBHOOK_URL", "must be an absolute URL")
                 })?;
-                if !matches!(u.scheme(), "https" | "http") || u.host().is_none() {
-                    return Err(ConfigError::new(
+                // Notices carry renew links: they travel encrypted, except to this machine.
+                match u.scheme() {
+                    "https" if u.host().is_some() => Ok(u),
+                    "http" if is_loopback_url(&u) => Ok(u),
+                    _ => Err(ConfigError::new(
                         "SPKEEPER_WEBHOOK_URL",
-                        "must be an http(s) URL",
-                    ));
+                        "must be an https URL (http only on a loopback host)",
+                    )),
                 }
-                Ok(u)
             })
             .transpose()?;
 
@@ -544,6 +546,7 @@ mod tests {
             ("SPKEEPER_CLIENT_SECRET_EXPIRES_AT", "tomorrow"),
             ("SPKEEPER_TOKEN_AUTH", "magic"),
             ("SPKEEPER_WEBHOOK_URL", "ftp://x"),
+            ("SPKEEPER_WEBHOOK_URL", "http://hooks.example.com/notices"),
             ("SPKEEPER_STORE", "postgres"),
         ] {
             let err = Settings::from_source(&with(&[(var, value)])).unwrap_err();
