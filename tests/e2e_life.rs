@@ -77,14 +77,7 @@ async fn start(env: &Env) -> Server {
         "serve",
     );
     let base = proc.wait_for_line("spkeeper listening on ", Duration::from_secs(30));
-    let info: Value = client()
-        .get(format!("{base}/dev/info"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = get_json(&format!("{base}/dev/info")).await;
     Server { proc, base, info }
 }
 
@@ -112,14 +105,7 @@ impl Server {
     }
 
     async fn acs_calls(&self) -> u64 {
-        let v: Value = client()
-            .get(format!("{}/dev/acs/stats", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get_json(&format!("{}/dev/acs/stats", self.base)).await;
         v["token_requests"].as_u64().unwrap()
     }
 
@@ -629,14 +615,7 @@ async fn readme_walkthrough_works_with_nothing_but_serve_dev() {
     assert_eq!(resp.status(), 200);
 
     let inbox = || async {
-        let v: Value = client()
-            .get(format!("{}/dev/webhook", server.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get_json(&format!("{}/dev/webhook", server.base)).await;
         v.as_array().unwrap().clone()
     };
     let wait_inbox = |n: usize| async move {

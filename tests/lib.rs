@@ -270,6 +270,18 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// GET a URL and parse its JSON answer.
+pub async fn get_json(url: &str) -> Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// The `action` and `SPAppToken` of the auto-posting form SharePoint serves.
 pub fn launch_form(html: &str) -> (String, String) {
     let grab = |after: &str| -> String {

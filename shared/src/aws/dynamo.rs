@@ -60,6 +60,21 @@ fn condition_failed<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(
         .is_some_and(|c| c == "ConditionalCheckFailedException")
 }
 
+/// The outcome of a conditional write: `Conflict` when `lost` says only the condition failed.
+fn written<T, E>(
+    result: Result<T, SdkError<E, Response>>,
+    lost: fn(&SdkError<E, Response>) -> bool,
+) -> Result<Written, StoreError>
+where
+    aws_sdk_dynamodb::Error: From<SdkError<E, Response>>,
+{
+    match result {
+        Ok(_) => Ok(Written::Done),
+        Err(e) if lost(&e) => Ok(Written::Conflict),
+        Err(e) => Err(sdk(e)),
+    }
+}
+
 /// Did a transaction fail only on conditions (or a competing transaction)?
 fn transaction_lost(e: &SdkError<TransactWriteItemsError, Response>) -> bool {
     match e.as_service_error() {
@@ -370,11 +385,7 @@ impl DynamoStore {
             .set_expression_attribute_values(Some(expr.values).filter(|m| !m.is_empty()))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(Written::Done),
-            Err(e) if condition_failed(&e) => Ok(Written::Conflict),
-            Err(e) => Err(sdk(e)),
-        }
+        written(result, condition_failed)
     }
 
     /// Queries a partition of an index for sort keys ≤ `until`, from `start`.
@@ -618,11 +629,7 @@ impl GrantStore for DynamoStore {
             .transact_items(TransactWriteItem::builder().put(rt).build())
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(Written::Done),
-            Err(e) if transaction_lost(&e) => Ok(Written::Conflict),
-            Err(e) => Err(sdk(e)),
-        }
+        written(result, transaction_lost)
     }
 
     async fn advance(
@@ -748,11 +755,7 @@ impl GrantStore for DynamoStore {
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(Written::Done),
-            Err(e) if condition_failed(&e) => Ok(Written::Conflict),
-            Err(e) => Err(sdk(e)),
-        }
+        written(result, condition_failed)
     }
 
     /// DynamoDB's TTL lets go of expired items by itself.
@@ -819,11 +822,7 @@ impl TokenCache for DynamoStore {
             .expression_attribute_values(":now", n(now.timestamp()))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if condition_failed(&e) => Ok(false),
-            Err(e) => Err(sdk(e)),
-        }
+        Ok(written(result, condition_failed)? == Written::Done)
     }
 
     async fn release_lease(&self, key: &str, owner: &str) -> Result<(), StoreError> {
@@ -837,10 +836,6 @@ impl TokenCache for DynamoStore {
             .expression_attribute_values(":o", s(owner))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if condition_failed(&e) => Ok(()),
-            Err(e) => Err(sdk(e)),
-        }
+        written(result, condition_failed).map(|_| ())
     }
 }
