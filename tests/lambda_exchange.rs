@@ -38,6 +38,39 @@ async fn seed(fx: &AwsFixture, acs: &AcsStub) -> GrantId {
     id
 }
 
+/// A running `exchange` with a seeded grant, its ACS stand-in, and where its logs go.
+struct Running {
+    acs: AcsStub,
+    id: GrantId,
+    rt: RuntimeApi,
+    logs: tempfile::TempDir,
+    proc: Proc,
+}
+
+async fn start(acs: AcsStub, extra: &[(&str, &str)]) -> Running {
+    let sts = acs.addr.to_string();
+    let mut env = vec![("SPKEEPER_STS_HOSTS", sts.as_str())];
+    env.extend_from_slice(extra);
+    let fx = AwsFixture::new(&env).await;
+    let id = seed(&fx, &acs).await;
+    let rt = RuntimeApi::start().await;
+    let logs = tempfile::tempdir().unwrap();
+    let proc = Proc::spawn(
+        &bin(),
+        &[],
+        &fx.env_for(&rt, "exchange"),
+        logs.path(),
+        "exchange",
+    );
+    Running {
+        acs,
+        id,
+        rt,
+        logs,
+        proc,
+    }
+}
+
 fn token_event(grant: &GrantId, authorization: Option<&str>, iam: bool) -> Value {
     let mut e = fixture("apigw-http-token-iam.json");
     e["body"] =
@@ -56,44 +89,40 @@ fn token_event(grant: &GrantId, authorization: Option<&str>, iam: bool) -> Value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exchange_function_issues_tokens_to_holders_of_the_api_key() {
-    let acs = AcsStub::start().await;
-    let fx = AwsFixture::new(&[("SPKEEPER_STS_HOSTS", &acs.addr.to_string())]).await;
-    let id = seed(&fx, &acs).await;
-    let rt = RuntimeApi::start().await;
-    let logs = tempfile::tempdir().unwrap();
-    let _proc = Proc::spawn(
-        &bin(),
-        &[],
-        &fx.env_for(&rt, "exchange"),
-        logs.path(),
-        "exchange",
-    );
+    let ex = start(AcsStub::start().await, &[]).await;
 
     let bearer = format!("Bearer {API_KEY}");
-    let r = rt
-        .invoke(token_event(&id, Some(&bearer), false))
+    let r = ex
+        .rt
+        .invoke(token_event(&ex.id, Some(&bearer), false))
         .await
         .1
         .response();
     assert_eq!(r["statusCode"], 200, "{r}");
     let b = body_of(&r);
     assert_eq!(b["access_token"], "lambda-access-token-1");
-    assert_eq!(b["grant"]["id"], id.as_str());
+    assert_eq!(b["grant"]["id"], ex.id.as_str());
     // cached: a second call does not reach ACS
-    let r = rt
-        .invoke(token_event(&id, Some(&bearer), false))
+    let r = ex
+        .rt
+        .invoke(token_event(&ex.id, Some(&bearer), false))
         .await
         .1
         .response();
-    assert_eq!((r["statusCode"].as_u64(), acs.calls()), (Some(200), 1));
+    assert_eq!((r["statusCode"].as_u64(), ex.acs.calls()), (Some(200), 1));
 
-    let r = rt.invoke(token_event(&id, None, true)).await.1.response();
+    let r = ex
+        .rt
+        .invoke(token_event(&ex.id, None, true))
+        .await
+        .1
+        .response();
     assert_eq!(
         (r["statusCode"].as_u64(), body_of(&r)["error"].as_str()),
         (Some(401), Some("unauthorized"))
     );
     let stranger = token_event(&GrantId::derive("x", "y"), Some(&bearer), false);
-    let r = rt.invoke(stranger).await.1.response();
+    let r = ex.rt.invoke(stranger).await.1.response();
     assert_eq!(
         (r["statusCode"].as_u64(), body_of(&r)["error"].as_str()),
         (Some(404), Some("unknown_grant"))
@@ -102,35 +131,25 @@ async fn exchange_function_issues_tokens_to_holders_of_the_api_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exchange_function_with_iam_auth_trusts_only_api_gateways_iam_caller() {
-    let acs = AcsStub::start().await;
-    let fx = AwsFixture::new(&[
-        ("SPKEEPER_STS_HOSTS", &acs.addr.to_string()),
-        ("SPKEEPER_TOKEN_AUTH", "iam"),
-    ])
-    .await;
-    let id = seed(&fx, &acs).await;
-    let rt = RuntimeApi::start().await;
-    let logs = tempfile::tempdir().unwrap();
-    let _proc = Proc::spawn(
-        &bin(),
-        &[],
-        &fx.env_for(&rt, "exchange"),
-        logs.path(),
-        "exchange",
-    );
+    let ex = start(AcsStub::start().await, &[("SPKEEPER_TOKEN_AUTH", "iam")]).await;
 
     // The fixture as recorded: an IAM-signed call (API Gateway checked the signature).
-    let (_, o) = rt.invoke(fixture("apigw-http-token-iam.json")).await;
+    let (_, o) = ex.rt.invoke(fixture("apigw-http-token-iam.json")).await;
     let r = o.response();
     assert_eq!(
         (r["statusCode"].as_u64(), body_of(&r)["error"].as_str()),
         (Some(404), Some("unknown_grant"))
     );
-    let r = rt.invoke(token_event(&id, None, true)).await.1.response();
+    let r = ex
+        .rt
+        .invoke(token_event(&ex.id, None, true))
+        .await
+        .1
+        .response();
     assert_eq!(r["statusCode"], 200, "{r}");
     // without API Gateway's IAM identity, even with the API key, nobody gets in
-    let with_key = token_event(&id, Some(&format!("Bearer {API_KEY}")), false);
-    let r = rt.invoke(with_key).await.1.response();
+    let with_key = token_event(&ex.id, Some(&format!("Bearer {API_KEY}")), false);
+    let r = ex.rt.invoke(with_key).await.1.response();
     assert_eq!(
         (r["statusCode"].as_u64(), body_of(&r)["error"].as_str()),
         (Some(401), Some("unauthorized"))
@@ -141,26 +160,15 @@ async fn exchange_function_with_iam_auth_trusts_only_api_gateways_iam_caller() {
 /// `fields.event = "sts_rejected_client"`: this is the line the function writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exchange_function_logs_the_event_the_sts_rejected_client_alarm_counts() {
-    let acs = AcsStub::refusing_the_client().await;
-    let fx = AwsFixture::new(&[("SPKEEPER_STS_HOSTS", &acs.addr.to_string())]).await;
-    let id = seed(&fx, &acs).await;
-    let rt = RuntimeApi::start().await;
-    let logs = tempfile::tempdir().unwrap();
-    let mut proc = Proc::spawn(
-        &bin(),
-        &[],
-        &fx.env_for(&rt, "exchange"),
-        logs.path(),
-        "exchange",
-    );
-    let with_key = token_event(&id, Some(&format!("Bearer {API_KEY}")), false);
-    let r = rt.invoke(with_key).await.1.response();
+    let mut ex = start(AcsStub::refusing_the_client().await, &[]).await;
+    let with_key = token_event(&ex.id, Some(&format!("Bearer {API_KEY}")), false);
+    let r = ex.rt.invoke(with_key).await.1.response();
     assert_eq!(
         (r["statusCode"].as_u64(), body_of(&r)["error"].as_str()),
         (Some(502), Some("sts_rejected_client"))
     );
-    proc.stop();
-    let out = std::fs::read_to_string(logs.path().join("exchange.stdout")).unwrap();
+    ex.proc.stop();
+    let out = std::fs::read_to_string(ex.logs.path().join("exchange.stdout")).unwrap();
     let events: Vec<Value> = out
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())

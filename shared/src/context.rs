@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::clock::Clock;
 use crate::config::{Secrets, Settings};
 use crate::core::grant::{self, GrantId, Status};
-use crate::core::notice::{NoticeGrant, NoticeSubject, rfc3339};
+use crate::core::notice::rfc3339;
 use crate::ports::{GrantRecord, GrantStore, NoticeRelay, TokenCache};
 
 /// A grant as apps and users see it (in `/token` answers and on the status page).
@@ -61,20 +61,6 @@ impl Context {
     /// When the next notice falls due for this grant's state.
     pub fn next_due_at(&self, g: &GrantRecord, progress: grant::Progress) -> Option<DateTime<Utc>> {
         grant::next_due_at(g.rt_expires_at, progress, &self.settings.notice_days)
-    }
-
-    pub fn notice_subject<'a>(&self, g: &GrantRecord, renew_url: &'a str) -> NoticeSubject<'a> {
-        NoticeSubject {
-            grant: NoticeGrant {
-                id: g.id.clone(),
-                realm: g.realm.clone(),
-                site_url: g.site_url.clone(),
-                user: g.user.clone(),
-            },
-            rt_version: g.rt_version,
-            rt_expires_at: g.rt_expires_at,
-            renew_url,
-        }
     }
 
     pub fn grant_summary(&self, g: &GrantRecord, now: DateTime<Utc>) -> GrantSummary {

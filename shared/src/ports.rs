@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::core::grant::{GrantId, Progress};
-use crate::core::notice::{Notice, User};
+use crate::core::notice::{Notice, NoticeGrant, NoticeSubject, User};
 
 /// SharePoint's `{StandardTokens}` from the launch, kept for the relaunch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,6 +44,23 @@ pub struct GrantRecord {
     pub next_due_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl GrantRecord {
+    /// What a notice about this grant's current refresh token says about it.
+    pub fn notice_subject<'a>(&self, renew_url: &'a str) -> NoticeSubject<'a> {
+        NoticeSubject {
+            grant: NoticeGrant {
+                id: self.id.clone(),
+                realm: self.realm.clone(),
+                site_url: self.site_url.clone(),
+                user: self.user.clone(),
+            },
+            rt_version: self.rt_version,
+            rt_expires_at: self.rt_expires_at,
+            renew_url,
+        }
+    }
 }
 
 /// A grant with its sealed refresh token (`None` once the token's lifetime has passed and

@@ -354,7 +354,7 @@ impl TokenService {
             let notice = Notice::about_grant(
                 NoticeType::Revoked,
                 None,
-                self.ctx.notice_subject(&rec, &renew_url),
+                rec.notice_subject(&renew_url),
                 now,
             );
             match self

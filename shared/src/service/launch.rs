@@ -216,7 +216,7 @@ impl LaunchService {
                         notice = Some(Notice::about_grant(
                             NoticeType::Renewed,
                             None,
-                            self.ctx.notice_subject(&record, &renew_url),
+                            record.notice_subject(&renew_url),
                             now,
                         ));
                     }

@@ -112,7 +112,7 @@ impl SweepService {
         let (progress, notice) = match stage {
             Some(stage) => {
                 let renew_url = self.ctx.renew_url(&g.id, now);
-                let notice = Notice::for_stage(stage, self.ctx.notice_subject(&g, &renew_url), now);
+                let notice = Notice::for_stage(stage, g.notice_subject(&renew_url), now);
                 (stage.progress(), Some(notice))
             }
             // In the index but nothing due (the notice days changed): re-index it.

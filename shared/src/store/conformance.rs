@@ -52,17 +52,7 @@ pub fn record(key: &str, version: i64) -> GrantRecord {
 pub fn notice_for(g: &GrantRecord, stage: Stage, now: DateTime<Utc>) -> Notice {
     Notice::for_stage(
         stage,
-        NoticeSubject {
-            grant: NoticeGrant {
-                id: g.id.clone(),
-                realm: g.realm.clone(),
-                site_url: g.site_url.clone(),
-                user: g.user.clone(),
-            },
-            rt_version: g.rt_version,
-            rt_expires_at: g.rt_expires_at,
-            renew_url: "https://addin.example.com/renew/x?exp=1&sig=s",
-        },
+        g.notice_subject("https://addin.example.com/renew/x?exp=1&sig=s"),
         now,
     )
 }
