@@ -120,7 +120,10 @@ impl Server {
     }
 }
 
+/// A CLI command on the server's data directory, which `serve --dev` made: with `--dev`.
 fn cli(env: &Env, args: &[&str]) -> (String, String) {
+    let args: Vec<&str> = args.iter().copied().chain(["--dev"]).collect();
+    let args = args.as_slice();
     let (code, out, err) = run(&bin(), args, &env.vars);
     assert_eq!(code, 0, "spkeeper {args:?} failed:\n{err}");
     std::fs::write(
@@ -732,4 +735,112 @@ fn bad_configuration_stops_the_cli_with_exit_2_naming_the_variable() {
     let (code, help, _) = run(&bin(), &["serve", "--help"], &env);
     assert_eq!(code, 0);
     assert!(!help.contains(CLIENT_SECRET) && !help.contains(API_KEY));
+}
+
+/// The production variables, all set: nothing is left for dev values to fill.
+fn production_env(data: &str) -> BTreeMap<String, String> {
+    [
+        ("SPKEEPER_DATA_DIR", data),
+        ("SPKEEPER_CLIENT_ID", CLIENT_ID),
+        ("SPKEEPER_CLIENT_SECRET", CLIENT_SECRET),
+        ("SPKEEPER_PUBLIC_URL", "https://addin.example.com"),
+        ("SPKEEPER_ALLOWED_SP_HOSTS", "*.sharepoint.com"),
+        ("SPKEEPER_API_KEY", API_KEY),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+#[tokio::test]
+async fn a_plain_command_never_uses_a_dev_configuration_beside_it() {
+    let receiver = Receiver::start(WEBHOOK_SECRET).await;
+    let env = env(&receiver, &[]);
+    // `serve --dev` leaves its configuration (and a shifted clock) in the data directory.
+    let mut dev = start(&env).await;
+    dev.set_clock(Utc::now() + chrono::Duration::days(170))
+        .await;
+    dev.proc.stop();
+    let data = env.vars["SPKEEPER_DATA_DIR"].clone();
+
+    // A production `serve` on that directory refuses to start: no simulator, no dev values,
+    // no simulated clock can reach it.
+    let prod = production_env(&data);
+    let (code, out, err) = run(&bin(), &["serve", "--addr", "127.0.0.1:0"], &prod);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("dev configuration") && err.contains("--dev"),
+        "{err}"
+    );
+    assert!(!out.contains("listening"), "{out}");
+    for args in [
+        &["sweep"][..],
+        &["grants"],
+        &["notices"],
+        &["renew-link", "0123456789abcdef0123456789abcdef"],
+    ] {
+        let (code, _, err) = run(&bin(), args, &prod);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("dev configuration"), "{args:?}: {err}");
+    }
+    // With --dev it is the dev configuration, on purpose.
+    let (code, out, err) = run(&bin(), &["grants", "--json", "--dev"], &prod);
+    assert_eq!((code, out.trim()), (0, "[]"), "{err}");
+
+    // --dev on a directory without one is a usage error, not a silent production run.
+    let fresh = tempfile::tempdir().unwrap();
+    let clean = production_env(&fresh.path().join("data").display().to_string());
+    let (code, _, err) = run(&bin(), &["grants", "--dev"], &clean);
+    assert_eq!(code, 2, "{err}");
+    // ...and a plain command there never mounts a dev route.
+    let mut plain = Proc::spawn(
+        &bin(),
+        &["serve", "--addr", "127.0.0.1:0"],
+        &clean,
+        fresh.path(),
+        "serve",
+    );
+    let base = plain.wait_for_line("spkeeper listening on ", Duration::from_secs(30));
+    for (method, path) in [
+        ("GET", "/dev/sharepoint"),
+        ("GET", "/dev/info"),
+        ("POST", "/dev/clock"),
+        (
+            "GET",
+            "/_layouts/15/AppRedirect.aspx?client_id=x&redirect_uri=y",
+        ),
+        ("GET", "/_api/web/currentuser"),
+        ("GET", "/_vti_bin/client.svc"),
+        ("POST", "/dev/acs/tokens/OAuth/2"),
+        ("GET", "/dev/webhook"),
+    ] {
+        let r = client()
+            .request(method.parse().unwrap(), format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 404, "{method} {path}");
+    }
+    plain.stop();
+}
+
+#[test]
+fn a_sweep_in_the_future_outside_dev_needs_dry_run_or_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = production_env(&dir.path().join("data").display().to_string());
+    let future = (Utc::now() + chrono::Duration::days(175)).to_rfc3339();
+    let (code, out, err) = run(&bin(), &["sweep", "--now", &future], &env);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        err.contains("--dry-run") && err.contains("--force"),
+        "{err}"
+    );
+    for extra in ["--dry-run", "--force"] {
+        let (code, out, err) = run(&bin(), &["sweep", "--now", &future, extra], &env);
+        assert_eq!(code, 0, "{extra}: {err}");
+        assert!(out.contains("\"examined\""), "{out}");
+    }
+    // The past (or now) needs neither.
+    let past = (Utc::now() - chrono::Duration::days(1)).to_rfc3339();
+    assert_eq!(run(&bin(), &["sweep", "--now", &past], &env).0, 0);
 }

@@ -29,7 +29,13 @@ async fn seed(fx: &AwsFixture, acs: &AcsStub) -> GrantId {
     let sealed = ctx
         .secrets
         .key_ring
-        .seal(b"exchange-refresh-token", id.as_str())
+        .seal(
+            b"exchange-refresh-token",
+            &spkeeper::core::seal::Place::RefreshToken {
+                grant: id.as_str(),
+                version: record.rt_version,
+            },
+        )
         .unwrap();
     ctx.grants
         .put_grant(None, &record, &sealed, None)

@@ -60,7 +60,9 @@ async fn launch_function_serves_health_launch_and_refusals_from_the_fixtures() {
     let r = rt.invoke(json_client).await.1.response();
     assert_eq!(body_of(&r)["error"], "missing_context_token");
 
-    // The same launch carrying a valid context token.
+    // The same launch carrying a valid context token. contoso.sharepoint.com is out of reach
+    // here: its realm (what realm discovery would find) is already in the table's cache.
+    seed_host_realm(&fx).await;
     let spec = ContextTokenSpec {
         client_id: CLIENT_ID.into(),
         audience_host: "addin.example.com".into(),
@@ -89,7 +91,7 @@ async fn launch_function_serves_health_launch_and_refusals_from_the_fixtures() {
     assert_eq!(r["headers"]["location"], "https://addin.example.com/status");
     let cookies = r["cookies"].to_string();
     assert!(
-        cookies.contains("spkeeper_session=")
+        cookies.contains("__Host-spkeeper_session=")
             && cookies.contains("HttpOnly")
             && cookies.contains("Secure"),
         "{r}"
@@ -133,6 +135,84 @@ async fn launch_function_serves_health_launch_and_refusals_from_the_fixtures() {
             "lambda-refresh-token-value".into(),
         ],
     );
+}
+
+/// What realm discovery of the fixtures' host would find, cached as a launch caches it.
+async fn seed_host_realm(fx: &AwsFixture) {
+    use spkeeper::ports::TokenCache;
+    fx.aws()
+        .dynamo
+        .put_host_realm(
+            "contoso.sharepoint.com",
+            REALM,
+            Utc::now() + chrono::Duration::hours(1),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logging_never_shows_tokens_cookies_or_bearers() {
+    let fx = AwsFixture::new(&[("SPKEEPER_STS_HOSTS", "127.0.0.1:9")]).await;
+    seed_host_realm(&fx).await;
+    let rt = RuntimeApi::start().await;
+    let logs = tempfile::tempdir().unwrap();
+    let mut env = fx.env_for(&rt, "launch");
+    // Every way an operator turns logging up.
+    env.insert("AWS_LAMBDA_LOG_LEVEL".into(), "TRACE".into());
+    env.insert("RUST_LOG".into(), "trace".into());
+    let proc = Proc::spawn(&bin(), &[], &env, logs.path(), "launch");
+
+    let spec = ContextTokenSpec {
+        client_id: CLIENT_ID.into(),
+        audience_host: "addin.example.com".into(),
+        realm: REALM.into(),
+        cache_key: "trace+user/key=".into(),
+        sts_uri: "http://127.0.0.1:9/tokens/OAuth/2".into(),
+        refresh_token: "trace-refresh-token-value".into(),
+        nbf: Utc::now(),
+        lifetime_hours: 12,
+        numeric_dates: false,
+    };
+    let token = mint_context_token(
+        &spec.claims(),
+        &SecretString::from(CLIENT_SECRET.to_string()),
+    );
+    let mut event = fixture("apigw-http-launch.json");
+    event["body"] = Value::String(format!(
+        "SPAppToken={}&{}",
+        url::form_urlencoded::byte_serialize(token.as_bytes()).collect::<String>(),
+        event["body"].as_str().unwrap()
+    ));
+    event["headers"]["authorization"] = Value::String("Bearer trace-bearer-value-0123".into());
+    event["cookies"] = serde_json::json!(["__Host-spkeeper_session=trace-cookie-value-0123"]);
+    let (_, o) = rt.invoke(event).await;
+    assert_eq!(o.response()["statusCode"], 303);
+
+    drop(proc);
+    let logs = std::fs::read_to_string(logs.path().join("launch.stdout")).unwrap();
+    // It did log at TRACE (our own targets are not capped)...
+    assert!(logs.lines().count() > 3, "{logs}");
+    // ...but nothing that saw the raw event or the secret's answer.
+    assert_no_secrets(
+        &logs,
+        &[
+            token.clone(),
+            token.split('.').nth(1).unwrap().to_string(),
+            "trace-refresh-token-value".into(),
+            "trace-bearer-value-0123".into(),
+            "trace-cookie-value-0123".into(),
+            CLIENT_SECRET.into(),
+            API_KEY.into(),
+            WEBHOOK_SECRET.into(),
+        ],
+    );
+    for key in fx.secret["token_keys"].as_object().unwrap().values() {
+        assert!(
+            !logs.contains(key.as_str().unwrap()),
+            "a token key is in the log"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

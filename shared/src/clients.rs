@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
@@ -14,6 +14,7 @@ use url::Url;
 use crate::core::acs::{
     AccessToken, AcsFailure, TokenRequestForm, classify_failure, parse_success,
 };
+use crate::core::hosts::{SiteUrl, realm_from_challenge};
 use crate::core::notice::User;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -199,7 +200,7 @@ pub enum SharePointError {
     Status(u16),
     #[error("SharePoint request failed: {0}")]
     Transport(String),
-    #[error("SharePoint's answer is not a user")]
+    #[error("SharePoint's answer is not what was asked for")]
     Shape,
 }
 
@@ -225,13 +226,10 @@ enum SpUserAnswer {
 /// `{site}/_api/web/currentuser?$select=Title,Email,LoginName` with the user's access token.
 pub async fn current_user(
     http: &reqwest::Client,
-    site_url: &str,
+    site: &SiteUrl,
     access_token: &SecretString,
 ) -> Result<User, SharePointError> {
-    let url = format!(
-        "{}/_api/web/currentuser?$select=Title,Email,LoginName",
-        site_url.trim_end_matches('/')
-    );
+    let url = site.join("_api/web/currentuser?$select=Title,Email,LoginName");
     let bearer = HeaderValue::from_str(&format!("Bearer {}", access_token.expose_secret()))
         .map_err(|_| SharePointError::Transport("access token is not a header value".into()))?;
     let resp = http
@@ -261,6 +259,32 @@ pub async fn current_user(
         email: user.email,
         login_name: user.login_name,
     })
+}
+
+/// The realm (tenant id) a SharePoint site answers for, discovered as Microsoft's helper does
+/// (`TokenHelper.GetRealmFromTargetUrl`): `GET {site}/_vti_bin/client.svc` with an empty
+/// bearer token answers 401 with `WWW-Authenticate: Bearer realm="{GUID}",…`.
+pub async fn discover_realm(
+    http: &reqwest::Client,
+    site: &SiteUrl,
+) -> Result<String, SharePointError> {
+    let resp = http
+        .get(site.join("_vti_bin/client.svc"))
+        .header(AUTHORIZATION, HeaderValue::from_static("Bearer "))
+        .send()
+        .await
+        .map_err(|e| SharePointError::Transport(describe(&e)))?;
+    let status = resp.status().as_u16();
+    let realm = realm_from_challenge(
+        resp.headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    if status != 401 {
+        return Err(SharePointError::Status(status));
+    }
+    realm.ok_or(SharePointError::Shape)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -46,12 +46,25 @@ impl OffsetClock {
     }
 
     pub fn offset(&self) -> chrono::Duration {
-        chrono::Duration::seconds(self.offset_secs.load(std::sync::atomic::Ordering::SeqCst))
+        let secs = self.offset_secs.load(std::sync::atomic::Ordering::SeqCst);
+        chrono::Duration::try_seconds(secs).unwrap_or(if secs < 0 {
+            chrono::Duration::MIN
+        } else {
+            chrono::Duration::MAX
+        })
     }
 }
 
 impl Clock for OffsetClock {
+    /// Saturates at the ends of the calendar, however far the simulator travelled.
     fn now(&self) -> DateTime<Utc> {
-        Utc::now() + self.offset()
+        let offset = self.offset();
+        Utc::now()
+            .checked_add_signed(offset)
+            .unwrap_or(if offset < chrono::Duration::zero() {
+                DateTime::<Utc>::MIN_UTC
+            } else {
+                DateTime::<Utc>::MAX_UTC
+            })
     }
 }

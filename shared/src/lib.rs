@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod context;
 pub mod http;
+pub mod logging;
 pub mod ports;
 pub mod service;
 pub mod store;

@@ -105,6 +105,15 @@ impl StoreError {
     }
 }
 
+/// The revision a write after `expected` gives (1 for a new grant). Revisions are stored as
+/// signed 64-bit numbers by both stores: one past the end is corrupt data, not a panic.
+pub fn next_rev(expected: Option<u64>) -> Result<u64, StoreError> {
+    expected
+        .map_or(Some(1), |r| r.checked_add(1))
+        .filter(|r| i64::try_from(*r).is_ok())
+        .ok_or_else(|| StoreError::Corrupt("revision out of range".into()))
+}
+
 /// Where the next page of the due index starts: opaque, each adapter writes its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueCursor(pub String);
@@ -235,6 +244,22 @@ pub trait TokenCache: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     async fn release_lease(&self, key: &str, owner: &str) -> Result<(), StoreError>;
+
+    /// The realm (tenant id) a SharePoint host answered for, if it was discovered and is still
+    /// fresh at `now` (PROTOCOL.md §3, realm discovery).
+    async fn get_host_realm(
+        &self,
+        host: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// Remembers a host's realm until `until`.
+    async fn put_host_realm(
+        &self,
+        host: &str,
+        realm: &str,
+        until: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 }
 
 /// A queued notice, as the delivery side sees it.

@@ -222,7 +222,13 @@ async fn a_launch_racing_a_sweep_never_loses_the_newer_refresh_token() {
             .ctx
             .secrets
             .key_ring
-            .open(g.sealed_refresh_token.as_deref().unwrap(), id.as_str())
+            .open(
+                g.sealed_refresh_token.as_deref().unwrap(),
+                &spkeeper::core::seal::Place::RefreshToken {
+                    grant: id.as_str(),
+                    version: g.record.rt_version,
+                },
+            )
             .unwrap();
         assert!(
             secrecy::ExposeSecret::expose_secret(&rt)
@@ -243,6 +249,72 @@ async fn a_launch_racing_a_sweep_never_loses_the_newer_refresh_token() {
         );
         assert!(matches!(g.record.progress, Progress::None));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn token_requests_racing_fifty_relaunches_never_answer_a_spurious_relaunch_required() {
+    let h = Arc::new(
+        Harness::with(Options {
+            moto: true,
+            ..Options::default()
+        })
+        .await,
+    );
+    let id = launch_many(&h, 1).await.remove(0);
+    let body = serde_json::json!({"grant_id": id.as_str()});
+    assert_eq!(h.token_request(body.clone()).await.status().as_u16(), 200);
+
+    // 50 relaunches, each a newer refresh token (its own nbf), one after another...
+    let base = h.now();
+    let relaunches = {
+        let h = Arc::clone(&h);
+        tokio::spawn(async move {
+            for i in 1..=50 {
+                let mut spec = h.spec("user0");
+                spec.nbf = base + Duration::seconds(i);
+                spec.refresh_token = format!("relaunch-{i}");
+                let token = spkeeper::testkit::mint_context_token(
+                    &spec.claims(),
+                    &secrecy::SecretString::from(SECRET.to_string()),
+                );
+                assert_eq!(h.launch(&token).await.status().as_u16(), 303);
+            }
+        })
+    };
+    // ...while four callers keep asking for tokens.
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let h = Arc::clone(&h);
+            let body = body.clone();
+            let relaunching = relaunches.abort_handle();
+            tokio::spawn(async move {
+                let mut statuses = BTreeMap::new();
+                while !relaunching.is_finished() {
+                    let status = h.token_request(body.clone()).await.status().as_u16();
+                    *statuses.entry(status).or_insert(0u32) += 1;
+                }
+                statuses
+            })
+        })
+        .collect();
+    relaunches.await.unwrap();
+    let mut all = BTreeMap::new();
+    for c in callers {
+        for (status, n) in c.await.unwrap() {
+            *all.entry(status).or_insert(0u32) += n;
+        }
+    }
+    println!("token answers during 50 relaunches: {all:?}");
+    assert!(all.values().sum::<u32>() >= 20, "the race ran: {all:?}");
+    assert_eq!(
+        all.keys().copied().collect::<Vec<_>>(),
+        vec![200],
+        "{all:?}"
+    );
+    assert_eq!(
+        h.store_load(&id).await.record.rt_version,
+        (base + Duration::seconds(50)).timestamp()
+    );
 }
 
 #[tokio::test]

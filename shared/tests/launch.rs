@@ -35,7 +35,7 @@ async fn valid_launch_stores_the_grant_and_redirects_to_status_with_a_session_co
         "https://addin.example.com/status"
     );
     let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
-    assert!(cookie.starts_with("spkeeper_session="), "{cookie}");
+    assert!(cookie.starts_with("__Host-spkeeper_session="), "{cookie}");
     for attr in ["HttpOnly", "Secure", "SameSite=None", "Path=/"] {
         assert!(cookie.contains(attr), "{attr} missing: {cookie}");
     }
@@ -59,7 +59,7 @@ async fn valid_launch_stores_the_grant_and_redirects_to_status_with_a_session_co
     let stored = h.store_load(&g.id).await;
     let sealed = stored.sealed_refresh_token.unwrap();
     assert!(!sealed.contains("refresh-token-of-megan"));
-    assert!(sealed.starts_with("v1."));
+    assert!(sealed.starts_with("v2."));
 
     // best effort after launch: the user was looked up with a fresh access token
     assert_eq!(h.stub.token_calls(), 1);
@@ -107,21 +107,26 @@ async fn launch_without_a_token_is_missing_context_token() {
 }
 
 #[tokio::test]
-async fn sharepoint_error_info_is_shown_as_sharepoint_error() {
+async fn sharepoint_error_info_is_logged_never_echoed_and_the_user_gets_a_reference() {
     let h = Harness::new().await;
     let body = assert_error(
-        h.post_form(&h.launch_query(), "SPErrorInfo=The+app+is+not+trusted")
-            .await,
+        h.post_form(
+            &h.launch_query(),
+            "SPErrorInfo=Your+account+is+locked.+Call+%2B1-555-0100+now",
+        )
+        .await,
         400,
         "sharepoint_error",
     )
     .await;
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("The app is not trusted")
-    );
+    let message = body["message"].as_str().unwrap();
+    assert!(!message.contains("555"), "{message}");
+    assert!(!message.contains("locked"), "{message}");
+    // a reference to quote: 16 hex digits
+    let reference = message
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .find(|w| w.len() == 16);
+    assert!(reference.is_some(), "{message}");
     assert_nothing_written(&h).await;
 }
 
@@ -364,13 +369,22 @@ async fn a_browser_gets_the_error_as_a_readable_page() {
             .unwrap()
             .starts_with("text/html")
     );
+    let csp = resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("frame-ancestors 'self' https://*.sharepoint.com"),
+        "{csp}"
+    );
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert_eq!(
+        resp.headers()["strict-transport-security"],
+        "max-age=31536000"
+    );
     let page = body_text(resp).await;
     assert!(page.contains("sharepoint_error"));
-    assert!(
-        !page.contains("<script>"),
-        "SharePoint's text must be escaped"
-    );
-    assert!(page.contains("&lt;script&gt;"));
+    assert!(!page.contains("script"), "SharePoint's text is never shown");
 }
 
 #[tokio::test]
@@ -448,4 +462,174 @@ async fn launch_survives_acs_being_down() {
     );
     assert_eq!(h.grants().await.len(), 1);
     assert!(h.grants().await[0].user.is_none());
+}
+
+#[tokio::test]
+async fn a_token_of_one_tenant_is_never_stored_against_another_tenants_host() {
+    let h = Harness::new().await;
+    h.stub
+        .set_realm(Some("11111111-2222-3333-4444-555555555555"));
+    assert_error(
+        h.launch(&h.token("megan")).await,
+        403,
+        "host_realm_mismatch",
+    )
+    .await;
+    assert_nothing_written(&h).await;
+    assert_eq!(
+        h.stub.token_calls(),
+        0,
+        "no access token was fetched for it"
+    );
+}
+
+#[tokio::test]
+async fn an_app_web_of_another_tenant_is_host_realm_mismatch() {
+    let h = Harness::new().await;
+    // The host web answers for the token's realm; the app web's host (another tenant's, on
+    // another port here) does not.
+    drop(h);
+    let other = another_tenants_site().await;
+    let h = Harness::with(Options {
+        also_allowed: vec![other.addr.to_string()],
+        ..Options::default()
+    })
+    .await;
+    let q = format!(
+        "{}&SPAppWebUrl={}",
+        h.launch_query(),
+        urlencode(&other.site_url())
+    );
+    assert_error(
+        h.post_form(&q, &format!("SPAppToken={}", urlencode(&h.token("megan"))))
+            .await,
+        403,
+        "host_realm_mismatch",
+    )
+    .await;
+    assert_nothing_written(&h).await;
+}
+
+#[tokio::test]
+async fn a_host_whose_realm_cannot_be_discovered_is_sharepoint_unreachable() {
+    let h = Harness::new().await;
+    h.stub.set_realm(None);
+    assert_error(
+        h.launch(&h.token("megan")).await,
+        502,
+        "sharepoint_unreachable",
+    )
+    .await;
+    assert_nothing_written(&h).await;
+}
+
+#[tokio::test]
+async fn a_hosts_realm_is_discovered_once_and_cached() {
+    let h = Harness::new().await;
+    for user in ["megan", "alex", "nestor"] {
+        assert_eq!(h.launch(&h.token(user)).await.status().as_u16(), 303);
+    }
+    assert_eq!(
+        h.stub
+            .state
+            .realm_calls
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    // A day later it is asked again.
+    h.clock.advance(Duration::hours(25));
+    assert_eq!(h.launch(&h.token("megan")).await.status().as_u16(), 303);
+    assert_eq!(
+        h.stub
+            .state
+            .realm_calls
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_replayed_token_cannot_move_a_grant_to_another_tenants_host() {
+    let other = another_tenants_site().await;
+    let h = Harness::with(Options {
+        also_allowed: vec![other.addr.to_string()],
+        ..Options::default()
+    })
+    .await;
+    let token = h.token("megan");
+    assert_eq!(h.launch(&token).await.status().as_u16(), 303);
+    // The same token replayed with SPHostUrl on another (allowlisted) tenant's host.
+    let q = format!(
+        "SPHostUrl={}&SPLanguage=en-US&SPClientTag=0&SPProductNumber=16.0.0.0",
+        urlencode(&other.site_url())
+    );
+    assert_error(
+        h.post_form(&q, &format!("SPAppToken={}", urlencode(&token)))
+            .await,
+        403,
+        "host_realm_mismatch",
+    )
+    .await;
+    let g = h.store_load(&h.grant_id("megan")).await;
+    assert_eq!(g.record.site_url, h.stub.site_url(), "site_url unchanged");
+}
+
+#[tokio::test]
+async fn a_launch_from_a_foreign_origin_is_origin_not_allowed() {
+    let h = Harness::new().await;
+    for origin in [
+        "https://evil.example.com",
+        "null",
+        "https://addin.example.com.evil.net",
+    ] {
+        let req = Request::post(format!("/launch?{}", h.launch_query()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("origin", origin)
+            .body(Body::from(format!(
+                "SPAppToken={}",
+                urlencode(&h.token("megan"))
+            )))
+            .unwrap();
+        assert_error(h.send(req).await, 403, "origin_not_allowed").await;
+    }
+    assert_nothing_written(&h).await;
+    // SharePoint's own origin and ours are fine.
+    for (user, origin) in [
+        ("a", "https://contoso.sharepoint.com".to_string()),
+        ("b", PUBLIC.to_string()),
+        ("c", format!("http://{}", h.stub.addr)),
+    ] {
+        let req = Request::post(format!("/launch?{}", h.launch_query()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("origin", origin.as_str())
+            .body(Body::from(format!(
+                "SPAppToken={}",
+                urlencode(&h.token(user))
+            )))
+            .unwrap();
+        assert_eq!(h.send(req).await.status().as_u16(), 303, "{origin}");
+    }
+}
+
+#[tokio::test]
+async fn a_token_expiring_at_the_end_of_the_calendar_is_handled_without_panicking() {
+    let h = Harness::new().await;
+    let mut claims = h.spec("megan").claims();
+    claims["exp"] = json!(
+        chrono::DateTime::<chrono::Utc>::MAX_UTC
+            .timestamp()
+            .to_string()
+    );
+    let token = mint_context_token(&claims, &SecretString::from(SECRET.to_string()));
+    assert_eq!(h.launch(&token).await.status().as_u16(), 303);
+    let g = h.store_load(&h.grant_id("megan")).await.record;
+    let nbf = chrono::DateTime::from_timestamp(g.rt_version, 0).unwrap();
+    assert_eq!(g.rt_expires_at, refresh_token_expiry(nbf));
+}
+
+/// A SharePoint site of another tenant: its realm challenge names another realm.
+async fn another_tenants_site() -> Stub {
+    let other = Stub::start(std::sync::Arc::new(spkeeper::clock::OffsetClock::new())).await;
+    other.set_realm(Some("11111111-2222-3333-4444-555555555555"));
+    other
 }

@@ -385,3 +385,125 @@ async fn an_oversized_acs_answer_is_refused_not_read_and_not_retried() {
         .await;
     assert_eq!(resp.status().as_u16(), 200);
 }
+
+#[tokio::test]
+async fn a_refresh_token_moved_into_the_access_token_cache_is_never_served() {
+    use spkeeper::ports::CachedToken;
+    let h = Harness::new().await;
+    let id = launched(&h, "megan").await;
+    let gid = h.grant_id("megan");
+    let host = h.stub.addr.to_string();
+    // Someone who can write the store, but holds no key, copies the sealed refresh token
+    // into the access-token cache of the same grant and host.
+    let sealed_rt = h
+        .ctx
+        .grants
+        .load(&gid)
+        .await
+        .unwrap()
+        .unwrap()
+        .sealed_refresh_token
+        .unwrap();
+    h.ctx
+        .cache
+        .put_access_token(
+            &gid,
+            &host,
+            &CachedToken {
+                sealed: sealed_rt,
+                expires_at: h.now() + Duration::hours(10),
+                resource: "moved".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let resp = h.token_request(json!({"grant_id": id})).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let body = body_json(resp).await;
+    let served = body["access_token"].as_str().unwrap();
+    assert!(
+        !served.starts_with("refresh-token-of-"),
+        "the refresh token was served"
+    );
+    assert!(served.starts_with("at-"), "{served}");
+}
+
+#[tokio::test]
+async fn an_access_token_moved_to_another_host_is_never_served_there() {
+    let h = Harness::new().await;
+    let id = launched(&h, "megan").await;
+    let gid = h.grant_id("megan");
+    let host = h.stub.addr.to_string();
+    let cached = h
+        .ctx
+        .cache
+        .get_access_token(&gid, &host)
+        .await
+        .unwrap()
+        .unwrap();
+    h.ctx
+        .cache
+        .put_access_token(&gid, "contoso.sharepoint.com", &cached)
+        .await
+        .unwrap();
+    let calls = h.stub.token_calls();
+    let body = body_json(
+        h.token_request(json!({"grant_id": id, "host": "contoso.sharepoint.com"}))
+            .await,
+    )
+    .await;
+    assert_eq!(h.stub.token_calls(), calls + 1, "a new token was fetched");
+    assert!(
+        body["resource"]
+            .as_str()
+            .unwrap()
+            .contains("/contoso.sharepoint.com@"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_stored_site_no_longer_allowed_is_refused_at_use() {
+    let h = Harness::new().await;
+    launched(&h, "megan").await;
+    // A grant whose stored host web is not (or no longer) on the allowlist.
+    let mut g = h.store_load(&h.grant_id("megan")).await;
+    let rev = g.record.rev;
+    g.record.site_url = "https://evil.example.com/sites/a".into();
+    g.record.user = None;
+    assert_eq!(
+        h.ctx
+            .grants
+            .put_grant(
+                Some(rev),
+                &g.record,
+                g.sealed_refresh_token.as_deref().unwrap(),
+                None
+            )
+            .await
+            .unwrap(),
+        spkeeper::ports::Written::Done
+    );
+    let (calls, users) = (
+        h.stub.token_calls(),
+        h.stub
+            .state
+            .user_calls
+            .load(std::sync::atomic::Ordering::SeqCst),
+    );
+    assert_error(
+        h.token_request(json!({"grant_id": g.record.id.as_str()}))
+            .await,
+        400,
+        "host_not_allowed",
+    )
+    .await;
+    assert_eq!(h.stub.token_calls(), calls, "no ACS call for it");
+    assert_eq!(
+        h.stub
+            .state
+            .user_calls
+            .load(std::sync::atomic::Ordering::SeqCst),
+        users
+    );
+}

@@ -11,7 +11,7 @@ use spkeeper::service::exchange::TokenService;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    lambda_http::tracing::init_default_subscriber();
+    spkeeper::logging::init_lambda();
     let (ctx, _aws) = spkeeper::aws::init_context()
         .await
         .inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
@@ -27,6 +27,7 @@ async fn main() -> Result<(), lambda_http::Error> {
         Router::new()
             .merge(token_router(tokens, auth))
             .merge(health_router()),
+        &ctx.settings,
     );
     lambda_http::run(app).await
 }

@@ -10,7 +10,7 @@ use spkeeper::service::launch::LaunchService;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    lambda_http::tracing::init_default_subscriber();
+    spkeeper::logging::init_lambda();
     // Clients, configuration and keys: once, at init. Fails closed.
     let (ctx, _aws) = spkeeper::aws::init_context()
         .await
@@ -21,8 +21,9 @@ async fn main() -> Result<(), lambda_http::Error> {
         Router::new()
             .merge(launch_router(launch))
             .merge(status_router(Arc::clone(&ctx)))
-            .merge(renew_router(ctx))
+            .merge(renew_router(Arc::clone(&ctx)))
             .merge(health_router()),
+        &ctx.settings,
     );
     lambda_http::run(app).await
 }

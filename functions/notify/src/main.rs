@@ -11,7 +11,7 @@ use spkeeper::service::deliver::deliver_body;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    spkeeper::logging::init_lambda();
     let sender = Arc::new(
         init()
             .await

@@ -10,7 +10,7 @@ use spkeeper::service::sweep::{SweepService, SweepSummary};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    spkeeper::logging::init_lambda();
     let (ctx, _aws) = spkeeper::aws::init_context()
         .await
         .inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;

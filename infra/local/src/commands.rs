@@ -15,8 +15,34 @@ fn runtime(e: impl std::fmt::Display) -> Failure {
     Failure::Runtime(e.to_string())
 }
 
-pub async fn sweep(now: Option<DateTime<Utc>>, dry_run: bool) -> Result<(), Failure> {
-    let loaded = setup::load(Mode::Plain).await?;
+fn mode(dev: bool) -> Mode {
+    if dev { Mode::Dev } else { Mode::Plain }
+}
+
+/// How far ahead of the clock `--now` may be before it counts as "in the future".
+const NOW_SLACK: chrono::Duration = chrono::Duration::minutes(5);
+
+pub async fn sweep(
+    now: Option<DateTime<Utc>>,
+    dry_run: bool,
+    force: bool,
+    dev: bool,
+) -> Result<(), Failure> {
+    // A sweep "in the future" against real grants sends real notices early and marks grants
+    // expired that are not: outside the simulator it must be a dry run or a deliberate --force.
+    if let Some(t) = now
+        && !dev
+        && !dry_run
+        && !force
+        && t > Utc::now() + NOW_SLACK
+    {
+        return Err(Failure::Usage(
+            "--now is in the future: this would send real notices early; add --dry-run to see \
+             what it would do, or --force for a deliberate rehearsal"
+                .into(),
+        ));
+    }
+    let loaded = setup::load(mode(dev)).await?;
     let now = now.unwrap_or_else(|| loaded.ctx.now());
     let summary = SweepService::new(loaded.ctx)
         .run(now, dry_run)
@@ -26,8 +52,8 @@ pub async fn sweep(now: Option<DateTime<Utc>>, dry_run: bool) -> Result<(), Fail
     Ok(())
 }
 
-pub async fn grants(as_json: bool) -> Result<(), Failure> {
-    let loaded = setup::load(Mode::Plain).await?;
+pub async fn grants(as_json: bool, dev: bool) -> Result<(), Failure> {
+    let loaded = setup::load(mode(dev)).await?;
     let ctx = &loaded.ctx;
     let now = ctx.now();
     let grants = ctx.grants.list().await.map_err(runtime)?;
@@ -84,13 +110,13 @@ pub async fn grants(as_json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-pub async fn renew_link(raw: &str) -> Result<(), Failure> {
+pub async fn renew_link(raw: &str, dev: bool) -> Result<(), Failure> {
     let id = GrantId::parse(raw.trim()).ok_or_else(|| {
         Failure::Usage(format!(
             "{raw:?} is not a grant id (32 lowercase hex digits)"
         ))
     })?;
-    let loaded = setup::load(Mode::Plain).await?;
+    let loaded = setup::load(mode(dev)).await?;
     let ctx = &loaded.ctx;
     if ctx.grants.load(&id).await.map_err(runtime)?.is_none() {
         return Err(Failure::Runtime(format!("no grant {id}")));
@@ -99,8 +125,8 @@ pub async fn renew_link(raw: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-pub async fn notices(as_json: bool) -> Result<(), Failure> {
-    let loaded = setup::load(Mode::Plain).await?;
+pub async fn notices(as_json: bool, dev: bool) -> Result<(), Failure> {
+    let loaded = setup::load(mode(dev)).await?;
     let rows = match &loaded.backend {
         Backend::Sqlite(store) => store
             .undelivered()

@@ -40,27 +40,45 @@ enum Command {
     },
     /// Run one sweep and print a one-line JSON summary.
     Sweep {
-        /// Sweep as if it were this time (RFC 3339).
+        /// Sweep as if it were this time (RFC 3339). Outside --dev, a time in the future
+        /// needs --dry-run (or --force).
         #[arg(long, value_parser = parse_time)]
         now: Option<chrono::DateTime<chrono::Utc>>,
         /// Report what would be sent without writing anything.
         #[arg(long)]
         dry_run: bool,
+        /// With a future --now: write anyway (a deliberate rehearsal).
+        #[arg(long)]
+        force: bool,
+        /// Use the dev configuration and simulated clock made by `serve --dev`.
+        #[arg(long)]
+        dev: bool,
     },
     /// Every grant, without tokens.
     Grants {
+        /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
+        /// Use the dev configuration made by `serve --dev`.
+        #[arg(long)]
+        dev: bool,
     },
     /// Print a signed renew URL for a grant.
     RenewLink {
         /// The grant id (32 lowercase hex digits).
         grant_id: String,
+        /// Use the dev configuration made by `serve --dev`.
+        #[arg(long)]
+        dev: bool,
     },
     /// Notices queued and not yet delivered (embedded store).
     Notices {
+        /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
+        /// Use the dev configuration made by `serve --dev`.
+        #[arg(long)]
+        dev: bool,
     },
 }
 
@@ -80,7 +98,7 @@ pub enum Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    setup::init_logging();
+    spkeeper::logging::init_cli();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -98,10 +116,15 @@ fn main() -> ExitCode {
                 dev,
                 sweep_interval,
             } => serve::run(addr, dev, sweep_interval).await,
-            Command::Sweep { now, dry_run } => commands::sweep(now, dry_run).await,
-            Command::Grants { json } => commands::grants(json).await,
-            Command::RenewLink { grant_id } => commands::renew_link(&grant_id).await,
-            Command::Notices { json } => commands::notices(json).await,
+            Command::Sweep {
+                now,
+                dry_run,
+                force,
+                dev,
+            } => commands::sweep(now, dry_run, force, dev).await,
+            Command::Grants { json, dev } => commands::grants(json, dev).await,
+            Command::RenewLink { grant_id, dev } => commands::renew_link(&grant_id, dev).await,
+            Command::Notices { json, dev } => commands::notices(json, dev).await,
         }
     });
     match result {

@@ -39,7 +39,7 @@ pub async fn run(addr: SocketAddr, dev: bool, sweep_interval: u64) -> Result<(),
     };
     let listening = format!("http://{reachable}");
     let mode = if dev {
-        Mode::Dev {
+        Mode::DevServe {
             listening: listening.clone(),
         }
     } else {
@@ -83,7 +83,7 @@ pub async fn run(addr: SocketAddr, dev: bool, sweep_interval: u64) -> Result<(),
         .map_err(Failure::Runtime)?;
         app = app.merge(crate::dev::router(Arc::new(sim)));
     }
-    let app = finish(app);
+    let app = finish(app, &ctx.settings);
 
     tokio::spawn(sweep_loop(
         Arc::clone(&sweep),

@@ -27,16 +27,6 @@ use crate::Failure;
 use crate::dev::DevValues;
 use crate::keys;
 
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SPKEEPER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-}
-
 /// The data directory, needed before the rest of the configuration is read.
 pub fn data_dir() -> PathBuf {
     PathBuf::from(
@@ -60,28 +50,45 @@ pub struct Loaded {
     pub dev: Option<DevValues>,
 }
 
-/// What `--dev` adds: generated values for whatever the environment leaves unset.
+/// Whether a command runs with `--dev`. Dev values (generated configuration for whatever the
+/// environment leaves unset), the simulator and its clock exist only for a command given
+/// `--dev`; a plain command never reads them, and refuses a data directory that holds them.
 pub enum Mode {
-    /// `serve --dev`, listening on this base URL.
-    Dev { listening: String },
-    /// Any other command: a data directory made by `serve --dev` lends its values.
+    /// `serve --dev`, listening on this base URL: creates the dev configuration if needed.
+    DevServe { listening: String },
+    /// Any other command with `--dev`: uses the dev configuration `serve --dev` made.
+    Dev,
+    /// Without `--dev`: production configuration only.
     Plain,
 }
 
 pub async fn load(mode: Mode) -> Result<Loaded, Failure> {
     let dir = data_dir();
     let dev = match &mode {
-        Mode::Dev { listening } => {
+        Mode::DevServe { listening } => {
             Some(DevValues::load_or_create(&dir, listening).map_err(Failure::Runtime)?)
         }
-        Mode::Plain => DevValues::existing(&dir).map_err(Failure::Runtime)?,
+        Mode::Dev => Some(
+            DevValues::existing(&dir)
+                .map_err(Failure::Runtime)?
+                .ok_or_else(|| {
+                    Failure::Usage(format!(
+                        "{} holds no dev configuration: start `spkeeper serve --dev` first",
+                        dir.display()
+                    ))
+                })?,
+        ),
+        Mode::Plain => {
+            if DevValues::exists(&dir) {
+                return Err(Failure::Usage(format!(
+                    "{} holds a dev configuration (made by `spkeeper serve --dev`): add --dev to \
+                     use it, or point SPKEEPER_DATA_DIR at another directory for production",
+                    dir.display()
+                )));
+            }
+            None
+        }
     };
-    if let (Mode::Plain, Some(_)) = (&mode, &dev) {
-        tracing::info!(
-            "using the dev configuration in {} for variables the environment does not set",
-            dir.display()
-        );
-    }
     let dev_source: BTreeMap<String, String> =
         dev.as_ref().map(|d| d.as_source(&Env)).unwrap_or_default();
     let source = Layered(vec![&Env, &dev_source]);

@@ -14,7 +14,9 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Get, Put, ReturnValue, TransactGetItem, TransactWriteItem, Update,
+};
 use chrono::{DateTime, Duration, Utc};
 
 use super::table::{
@@ -25,7 +27,7 @@ use crate::core::grant::{GrantId, Progress, relaunch_retention};
 use crate::core::notice::{Notice, User};
 use crate::ports::{
     CachedToken, DueCursor, DuePage, GrantRecord, GrantStore, StandardTokens, StoreError,
-    StoredGrant, TokenCache, Written,
+    StoredGrant, TokenCache, Written, next_rev,
 };
 
 pub type Item = HashMap<String, AttributeValue>;
@@ -37,6 +39,11 @@ fn s(v: impl Into<String>) -> AttributeValue {
 
 fn n(v: i64) -> AttributeValue {
     AttributeValue::N(v.to_string())
+}
+
+/// A revision as a number attribute ([`next_rev`] keeps it within `i64`).
+fn rev_number(rev: u64) -> i64 {
+    i64::try_from(rev).unwrap_or(i64::MAX)
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -110,6 +117,10 @@ fn access_key(id: &GrantId, host: &str) -> Item {
 
 fn lease_key(k: &str) -> Item {
     key(format!("L#{k}"), "L")
+}
+
+fn realm_key(host: &str) -> Item {
+    key(format!("H#{host}"), "H")
 }
 
 fn marker_key(m: &str) -> Item {
@@ -228,7 +239,7 @@ impl Expr {
 fn grant_attributes(g: &GrantRecord, rev: u64) -> Vec<(&'static str, Option<AttributeValue>)> {
     let opt = |v: &Option<String>| v.as_ref().map(s);
     vec![
-        ("rev", Some(n(rev as i64))),
+        ("rev", Some(n(rev_number(rev)))),
         ("realm", Some(s(&g.realm))),
         ("site_url", Some(s(&g.site_url))),
         ("app_web_url", opt(&g.app_web_url)),
@@ -539,8 +550,32 @@ fn decode_cursor(c: &DueCursor) -> Result<(u8, Option<Item>), StoreError> {
 
 #[async_trait]
 impl GrantStore for DynamoStore {
+    /// One `TransactGetItems` for the grant and its refresh token: a snapshot, serialized with
+    /// the launch's `TransactWriteItems`, so a reader racing a relaunch never sees the new
+    /// record beside the old token (or the other way round).
     async fn load(&self, id: &GrantId) -> Result<Option<StoredGrant>, StoreError> {
-        let (grant, rt) = tokio::try_join!(self.get(grant_key(id)), self.get(refresh_key(id)))?;
+        let get = |key: Item| {
+            Get::builder()
+                .table_name(&self.table)
+                .set_key(Some(key))
+                .build()
+                .map(|g| TransactGetItem::builder().get(g).build())
+                .map_err(StoreError::unavailable)
+        };
+        let out = self
+            .client
+            .transact_get_items()
+            .transact_items(get(grant_key(id))?)
+            .transact_items(get(refresh_key(id))?)
+            .send()
+            .await
+            .map_err(sdk)?;
+        let mut items = out
+            .responses
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.item);
+        let (grant, rt) = (items.next().flatten(), items.next().flatten());
         let Some(grant) = grant else { return Ok(None) };
         let record = read_grant(&grant)?;
         // The refresh token belongs to this record only if it is the same version.
@@ -561,7 +596,7 @@ impl GrantStore for DynamoStore {
         sealed_refresh_token: &str,
         notice: Option<&Notice>,
     ) -> Result<Written, StoreError> {
-        let new_rev = expected_rev.map_or(1, |r| r + 1);
+        let new_rev = next_rev(expected_rev)?;
         let pk = format!("G#{}", grant.id);
         let details = match expected_rev {
             // A new grant: the whole item, with an (empty or one-notice) outbox.
@@ -599,7 +634,7 @@ impl GrantStore for DynamoStore {
                 if let Some(notice) = notice {
                     e.queue(notice, &pk);
                 }
-                let expected = e.value(n(rev as i64));
+                let expected = e.value(n(rev_number(rev)));
                 let rev_name = e.name("rev");
                 let update = Update::builder()
                     .table_name(&self.table)
@@ -642,7 +677,7 @@ impl GrantStore for DynamoStore {
         now: DateTime<Utc>,
     ) -> Result<Written, StoreError> {
         let mut e = Expr::default();
-        e.set("rev", n(expected_rev as i64 + 1));
+        e.set("rev", n(rev_number(next_rev(Some(expected_rev))?)));
         e.set("progress", s(progress.to_string()));
         e.set("updated_at", n(now.timestamp()));
         match next_due_at {
@@ -661,7 +696,7 @@ impl GrantStore for DynamoStore {
         if let Some(notice) = notice {
             e.queue(notice, &format!("G#{id}"));
         }
-        let (rev_name, expected) = (e.name("rev"), e.value(n(expected_rev as i64)));
+        let (rev_name, expected) = (e.name("rev"), e.value(n(rev_number(expected_rev))));
         self.update(grant_key(id), e, &format!("{rev_name} = {expected}"))
             .await
     }
@@ -823,6 +858,40 @@ impl TokenCache for DynamoStore {
             .send()
             .await;
         Ok(written(result, condition_failed)? == Written::Done)
+    }
+
+    async fn get_host_realm(
+        &self,
+        host: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(item) = self.get(realm_key(host)).await? else {
+            return Ok(None);
+        };
+        // TTL deletes lazily: an item past its time is not an answer.
+        if get_time(&item, TTL)? <= now {
+            return Ok(None);
+        }
+        get_s(&item, "realm").map(Some)
+    }
+
+    async fn put_host_realm(
+        &self,
+        host: &str,
+        realm: &str,
+        until: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut item = realm_key(host);
+        item.insert("realm".into(), s(realm));
+        item.insert(TTL.into(), n(until.timestamp()));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(())
     }
 
     async fn release_lease(&self, key: &str, owner: &str) -> Result<(), StoreError> {

@@ -7,6 +7,7 @@
 //! | refresh token (sealed) | `RT#{grant}` | `RT` | `ttl` = its expiry; its own partition, so a role can be denied it by key prefix |
 //! | access token (sealed) | `AT#{grant}` | `{host}` | `ttl` = its expiry |
 //! | ACS lease | `L#{key}` | `L` | single flight across instances |
+//! | SharePoint host's realm | `H#{host}` | `H` | `ttl` = when it must be discovered again |
 //! | operator notice marker (and its outbox) | `M#{key}` | `M` | a notice sent once |
 //!
 //! Each state change is one conditional write to one item, and the notice it causes goes into

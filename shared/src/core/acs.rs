@@ -7,6 +7,9 @@ use chrono::{DateTime, Duration, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+/// The longest access-token lifetime believed (ACS gives about 12 hours).
+pub const MAX_ACCESS_TOKEN_LIFETIME: Duration = Duration::days(7);
+
 /// `{target principal}/{host authority}@{realm}`.
 pub fn resource(target_principal: &str, host_authority: &str, realm: &str) -> String {
     format!("{target_principal}/{host_authority}@{realm}")
@@ -147,18 +150,25 @@ pub fn parse_success(body: &[u8], now: DateTime<Utc>) -> Result<AccessToken, Acs
     {
         return Err(AcsFailure::Unexpected("token_type is not Bearer".into()));
     }
-    let expires_at = r
-        .expires_on
-        .as_ref()
-        .and_then(StrOrNum::as_i64)
-        .and_then(|s| DateTime::from_timestamp(s, 0))
-        .or_else(|| {
-            r.expires_in
-                .as_ref()
-                .and_then(StrOrNum::as_i64)
-                .map(|s| now + Duration::seconds(s))
-        })
-        .ok_or_else(|| AcsFailure::Unexpected("no expires_on or expires_in".into()))?;
+    let expires_at = match (&r.expires_on, &r.expires_in) {
+        (Some(on), _) => on.as_i64().and_then(|s| DateTime::from_timestamp(s, 0)),
+        (None, Some(secs)) => secs
+            .as_i64()
+            .and_then(Duration::try_seconds)
+            .and_then(|d| now.checked_add_signed(d)),
+        (None, None) => {
+            return Err(AcsFailure::Unexpected("no expires_on or expires_in".into()));
+        }
+    }
+    .ok_or_else(|| AcsFailure::Unexpected("the token's lifetime is not a time".into()))?;
+    // ACS issues access tokens for about 12 hours. A lifetime outside (now, now + a week] is
+    // not one ACS gives: refuse it rather than cache a token for years.
+    let latest = now.checked_add_signed(MAX_ACCESS_TOKEN_LIFETIME);
+    if expires_at <= now || latest.is_none_or(|l| expires_at > l) {
+        return Err(AcsFailure::Unexpected(
+            "the token's lifetime is out of range".into(),
+        ));
+    }
     Ok(AccessToken {
         token: SecretString::from(token),
         expires_at,
@@ -257,6 +267,38 @@ mod tests {
         assert_eq!(t.expires_at, now() + Duration::hours(1));
         let t = parse_success(br#"{"access_token":"a","expires_in":60}"#, now()).unwrap();
         assert_eq!(t.expires_at, now() + Duration::minutes(1));
+    }
+
+    #[test]
+    fn absurd_lifetimes_are_refused_without_panicking() {
+        for body in [
+            r#"{"access_token":"a","expires_in":"9223372036854775807"}"#.to_string(),
+            r#"{"access_token":"a","expires_in":9223372036854775807}"#.to_string(),
+            r#"{"access_token":"a","expires_in":"-9223372036854775808"}"#.to_string(),
+            r#"{"access_token":"a","expires_in":"315360000"}"#.to_string(),
+            r#"{"access_token":"a","expires_in":"0"}"#.to_string(),
+            r#"{"access_token":"a","expires_on":"9223372036854775807"}"#.to_string(),
+            r#"{"access_token":"a","expires_on":"8210266876799"}"#.to_string(),
+            r#"{"access_token":"a","expires_on":"-8334601228800"}"#.to_string(),
+            r#"{"access_token":"a","expires_on":"1","expires_in":"3600"}"#.to_string(),
+            format!(r#"{{"access_token":"a","expires_in":{}}}"#, u64::MAX),
+        ] {
+            assert!(
+                matches!(
+                    parse_success(body.as_bytes(), now()),
+                    Err(AcsFailure::Unexpected(_))
+                ),
+                "{body}"
+            );
+        }
+        // at the clock's own end, nothing panics either
+        assert!(
+            parse_success(
+                br#"{"access_token":"a","expires_in":"3600"}"#,
+                DateTime::<Utc>::MAX_UTC
+            )
+            .is_err()
+        );
     }
 
     #[test]

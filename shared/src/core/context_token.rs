@@ -246,10 +246,18 @@ fn check_claims(c: RawClaims, exp: &Expectations<'_>) -> Result<ContextToken, To
     // expired; likewise a missing `nbf` as not yet valid.
     let expires = numeric_date(c.exp.as_ref()).ok_or(TokenError::Expired)?;
     let not_before = numeric_date(c.nbf.as_ref()).ok_or(TokenError::NotYetValid)?;
-    if exp.now > expires + skew {
+    // The arithmetic is on `now` (a sane time), never on the token's numbers, which may sit
+    // at the very ends of the calendar.
+    let (Some(earliest), Some(latest)) = (
+        exp.now.checked_sub_signed(skew),
+        exp.now.checked_add_signed(skew),
+    ) else {
+        return Err(TokenError::Malformed("the clock is out of range"));
+    };
+    if expires < earliest {
         return Err(TokenError::Expired);
     }
-    if not_before - skew > exp.now {
+    if not_before > latest {
         return Err(TokenError::NotYetValid);
     }
 
@@ -545,6 +553,42 @@ mod tests {
             check(&token, SAMPLE_NOW, &[&secret()]).unwrap_err(),
             TokenError::UnsupportedAlgorithm
         );
+    }
+
+    #[test]
+    fn lifetimes_at_the_ends_of_the_calendar_are_judged_without_panicking() {
+        let max = DateTime::<Utc>::MAX_UTC.timestamp();
+        let mut claims = microsoft_sample();
+        claims["exp"] = json!(max.to_string());
+        let t = check(&sign(&claims), SAMPLE_NOW, &[&secret()]).unwrap();
+        assert_eq!(t.expires.timestamp(), max);
+        // the lifecycle is computed from `nbf`, which validation bounds by `now`
+        let rt = crate::core::grant::refresh_token_expiry(t.not_before);
+        assert!(crate::core::grant::relaunch_retention(rt) > rt);
+
+        for (nbf, exp, err) in [
+            (json!(max), json!(max), TokenError::NotYetValid),
+            (
+                json!(max.to_string()),
+                json!("1335866095"),
+                TokenError::NotYetValid,
+            ),
+            (json!("1335822895"), json!(1e300), TokenError::Expired),
+            (json!("1335822895"), json!(i64::MAX), TokenError::Expired),
+            (json!("1335822895"), json!(u64::MAX), TokenError::Expired),
+            (json!(-1e300), json!(max), TokenError::NotYetValid),
+        ] {
+            let mut claims = microsoft_sample();
+            claims["nbf"] = nbf.clone();
+            claims["exp"] = exp.clone();
+            assert_eq!(
+                check(&sign(&claims), SAMPLE_NOW, &[&secret()]).unwrap_err(),
+                err,
+                "nbf {nbf} exp {exp}"
+            );
+        }
+        // and a clock at the end of time does not panic either
+        assert!(check(&sign(&microsoft_sample()), max, &[&secret()]).is_err());
     }
 
     #[test]

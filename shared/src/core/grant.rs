@@ -68,7 +68,20 @@ pub fn refresh_token_expiry(nbf: DateTime<Utc>) -> DateTime<Utc> {
 
 /// Until when relaunch details are kept.
 pub fn relaunch_retention(rt_expires_at: DateTime<Utc>) -> DateTime<Utc> {
-    rt_expires_at + Duration::days(RELAUNCH_RETENTION_DAYS)
+    plus_days(rt_expires_at, RELAUNCH_RETENTION_DAYS)
+}
+
+/// `t` + `days`, saturating at the ends of the calendar (stored times come from outside:
+/// date arithmetic never panics).
+pub fn plus_days(t: DateTime<Utc>, days: i64) -> DateTime<Utc> {
+    let fallback = if days < 0 {
+        DateTime::<Utc>::MIN_UTC
+    } else {
+        DateTime::<Utc>::MAX_UTC
+    };
+    Duration::try_days(days)
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(fallback)
 }
 
 /// Whole days left, rounded up (a token with 29.5 days left has "30 days left"), never negative.
@@ -215,7 +228,7 @@ pub fn status(
         Status::Revoked
     } else if now >= expires_at {
         Status::Expired
-    } else if now >= expires_at - Duration::days(i64::from(days.largest())) {
+    } else if now >= plus_days(expires_at, -i64::from(days.largest())) {
         Status::Expiring
     } else {
         Status::Active
@@ -241,7 +254,7 @@ impl Stage {
 
 fn stage_time(expires_at: DateTime<Utc>, stage: Stage) -> DateTime<Utc> {
     match stage {
-        Stage::Expiring(d) => expires_at - Duration::days(i64::from(d)),
+        Stage::Expiring(d) => plus_days(expires_at, -i64::from(d)),
         Stage::Expired => expires_at,
     }
 }
@@ -323,6 +336,28 @@ mod tests {
 
     fn days(n: i64) -> Duration {
         Duration::days(n)
+    }
+
+    #[test]
+    fn date_arithmetic_at_the_ends_of_the_calendar_saturates_instead_of_panicking() {
+        let max = DateTime::<Utc>::MAX_UTC;
+        let min = DateTime::<Utc>::MIN_UTC;
+        assert_eq!(relaunch_retention(max), max);
+        assert_eq!(plus_days(min, -30), min);
+        assert_eq!(refresh_token_expiry(max), max);
+        let d = NoticeDays::default();
+        assert_eq!(
+            status(min, Progress::None, t(2026, 1, 1), &d),
+            Status::Expired
+        );
+        assert_eq!(
+            status(max, Progress::None, t(2026, 1, 1), &d),
+            Status::Active
+        );
+        let _ = next_due_at(min, Progress::None, &d);
+        let _ = next_due_at(max, Progress::None, &d);
+        let _ = due_stage(min, Progress::None, t(2026, 1, 1), &d);
+        assert_eq!(days_left(max, min), days_left(max, min));
     }
 
     #[test]

@@ -64,8 +64,10 @@ fn rule_text(rule: &Rule) -> String {
 }
 
 /// The public ACS hosts (Microsoft's "SharePoint Add-ins in sovereign clouds": worldwide and US
-/// Government share `accounts.accesscontrol.windows.net`; China and Germany have their own).
-pub const DEFAULT_STS_HOSTS: &str = "accounts.accesscontrol.windows.net,accounts.accesscontrol.chinacloudapi.cn,login.microsoftonline.de";
+/// Government share `accounts.accesscontrol.windows.net`; China has its own). Microsoft Cloud
+/// Deutschland (`login.microsoftonline.de`) was shut down in 2021 and is not trusted.
+pub const DEFAULT_STS_HOSTS: &str =
+    "accounts.accesscontrol.windows.net,accounts.accesscontrol.chinacloudapi.cn";
 
 /// A SharePoint site URL that passed the allowlist, normalised: no user info, no query,
 /// no fragment, no trailing slash.
@@ -137,7 +139,10 @@ impl HostAllowlist {
         self.rules.iter().any(|rule| match rule {
             Rule::Exact { host: h, port: p } => h == host && *p == port,
             Rule::Suffix(suffix) => {
-                port.is_none() && host.len() > suffix.len() && host.ends_with(suffix.as_str())
+                port.is_none()
+                    && host.strip_suffix(suffix.as_str()).is_some_and(|labels| {
+                        !labels.is_empty() && labels.split('.').all(|l| !l.is_empty())
+                    })
             }
         })
     }
@@ -182,6 +187,26 @@ impl HostAllowlist {
         let path = url.path().trim_end_matches('/').to_string();
         url.set_path(&path);
         Ok(SiteUrl(url))
+    }
+
+    /// The list as Content-Security-Policy sources (`https://host[:port]`, `https://*.suffix`;
+    /// `http://` for loopback hosts, which is all `http` is ever allowed for).
+    pub fn csp_sources(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .map(|rule| {
+                let text = rule_text(rule);
+                let loopback = match rule {
+                    Rule::Exact { host, .. } => Url::parse(&format!("http://{host}/"))
+                        .ok()
+                        .and_then(|u| u.host().map(|h| is_loopback(&h)))
+                        .unwrap_or(false),
+                    Rule::Suffix(_) => false,
+                };
+                let scheme = if loopback { "http" } else { "https" };
+                format!("{scheme}://{text}")
+            })
+            .collect()
     }
 
     /// Checks a bare `host[:port]` (the `host` field of `/token`). Returns it normalised.
@@ -231,6 +256,30 @@ fn parse_rule(entry: &str, allow_wildcards: bool) -> Result<Rule, String> {
             port: url.port(),
         })
     }
+}
+
+/// The realm in SharePoint's answer to an anonymous request (PROTOCOL.md §3, "realm
+/// discovery"): one of the `WWW-Authenticate` values is `Bearer realm="{GUID}",client_id=…`.
+/// Returns the realm in lower case; `None` when no Bearer challenge names a GUID realm.
+pub fn realm_from_challenge<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    values.into_iter().find_map(|value| {
+        let (scheme, params) = value.trim().split_once(char::is_whitespace)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        params.split(',').find_map(|param| {
+            let (name, v) = param.split_once('=')?;
+            if !name.trim().eq_ignore_ascii_case("realm") {
+                return None;
+            }
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|x| x.strip_suffix('"'))
+                .unwrap_or(v);
+            crate::core::context_token::is_guid(v).then(|| v.to_ascii_lowercase())
+        })
+    })
 }
 
 #[cfg(test)]
@@ -406,6 +455,73 @@ mod tests {
         assert!(HostAllowlist::parse("", true).is_err());
         assert!(HostAllowlist::parse("https://x.com", true).is_err());
         assert!(HostAllowlist::parse("x.com/path", true).is_err());
+    }
+
+    #[test]
+    fn wildcard_refuses_empty_labels() {
+        let l = sp();
+        for bad in [
+            "https://..fabrikam.com/",
+            "https://a..fabrikam.com/",
+            "https://.a.fabrikam.com/",
+        ] {
+            // Either the URL parser refuses it or the allowlist does; never allowed.
+            assert!(l.check_url(bad).is_err(), "{bad}");
+        }
+        assert!(l.check_url("https://a.b.fabrikam.com/").is_ok());
+    }
+
+    #[test]
+    fn microsoft_cloud_deutschland_is_not_a_default_sts() {
+        let sts = HostAllowlist::parse(DEFAULT_STS_HOSTS, false).unwrap();
+        assert_eq!(
+            sts.check_url("https://login.microsoftonline.de/tokens/OAuth/2"),
+            Err(HostError::NotAllowed)
+        );
+        assert!(
+            sts.check_url("https://accounts.accesscontrol.chinacloudapi.cn/tokens/OAuth/2")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn allowlist_gives_its_csp_sources() {
+        assert_eq!(
+            sp().csp_sources(),
+            vec![
+                "https://contoso.sharepoint.com",
+                "https://*.fabrikam.com",
+                "http://127.0.0.1:8080",
+                "https://sp.local:8443",
+            ]
+        );
+    }
+
+    #[test]
+    fn realm_is_read_from_the_bearer_challenge() {
+        let realm = "040F2415-E6E3-4480-96CE-26EF73275F73";
+        assert_eq!(
+            realm_from_challenge([
+                "NTLM",
+                &format!(
+                    "Bearer realm=\"{realm}\",client_id=\"00000003-0000-0ff1-ce00-000000000000\",trusted_issuers=\"x@*\""
+                ),
+            ]),
+            Some(realm.to_ascii_lowercase())
+        );
+        assert_eq!(
+            realm_from_challenge([format!("bearer  client_id=\"x\", realm={realm}").as_str()]),
+            Some(realm.to_ascii_lowercase())
+        );
+        for bad in [
+            "Bearer realm=\"not-a-guid\"",
+            "Basic realm=\"040f2415-e6e3-4480-96ce-26ef73275f73\"",
+            "Bearer",
+            "",
+            "Bearer realm=",
+        ] {
+            assert_eq!(realm_from_challenge([bad]), None, "{bad}");
+        }
     }
 
     #[test]

@@ -19,8 +19,9 @@ use super::hosts::SiteUrl;
 pub const RENEW_LINK_DAYS: i64 = 45;
 /// How long a session cookie from a launch stays valid.
 pub const SESSION_HOURS: i64 = 12;
-/// The session cookie's name.
-pub const SESSION_COOKIE: &str = "spkeeper_session";
+/// The session cookie's name. `__Host-`: the browser only accepts it `Secure`, with
+/// `Path=/` and no `Domain`, so no sibling subdomain can set or shadow it.
+pub const SESSION_COOKIE: &str = "__Host-spkeeper_session";
 
 const RENEW_PURPOSE: &str = "spkeeper.renew.v1";
 const SESSION_PURPOSE: &str = "spkeeper.session.v1";

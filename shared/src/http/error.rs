@@ -141,15 +141,27 @@ pub fn launch_error(e: &LaunchError) -> ApiError {
             "missing_host_url",
             "SPHostUrl is missing or is not an absolute http(s) URL.",
         ),
-        LaunchError::SharePoint(info) => ApiError::new(
+        LaunchError::SharePoint { correlation_id } => ApiError::new(
             StatusCode::BAD_REQUEST,
             "sharepoint_error",
-            format!("SharePoint could not launch the add-in: {info}"),
+            format!(
+                "SharePoint could not launch the add-in. If this keeps happening, give your administrator this reference: {correlation_id}."
+            ),
         ),
         LaunchError::HostNotAllowed => ApiError::new(
             StatusCode::FORBIDDEN,
             "host_not_allowed",
             "This SharePoint host is not allowed for this add-in.",
+        ),
+        LaunchError::HostRealmMismatch => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "host_realm_mismatch",
+            "The SharePoint site belongs to another tenant than the one that launched the add-in.",
+        ),
+        LaunchError::SharePointUnreachable(_) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "sharepoint_unreachable",
+            "The SharePoint site could not be reached to confirm its tenant; try again shortly.",
         ),
         LaunchError::Token(t) => token_error(t),
         LaunchError::Store(_) | LaunchError::Seal(_) | LaunchError::Contention => {

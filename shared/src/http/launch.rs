@@ -4,12 +4,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use url::Url;
 
 use super::error::{ApiError, launch_error};
-use super::{into_response, media_type, pairs, read_body};
+use super::{into_response, media_type, read_body};
+use crate::config::Settings;
 use crate::core::links::{SESSION_COOKIE, SESSION_HOURS};
 use crate::service::launch::{LaunchInput, LaunchService};
 
@@ -25,6 +27,32 @@ async fn launch(State(svc): State<Arc<LaunchService>>, req: Request) -> Response
     into_response(result)
 }
 
+/// Login CSRF: a browser's cross-site form post carries `Origin`. When it is there it must be
+/// an allowed SharePoint host (AppRedirect.aspx posts from the host web) or our own public
+/// origin; anything else, `null` included, is refused before the body is looked at.
+fn check_origin(headers: &HeaderMap, settings: &Settings) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let allowed = origin.to_str().ok().is_some_and(|o| {
+        Url::parse(o).is_ok_and(|u| {
+            u.origin() == settings.public_url.origin()
+                || (u.path() == "/"
+                    && u.query().is_none()
+                    && settings.allowed_sp_hosts.check_url(o).is_ok())
+        })
+    });
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "This launch did not come from an allowed SharePoint site.",
+        ))
+    }
+}
+
 async fn handle(svc: &LaunchService, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let bytes = read_body(&parts.headers, body).await?;
@@ -35,14 +63,8 @@ async fn handle(svc: &LaunchService, req: Request) -> Result<Response, ApiError>
             "The launch must be an HTML form post (application/x-www-form-urlencoded).",
         ));
     }
-    let input = LaunchInput {
-        form: pairs(&bytes),
-        query: parts
-            .uri
-            .query()
-            .map(|q| pairs(q.as_bytes()))
-            .unwrap_or_default(),
-    };
+    check_origin(&parts.headers, &svc.context().settings)?;
+    let input = LaunchInput::parse(&bytes, parts.uri.query());
     let launched = svc.launch(&input).await.map_err(|e| launch_error(&e))?;
 
     let ctx = svc.context();

@@ -12,7 +12,7 @@ mod status;
 mod token;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +23,7 @@ pub use renew::router as renew_router;
 pub use status::router as status_router;
 pub use token::{ApiKeyAuth, TokenAuthorizer, router as token_router};
 
+use crate::config::Settings;
 use error::{ApiError, ErrorDetails};
 
 /// The largest request body any route reads.
@@ -35,8 +36,36 @@ pub fn health_router() -> Router {
     )
 }
 
-/// Adds the contract's 404/405 errors, HTML error pages for browsers, and safe headers.
-pub fn finish(router: Router) -> Router {
+/// Headers every response gets, computed once from the settings.
+#[derive(Clone)]
+struct SafeHeaders {
+    /// For HTML pages that set no policy of their own: nothing but our inline style, forms only
+    /// to us, and framing only by us and the allowed SharePoint hosts (add-in parts).
+    csp: HeaderValue,
+    /// `Strict-Transport-Security`, when the public URL is https.
+    hsts: Option<HeaderValue>,
+}
+
+impl SafeHeaders {
+    fn new(settings: &Settings) -> Self {
+        let hosts = settings.allowed_sp_hosts.csp_sources().join(" ");
+        let policy = format!(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; \
+             form-action 'self'; frame-ancestors 'self' {hosts}"
+        );
+        SafeHeaders {
+            csp: HeaderValue::from_str(policy.trim_end()).unwrap_or_else(|_| {
+                HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'")
+            }),
+            hsts: (settings.public_url.scheme() == "https")
+                .then(|| HeaderValue::from_static("max-age=31536000")),
+        }
+    }
+}
+
+/// Adds the contract's 404/405 errors, HTML error pages for browsers, and safe headers
+/// (`nosniff`, no referrer, a Content-Security-Policy on every page, HSTS over https).
+pub fn finish(router: Router, settings: &Settings) -> Router {
     router
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
@@ -46,7 +75,10 @@ pub fn finish(router: Router) -> Router {
                 "This method is not allowed here.",
             )
         })
-        .layer(middleware::from_fn(negotiate))
+        .layer(middleware::from_fn_with_state(
+            SafeHeaders::new(settings),
+            negotiate,
+        ))
 }
 
 fn wants_html(headers: &HeaderMap) -> bool {
@@ -57,13 +89,24 @@ fn wants_html(headers: &HeaderMap) -> bool {
 }
 
 /// A browser (`Accept: text/html`) gets an error as a small page with the same status.
-async fn negotiate(req: Request, next: Next) -> Response {
+async fn negotiate(State(safe): State<SafeHeaders>, req: Request, next: Next) -> Response {
     let html = wants_html(req.headers());
     let mut resp = next.run(req).await;
     if html && let Some(ErrorDetails(e)) = resp.extensions().get::<ErrorDetails>() {
         resp = pages::error_page(e);
     }
+    let is_page = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.to_ascii_lowercase().starts_with("text/html"));
     let h = resp.headers_mut();
+    if is_page && !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(header::CONTENT_SECURITY_POLICY, safe.csp.clone());
+    }
+    if let Some(hsts) = &safe.hsts {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     h.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
@@ -101,11 +144,6 @@ pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
                 .trim()
                 .to_ascii_lowercase()
         })
-}
-
-/// `name=value` pairs of a query string or form body (first occurrence wins where it matters).
-pub(crate) fn pairs(raw: &[u8]) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(raw).into_owned().collect()
 }
 
 /// A cookie's value from the `Cookie` headers.

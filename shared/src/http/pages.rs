@@ -26,12 +26,8 @@ pub fn html(status: StatusCode, title: &str, body: &str) -> Response {
     let mut resp = (status, Html(layout(title, body))).into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp.headers_mut().insert(
-        "content-security-policy",
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
-        ),
-    );
+    // The Content-Security-Policy (with `frame-ancestors`) is added to every page by
+    // `http::finish`, which knows the allowed hosts.
     resp
 }
 

@@ -10,8 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::error::{ApiError, link_error};
-use super::{into_response, pairs};
+use super::into_response;
 use crate::context::Context;
+use crate::core::form_pairs;
 use crate::core::grant::GrantId;
 use crate::core::links::{LinkError, relaunch_url};
 
@@ -35,7 +36,7 @@ async fn renew(
 
 async fn redirect(ctx: &Context, raw_id: &str, query: &str) -> Result<Response, ApiError> {
     let now = ctx.now();
-    let q = pairs(query.as_bytes());
+    let q = form_pairs(query.as_bytes());
     let get = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let id = GrantId::parse(raw_id).ok_or_else(|| link_error(LinkError::BadSignature))?;
     let (Some(exp), Some(sig)) = (get("exp"), get("sig")) else {

@@ -8,15 +8,15 @@ use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, Utc};
 use secrecy::{ExposeSecret, SecretString};
-use url::Url;
 
 use crate::clients::{AcsClient, RefreshRequest, RetryPolicy, current_user};
 use crate::context::Context;
 use crate::context::GrantSummary;
 use crate::core::acs::{AcsFailure, resource};
 use crate::core::grant::{GrantId, Progress};
+use crate::core::hosts::SiteUrl;
 use crate::core::notice::{Notice, NoticeType};
-use crate::core::seal::SealError;
+use crate::core::seal::{Place, SealError};
 use crate::ports::{CachedToken, StoreError, StoredGrant, Written};
 
 /// A cached access token is used while more than this remains (Microsoft's helper renews
@@ -142,7 +142,7 @@ impl TokenService {
                 .allowed_sp_hosts
                 .check_authority(h)
                 .map_err(|_| ExchangeError::HostNotAllowed)?,
-            None => self.site_authority(&rec.site_url)?,
+            None => self.allowed_site(&rec.site_url)?.authority(),
         };
 
         let status = self.ctx.status_of(rec, now);
@@ -166,9 +166,14 @@ impl TokenService {
         result
     }
 
-    fn site_authority(&self, site_url: &str) -> Result<String, ExchangeError> {
-        let url = Url::parse(site_url).map_err(|_| StoreError::Corrupt("site url".into()))?;
-        Ok(crate::core::hosts::authority_of(&url))
+    /// A stored site URL, checked against today's allowlist at the moment of use (stored
+    /// data may predate a change of the list, or have been written by someone else).
+    fn allowed_site(&self, site_url: &str) -> Result<SiteUrl, ExchangeError> {
+        self.ctx
+            .settings
+            .allowed_sp_hosts
+            .check_site_url(site_url)
+            .map_err(|_| ExchangeError::HostNotAllowed)
     }
 
     fn local_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -196,7 +201,11 @@ impl TokenService {
         if t.expires_at - now <= MIN_REMAINING {
             return Ok(None);
         }
-        match self.ctx.secrets.key_ring.open(&t.sealed, id.as_str()) {
+        let place = Place::AccessToken {
+            grant: id.as_str(),
+            resource: host,
+        };
+        match self.ctx.secrets.key_ring.open(&t.sealed, &place) {
             Ok(token) => Ok(Some((token, t.expires_at, t.resource))),
             Err(e) => {
                 // A token sealed under a retired key: fetch a new one rather than fail.
@@ -261,7 +270,13 @@ impl TokenService {
                 renew_url: self.ctx.renew_url(id, now),
             }
         })?;
-        let refresh_token = self.ctx.secrets.key_ring.open(sealed, id.as_str())?;
+        let refresh_token = self.ctx.secrets.key_ring.open(
+            sealed,
+            &Place::RefreshToken {
+                grant: id.as_str(),
+                version: rec.rt_version,
+            },
+        )?;
         let sts_uri = self
             .ctx
             .settings
@@ -290,11 +305,13 @@ impl TokenService {
         match outcome {
             Ok(at) => {
                 tracing::info!(grant_id = %id, host, outcome = "issued", elapsed_ms, "exchanged refresh token at ACS");
-                let sealed = self
-                    .ctx
-                    .secrets
-                    .key_ring
-                    .seal(at.token.expose_secret().as_bytes(), id.as_str())?;
+                let sealed = self.ctx.secrets.key_ring.seal(
+                    at.token.expose_secret().as_bytes(),
+                    &Place::AccessToken {
+                        grant: id.as_str(),
+                        resource: host,
+                    },
+                )?;
                 let cached = CachedToken {
                     sealed,
                     expires_at: at.expires_at,
@@ -306,9 +323,10 @@ impl TokenService {
                 };
                 self.ctx.cache.put_access_token(id, host, &cached).await?;
                 if rec.user.is_none()
-                    && self.site_authority(&rec.site_url).ok().as_deref() == Some(host)
+                    && let Ok(site) = self.allowed_site(&rec.site_url)
+                    && site.authority() == host
                 {
-                    self.identify(stored, &at.token).await;
+                    self.identify(id, &site, &at.token).await;
                 }
                 Ok(self.issue(stored, (at.token, at.expires_at, cached.resource), now))
             }
@@ -378,9 +396,8 @@ impl TokenService {
     }
 
     /// Best effort: who the user is, for notices.
-    async fn identify(&self, stored: &StoredGrant, token: &SecretString) {
-        let id = &stored.record.id;
-        let lookup = current_user(&self.ctx.http, &stored.record.site_url, token);
+    async fn identify(&self, id: &GrantId, site: &SiteUrl, token: &SecretString) {
+        let lookup = current_user(&self.ctx.http, site, token);
         match tokio::time::timeout(IDENTITY_TIMEOUT, lookup).await {
             Ok(Ok(user)) => match self.ctx.grants.set_user(id, &user).await {
                 Ok(()) => tracing::info!(grant_id = %id, "user identified"),

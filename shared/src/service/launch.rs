@@ -7,12 +7,14 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 
+use crate::clients::discover_realm;
 use crate::context::Context;
 use crate::core::context_token::{self, Expectations, TokenError};
+use crate::core::form_pairs;
 use crate::core::grant::{GrantId, LaunchPlan, Progress, plan_launch, refresh_token_expiry};
-use crate::core::hosts::HostError;
+use crate::core::hosts::{HostError, SiteUrl};
 use crate::core::notice::{Notice, NoticeType};
-use crate::core::seal::SealError;
+use crate::core::seal::{Place, SealError};
 use crate::ports::{GrantRecord, StandardTokens, StoreError, Written};
 use crate::service::exchange::TokenService;
 
@@ -20,8 +22,12 @@ use crate::service::exchange::TokenService;
 pub const TOKEN_PARAMS: [&str; 4] = ["SPAppToken", "AppContext", "AppContextToken", "AccessToken"];
 /// The best-effort user lookup after a launch never holds the redirect longer than this.
 const IDENTIFY_AFTER_LAUNCH: StdDuration = StdDuration::from_secs(3);
-/// SharePoint's error text is shown to the user; keep it short.
+/// SharePoint's error text is logged (never shown: anyone can post it), this much at most.
 const MAX_SP_ERROR_CHARS: usize = 500;
+/// How long a discovered host realm is trusted before it is discovered again.
+pub const HOST_REALM_TTL: chrono::Duration = chrono::Duration::hours(24);
+/// Realm discovery never holds a launch longer than this.
+const REALM_DISCOVERY_TIMEOUT: StdDuration = StdDuration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -29,10 +35,14 @@ pub enum LaunchError {
     MissingContextToken,
     #[error("SPHostUrl is missing or is not an absolute http(s) URL")]
     MissingHostUrl,
-    #[error("SharePoint could not issue a context token: {0}")]
-    SharePoint(String),
+    #[error("SharePoint could not issue a context token (correlation id {correlation_id})")]
+    SharePoint { correlation_id: String },
     #[error("the SharePoint host is not allowed")]
     HostNotAllowed,
+    #[error("the SharePoint host answers for another realm than the context token's")]
+    HostRealmMismatch,
+    #[error("the SharePoint host's realm could not be discovered: {0}")]
+    SharePointUnreachable(String),
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error(transparent)]
@@ -50,6 +60,14 @@ pub struct LaunchInput {
 }
 
 impl LaunchInput {
+    /// The launch POST as SharePoint sends it: a form body and a query string.
+    pub fn parse(body: &[u8], query: Option<&str>) -> Self {
+        LaunchInput {
+            form: form_pairs(body),
+            query: query.map(|q| form_pairs(q.as_bytes())).unwrap_or_default(),
+        }
+    }
+
     fn get<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         pairs
             .iter()
@@ -58,16 +76,47 @@ impl LaunchInput {
     }
 
     /// A value from the query string, else from the form.
-    fn param(&self, name: &str) -> Option<&str> {
+    pub fn param(&self, name: &str) -> Option<&str> {
         Self::get(&self.query, name).or_else(|| Self::get(&self.form, name))
     }
 
-    fn context_token(&self) -> Option<&str> {
+    /// The context token: under any of Microsoft's names, form first, then query.
+    pub fn context_token(&self) -> Option<&str> {
         TOKEN_PARAMS
             .iter()
             .find_map(|n| Self::get(&self.form, n))
             .or_else(|| TOKEN_PARAMS.iter().find_map(|n| Self::get(&self.query, n)))
     }
+}
+
+/// SharePoint posted `SPErrorInfo` instead of a token. Anyone can post that text, so it is only
+/// logged (escaped, truncated) with a correlation id; the user is shown the id, never the text.
+fn sharepoint_error(input: &LaunchInput, info: &str) -> LaunchError {
+    let correlation_id = correlation_id();
+    let escaped: String = info
+        .chars()
+        .take(MAX_SP_ERROR_CHARS)
+        .flat_map(char::escape_default)
+        .collect();
+    let sp_correlation: String = input
+        .param("SPErrorCorrelationId")
+        .or_else(|| input.param("SPCorrelationId"))
+        .unwrap_or("")
+        .chars()
+        .take(64)
+        .flat_map(char::escape_default)
+        .collect();
+    tracing::warn!(%correlation_id, sp_error_info = %escaped, sp_correlation_id = %sp_correlation, "SharePoint posted an error instead of a context token");
+    LaunchError::SharePoint { correlation_id }
+}
+
+/// A random id to quote to support: 16 hex digits.
+pub fn correlation_id() -> String {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        return format!("{:016x}", Utc::now().timestamp_nanos_opt().unwrap_or(0));
+    }
+    hex::encode(b)
 }
 
 #[derive(Debug, Clone)]
@@ -96,9 +145,7 @@ impl LaunchService {
 
         let Some(token) = input.context_token() else {
             return Err(match input.param("SPErrorInfo") {
-                Some(info) => {
-                    LaunchError::SharePoint(info.chars().take(MAX_SP_ERROR_CHARS).collect())
-                }
+                Some(info) => sharepoint_error(input, info),
                 None => LaunchError::MissingContextToken,
             });
         };
@@ -131,12 +178,22 @@ impl LaunchService {
             },
         )?;
 
+        // The host web (and the app web) must answer for the token's realm: a token of one
+        // tenant is never stored against another tenant's site.
+        self.check_realm(&site, &ct.realm, now).await?;
+        if let Some(app_web) = &app_web {
+            self.check_realm(app_web, &ct.realm, now).await?;
+        }
+
         let id = GrantId::derive(&ct.realm, &ct.cache_key);
-        let sealed = self
-            .ctx
-            .secrets
-            .key_ring
-            .seal(ct.refresh_token.expose_secret().as_bytes(), id.as_str())?;
+        let rt_version = ct.not_before.timestamp();
+        let sealed = self.ctx.secrets.key_ring.seal(
+            ct.refresh_token.expose_secret().as_bytes(),
+            &Place::RefreshToken {
+                grant: id.as_str(),
+                version: rt_version,
+            },
+        )?;
         let rt_expires_at = refresh_token_expiry(ct.not_before);
         let incoming = GrantRecord {
             id: id.clone(),
@@ -152,7 +209,7 @@ impl LaunchService {
             sts_uri: ct.sts_uri.to_string(),
             target_principal: ct.target_principal.clone(),
             user: None,
-            rt_version: ct.not_before.timestamp(),
+            rt_version,
             rt_expires_at,
             progress: Progress::None,
             next_due_at: None,
@@ -176,6 +233,47 @@ impl LaunchService {
             }
         }
         Ok(Launched { grant_id: id, plan })
+    }
+
+    /// The site's realm (cached per host, else discovered) must be `realm`.
+    async fn check_realm(
+        &self,
+        site: &SiteUrl,
+        realm: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), LaunchError> {
+        let host = site.authority();
+        let known = match self.ctx.cache.get_host_realm(&host, now).await? {
+            Some(known) => known,
+            None => {
+                let discovery = discover_realm(&self.ctx.http, site);
+                let discovered =
+                    match tokio::time::timeout(REALM_DISCOVERY_TIMEOUT, discovery).await {
+                        Ok(Ok(realm)) => realm,
+                        failed => {
+                            let why = match failed {
+                                Ok(Err(e)) => e.to_string(),
+                                _ => "timed out".to_string(),
+                            };
+                            tracing::warn!(host = %host, error = %why, "realm discovery failed");
+                            return Err(LaunchError::SharePointUnreachable(why));
+                        }
+                    };
+                let until = now.checked_add_signed(HOST_REALM_TTL).unwrap_or(now);
+                self.ctx
+                    .cache
+                    .put_host_realm(&host, &discovered, until)
+                    .await?;
+                tracing::info!(host = %host, realm = %discovered, "host realm discovered");
+                discovered
+            }
+        };
+        if known.eq_ignore_ascii_case(realm) {
+            Ok(())
+        } else {
+            tracing::warn!(host = %host, host_realm = %known, token_realm = %realm, "launch refused: the host answers for another realm");
+            Err(LaunchError::HostRealmMismatch)
+        }
     }
 
     async fn relay_now(&self, n: &Notice, now: DateTime<Utc>) {

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::context::Context;
-use crate::core::grant::{Stage, days_left, due_stage};
+use crate::core::grant::{Stage, days_left, due_stage, plus_days};
 use crate::core::notice::{Notice, NoticeType, rfc3339};
 use crate::ports::{DueCursor, GrantRecord, StoreError, Written};
 
@@ -153,7 +153,7 @@ impl SweepService {
         let Some(expires_at) = self.ctx.settings.client_secret_expires_at else {
             return Ok(());
         };
-        if now < expires_at - Duration::days(CLIENT_SECRET_WARNING_DAYS) {
+        if now < plus_days(expires_at, -CLIENT_SECRET_WARNING_DAYS) {
             return Ok(());
         }
         let left = days_left(expires_at, now);

@@ -76,6 +76,7 @@ pub async fn run<S: GrantStore + TokenCache + ?Sized>(store: &S, probe: &dyn Not
     queue_once_queues_once(store, probe).await;
     access_tokens_are_cached_per_grant_and_host(store).await;
     leases_are_exclusive_until_released_or_lapsed(store).await;
+    host_realms_are_remembered_until_they_lapse(store).await;
     list_returns_every_grant(store).await;
 }
 
@@ -352,6 +353,33 @@ async fn leases_are_exclusive_until_released_or_lapsed<S: TokenCache + ?Sized>(s
         s.try_lease("acs:x", "c", until, until + Duration::seconds(30))
             .await
             .unwrap()
+    );
+}
+
+async fn host_realms_are_remembered_until_they_lapse<S: TokenCache + ?Sized>(s: &S) {
+    let now = t0();
+    let realm = "040f2415-e6e3-4480-96ce-26ef73275f73";
+    assert_eq!(
+        s.get_host_realm("a.sharepoint.com", now).await.unwrap(),
+        None
+    );
+    s.put_host_realm("a.sharepoint.com", realm, now + Duration::hours(24))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_host_realm("a.sharepoint.com", now).await.unwrap(),
+        Some(realm.to_string())
+    );
+    assert_eq!(
+        s.get_host_realm("b.sharepoint.com", now).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.get_host_realm("a.sharepoint.com", now + Duration::hours(24))
+            .await
+            .unwrap(),
+        None,
+        "a lapsed realm must be discovered again"
     );
 }
 

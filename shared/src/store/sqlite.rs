@@ -17,7 +17,7 @@ use crate::core::grant::{GrantId, Progress, relaunch_retention};
 use crate::core::notice::{Notice, User};
 use crate::ports::{
     CachedToken, DeliveryOutcome, DueCursor, DuePage, GrantRecord, GrantStore, Outbox, OutboxEntry,
-    StandardTokens, StoreError, StoredGrant, TokenCache, Written,
+    StandardTokens, StoreError, StoredGrant, TokenCache, Written, next_rev,
 };
 
 /// The database file inside the data directory.
@@ -74,6 +74,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error      TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(seq) WHERE delivered_at IS NULL;
+CREATE TABLE IF NOT EXISTS host_realms (
+    host       TEXT PRIMARY KEY,
+    realm      TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS markers (
     key        TEXT PRIMARY KEY,
     created_at INTEGER NOT NULL
@@ -294,7 +299,8 @@ impl GrantStore for SqliteStore {
             if !matches {
                 return Ok(Written::Conflict);
             }
-            let new_rev = expected_rev.map_or(1, |r| r + 1) as i64;
+            // Within i64: `next_rev` says so.
+            let new_rev = next_rev(expected_rev)? as i64;
             let user = g
                 .user
                 .as_ref()
@@ -355,7 +361,7 @@ impl GrantStore for SqliteStore {
                 .execute(
                     "UPDATE grants SET progress = ?1, next_due_at = ?2, rev = rev + 1, updated_at = ?3 \
                      WHERE id = ?4 AND rev = ?5",
-                    params![progress.to_string(), next_due_at.map(ts), ts(now), id, expected_rev as i64],
+                    params![progress.to_string(), next_due_at.map(ts), ts(now), id, i64::try_from(expected_rev).unwrap_or(i64::MAX)],
                 )
                 .map_err(sql)?;
             if changed == 0 {
@@ -576,6 +582,42 @@ impl TokenCache for SqliteStore {
             c.execute(
                 "DELETE FROM leases WHERE key = ?1 AND owner = ?2",
                 params![key, owner],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_host_realm(
+        &self,
+        host: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        let host = host.to_string();
+        self.call(move |c| {
+            c.query_row(
+                "SELECT realm FROM host_realms WHERE host = ?1 AND expires_at > ?2",
+                params![host, ts(now)],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql)
+        })
+        .await
+    }
+
+    async fn put_host_realm(
+        &self,
+        host: &str,
+        realm: &str,
+        until: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let (host, realm) = (host.to_string(), realm.to_string());
+        self.call(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO host_realms (host, realm, expires_at) VALUES (?1, ?2, ?3)",
+                params![host, realm, ts(until)],
             )
             .map_err(sql)?;
             Ok(())

@@ -62,6 +62,9 @@ pub enum Reply {
 
 pub struct StubState {
     script: Mutex<VecDeque<Reply>>,
+    /// The realm the site's realm challenge names (`None`: the challenge answers 404).
+    pub realm: Mutex<Option<String>>,
+    pub realm_calls: AtomicUsize,
     pub token_calls: AtomicUsize,
     pub user_calls: AtomicUsize,
     pub forms: Mutex<Vec<BTreeMap<String, String>>>,
@@ -117,15 +120,44 @@ async fn stub_user(State(st): State<Arc<StubState>>, headers: HeaderMap) -> Resp
         .into_response()
 }
 
+async fn stub_realm(State(st): State<Arc<StubState>>, headers: HeaderMap) -> Response {
+    st.realm_calls.fetch_add(1, Ordering::SeqCst);
+    // Microsoft's helper sends an empty bearer token ("Bearer "; the trailing space is not
+    // part of a header value on the wire).
+    assert_eq!(
+        headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim),
+        Some("Bearer"),
+        "realm discovery sends an empty bearer"
+    );
+    match st.realm.lock().unwrap().clone() {
+        Some(realm) => (
+            StatusCode::UNAUTHORIZED,
+            [(
+                "www-authenticate",
+                format!(
+                    "Bearer realm=\"{realm}\",client_id=\"00000003-0000-0ff1-ce00-000000000000\""
+                ),
+            )],
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
 pub struct Stub {
     pub addr: SocketAddr,
     pub state: Arc<StubState>,
 }
 
 impl Stub {
-    async fn start(clock: Arc<OffsetClock>) -> Stub {
+    pub async fn start(clock: Arc<OffsetClock>) -> Stub {
         let state = Arc::new(StubState {
             script: Mutex::new(VecDeque::new()),
+            realm: Mutex::new(Some(REALM.to_string())),
+            realm_calls: AtomicUsize::new(0),
             token_calls: AtomicUsize::new(0),
             user_calls: AtomicUsize::new(0),
             forms: Mutex::new(Vec::new()),
@@ -134,6 +166,7 @@ impl Stub {
         let app = Router::new()
             .route("/tokens/OAuth/2", post(stub_token))
             .route("/sites/a/_api/web/currentuser", get(stub_user))
+            .route("/sites/a/_vti_bin/client.svc", get(stub_realm))
             .with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -147,6 +180,11 @@ impl Stub {
             .lock()
             .unwrap()
             .extend(replies.iter().cloned());
+    }
+
+    /// The realm the site answers for from now on (`None`: it cannot say).
+    pub fn set_realm(&self, realm: Option<&str>) {
+        *self.state.realm.lock().unwrap() = realm.map(String::from);
     }
 
     pub fn token_calls(&self) -> usize {
@@ -201,6 +239,8 @@ type Ports = (
 pub struct Options {
     pub secondary: bool,
     pub extra_env: Vec<(&'static str, String)>,
+    /// More SharePoint hosts to allow beside the stub's.
+    pub also_allowed: Vec<String>,
     /// DynamoDB and SQS on moto instead of SQLite.
     pub moto: bool,
     /// With `moto`: record the name of every DynamoDB operation sent.
@@ -258,7 +298,10 @@ impl Harness {
             ("SPKEEPER_PUBLIC_URL", PUBLIC.to_string()),
             (
                 "SPKEEPER_ALLOWED_SP_HOSTS",
-                format!("*.sharepoint.com,{}", stub.addr),
+                std::iter::once(format!("*.sharepoint.com,{}", stub.addr))
+                    .chain(opts.also_allowed.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join(","),
             ),
             ("SPKEEPER_STS_HOSTS", stub.addr.to_string()),
             ("SPKEEPER_CLIENT_SECRET", SECRET.to_string()),
@@ -334,6 +377,7 @@ impl Harness {
                     Arc::new(ApiKeyAuth(api_key)),
                 ))
                 .merge(health_router()),
+            &ctx.settings,
         );
         let sweep = SweepService::new(Arc::clone(&ctx));
         Harness {

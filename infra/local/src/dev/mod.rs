@@ -90,6 +90,11 @@ impl DevValues {
         Ok(values)
     }
 
+    /// Does `dir` hold a dev configuration?
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(DEV_FILE).exists()
+    }
+
     pub fn existing(dir: &Path) -> Result<Option<Self>, String> {
         let path = dir.join(DEV_FILE);
         if !path.exists() {
@@ -158,6 +163,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/dev/info", get(sim::info))
         .route("/_layouts/15/AppRedirect.aspx", get(sim::app_redirect))
         .route("/_api/web/currentuser", get(sim::current_user))
+        .route("/_vti_bin/client.svc", get(sim::realm_challenge))
         .route("/dev/acs/tokens/OAuth/2", post(sim::acs_token))
         .route("/dev/acs/fault", post(sim::set_fault))
         .route("/dev/acs/stats", get(sim::acs_stats))
@@ -165,4 +171,25 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/dev/sweep", post(sim::sweep_now))
         .route("/dev/webhook", post(sim::receive_webhook).get(sim::inbox))
         .with_state(sim)
+        .layer(axum::middleware::map_response(simulated_pages_policy))
+}
+
+/// The simulator plays SharePoint, whose pages submit forms by script: its pages carry their
+/// own policy, which the server's default (no script at all) would otherwise replace.
+async fn simulated_pages_policy(mut resp: axum::response::Response) -> axum::response::Response {
+    let is_page = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/html"));
+    if is_page {
+        resp.headers_mut().insert(
+            axum::http::header::CONTENT_SECURITY_POLICY,
+            axum::http::HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; \
+                 form-action 'self'; frame-ancestors 'none'",
+            ),
+        );
+    }
+    resp
 }

@@ -302,6 +302,20 @@ fn same_origin(a: &Url, b: &Url) -> bool {
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
+/// `/_vti_bin/client.svc` with an empty bearer token: SharePoint's realm challenge, which the
+/// launch uses to check the host web belongs to the token's tenant.
+pub async fn realm_challenge(State(sim): State<Arc<Sim>>) -> Response {
+    let challenge = format!(
+        "Bearer realm=\"{}\",client_id=\"{SHAREPOINT_PRINCIPAL}\",trusted_issuers=\"00000001-0000-0000-c000-000000000000@*\"",
+        sim.values.realm
+    );
+    let mut resp = StatusCode::UNAUTHORIZED.into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&challenge) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
 /// `/_layouts/15/AppRedirect.aspx?client_id=…&redirect_uri=…`: checks the add-in and its
 /// redirect URI as SharePoint does, expands `{StandardTokens}`, and posts a fresh token.
 pub async fn app_redirect(
