@@ -33,6 +33,7 @@ pub const VARIABLES: &[&str] = &[
     "SPKEEPER_TOKEN_AUTH",
     "SPKEEPER_WEBHOOK_URL",
     "SPKEEPER_WEBHOOK_SECRET",
+    "SPKEEPER_RETURN_URL",
     "SPKEEPER_STORE",
     "SPKEEPER_DATA_DIR",
     "SPKEEPER_TABLE",
@@ -121,6 +122,8 @@ pub struct Settings {
     pub client_secret_expires_at: Option<DateTime<Utc>>,
     pub token_auth: TokenAuth,
     pub webhook_url: Option<Url>,
+    /// The add-in app's page that receives the user after a launch, with a hand-off ticket.
+    pub return_url: Option<Url>,
     pub store: StoreChoice,
 }
 
@@ -177,23 +180,19 @@ impl Settings {
             }
         };
 
-        let webhook_url = src
-            .get("SPKEEPER_WEBHOOK_URL")
-            .map(|v| {
-                let u = Url::parse(v.trim()).map_err(|_| {
-                    ConfigError::new("SPKEEPER_WEBHOOK_URL", "must be an absolute URL")
-                })?;
-                // Notices carry renew links: they travel encrypted, except to this machine.
-                match u.scheme() {
-                    "https" if u.host().is_some() => Ok(u),
-                    "http" if is_loopback_url(&u) => Ok(u),
-                    _ => Err(ConfigError::new(
-                        "SPKEEPER_WEBHOOK_URL",
-                        "must be an https URL (http only on a loopback host)",
-                    )),
-                }
-            })
-            .transpose()?;
+        // Notices carry renew links and the hand-off carries a ticket: both travel encrypted,
+        // except to this machine.
+        let webhook_url = optional_https_url(src, "SPKEEPER_WEBHOOK_URL")?;
+        let return_url = optional_https_url(src, "SPKEEPER_RETURN_URL")?;
+        if return_url
+            .as_ref()
+            .is_some_and(|u| u.fragment().is_some() || !u.username().is_empty())
+        {
+            return Err(ConfigError::new(
+                "SPKEEPER_RETURN_URL",
+                "must not have a fragment or user info",
+            ));
+        }
 
         let store = match src.get("SPKEEPER_STORE").as_deref().map(str::trim) {
             None | Some("sqlite") => StoreChoice::Sqlite {
@@ -224,6 +223,7 @@ impl Settings {
             client_secret_expires_at,
             token_auth,
             webhook_url,
+            return_url,
             store,
         })
     }
@@ -242,6 +242,24 @@ impl Settings {
     pub fn public_is_loopback(&self) -> bool {
         is_loopback_url(&self.public_url)
     }
+}
+
+/// An optional absolute https URL (http only on a loopback host).
+fn optional_https_url(src: &dyn Source, var: &'static str) -> Result<Option<Url>, ConfigError> {
+    src.get(var)
+        .map(|v| {
+            let u = Url::parse(v.trim())
+                .map_err(|_| ConfigError::new(var, "must be an absolute URL"))?;
+            match u.scheme() {
+                "https" if u.host().is_some() => Ok(u),
+                "http" if is_loopback_url(&u) => Ok(u),
+                _ => Err(ConfigError::new(
+                    var,
+                    "must be an https URL (http only on a loopback host)",
+                )),
+            }
+        })
+        .transpose()
 }
 
 pub fn is_loopback_url(url: &Url) -> bool {
@@ -547,6 +565,12 @@ mod tests {
             ("SPKEEPER_TOKEN_AUTH", "magic"),
             ("SPKEEPER_WEBHOOK_URL", "ftp://x"),
             ("SPKEEPER_WEBHOOK_URL", "http://hooks.example.com/notices"),
+            ("SPKEEPER_RETURN_URL", "http://app.example.com/after-launch"),
+            (
+                "SPKEEPER_RETURN_URL",
+                "https://app.example.com/after-launch#x",
+            ),
+            ("SPKEEPER_RETURN_URL", "/relative"),
             ("SPKEEPER_STORE", "postgres"),
         ] {
             let err = Settings::from_source(&with(&[(var, value)])).unwrap_err();

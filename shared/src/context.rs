@@ -8,13 +8,18 @@ use chrono::{DateTime, Utc};
 use crate::clock::Clock;
 use crate::config::{Secrets, Settings};
 use crate::core::grant::{self, GrantId, Status};
-use crate::core::notice::rfc3339;
+use crate::core::notice::{User, rfc3339};
 use crate::ports::{GrantRecord, GrantStore, NoticeRelay, TokenCache};
 
-/// A grant as apps and users see it (in `/token` answers and on the status page).
+/// A grant as apps and users see it: the one `grant` object of `/token`, `/handoff` and
+/// `/grants` (one serializer), and what the status page shows. Never a token.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct GrantSummary {
+pub struct GrantView {
     pub id: GrantId,
+    pub kind: &'static str,
+    pub realm: String,
+    pub site_url: String,
+    pub user: Option<User>,
     pub status: Status,
     pub refresh_token_expires_at: String,
     pub days_left: i64,
@@ -63,9 +68,13 @@ impl Context {
         grant::next_due_at(g.rt_expires_at, progress, &self.settings.notice_days)
     }
 
-    pub fn grant_summary(&self, g: &GrantRecord, now: DateTime<Utc>) -> GrantSummary {
-        GrantSummary {
+    pub fn grant_view(&self, g: &GrantRecord, now: DateTime<Utc>) -> GrantView {
+        GrantView {
             id: g.id.clone(),
+            kind: "acs",
+            realm: g.realm.clone(),
+            site_url: g.site_url.clone(),
+            user: g.user.clone(),
             status: self.status_of(g, now),
             refresh_token_expires_at: rfc3339(g.rt_expires_at),
             days_left: grant::days_left(g.rt_expires_at, now),

@@ -125,6 +125,39 @@ pub struct DuePage {
     pub next: Option<DueCursor>,
 }
 
+/// How an app finds its user's grants: by e-mail or login name, compared case-insensitively
+/// (the stores index them lower-cased).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserKey {
+    Email(String),
+    LoginName(String),
+}
+
+impl UserKey {
+    pub fn email(v: &str) -> Self {
+        UserKey::Email(v.trim().to_lowercase())
+    }
+
+    pub fn login_name(v: &str) -> Self {
+        UserKey::LoginName(v.trim().to_lowercase())
+    }
+
+    pub fn value(&self) -> &str {
+        match self {
+            UserKey::Email(v) | UserKey::LoginName(v) => v,
+        }
+    }
+}
+
+/// The index values of a user: lower-cased e-mail and login name, `None` when empty.
+pub fn user_index(user: Option<&User>) -> (Option<String>, Option<String>) {
+    let lc = |v: &str| Some(v.trim().to_lowercase()).filter(|v| !v.is_empty());
+    match user {
+        Some(u) => (lc(&u.email), lc(&u.login_name)),
+        None => (None, None),
+    }
+}
+
 #[async_trait]
 pub trait GrantStore: Send + Sync {
     async fn load(&self, id: &GrantId) -> Result<Option<StoredGrant>, StoreError>;
@@ -166,6 +199,14 @@ pub trait GrantStore: Send + Sync {
 
     /// Every grant, for `spkeeper grants` (operators; pages internally).
     async fn list(&self) -> Result<Vec<GrantRecord>, StoreError>;
+
+    /// The grants of a user, from an index on the lower-cased e-mail or login name (never a
+    /// scan), kept right when a relaunch or a lookup changes the user's details.
+    async fn find_by_user(&self, key: &UserKey) -> Result<Vec<GrantRecord>, StoreError>;
+
+    /// Erases a grant at once: its refresh token, cached access tokens, details, index entries
+    /// and the notices still queued in the store. `false` when there was no such grant.
+    async fn forget(&self, id: &GrantId) -> Result<bool, StoreError>;
 
     /// Queues `notice` unless a notice under `marker` was queued before (operator notices
     /// that are not about a grant). `Conflict` when it was.
@@ -252,6 +293,10 @@ pub trait TokenCache: Send + Sync {
         host: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<String>, StoreError>;
+
+    /// Marks `key` used until `until` (a hand-off ticket's id): `Done` the first time,
+    /// `Conflict` after. Exactly one of any number of concurrent callers gets `Done`.
+    async fn use_once(&self, key: &str, until: DateTime<Utc>) -> Result<Written, StoreError>;
 
     /// Remembers a host's realm until `until`.
     async fn put_host_realm(

@@ -419,3 +419,47 @@ async fn the_sweep_only_queries_the_index_and_never_scans() {
     h.ctx.grants.list().await.unwrap();
     assert_eq!(ops.lock().unwrap().as_slice(), ["Scan"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_concurrent_redemptions_of_one_ticket_on_dynamodb_make_exactly_one_winner() {
+    let h = Arc::new(
+        Harness::with(Options {
+            moto: true,
+            extra_env: vec![(
+                "SPKEEPER_RETURN_URL",
+                "https://app.example.com/after-launch".into(),
+            )],
+            ..Options::default()
+        })
+        .await,
+    );
+    let resp = h.launch(&h.token("user0")).await;
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let ticket = url::Url::parse(&location)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "ticket")
+        .unwrap()
+        .1
+        .into_owned();
+    let tries: Vec<_> = (0..2)
+        .map(|_| {
+            let (h, ticket) = (Arc::clone(&h), ticket.clone());
+            tokio::spawn(async move {
+                let req = axum::http::Request::post("/handoff")
+                    .header("authorization", format!("Bearer {API_KEY}"))
+                    .body(axum::body::Body::from(
+                        serde_json::json!({ "ticket": ticket }).to_string(),
+                    ))
+                    .unwrap();
+                h.send(req).await.status().as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tries {
+        statuses.push(t.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![200, 409]);
+}

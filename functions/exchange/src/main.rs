@@ -1,13 +1,17 @@
-//! The `exchange` Lambda function: `POST /token` behind API Gateway (HTTP API), authorized by
-//! the API key or, with `SPKEEPER_TOKEN_AUTH=iam`, by API Gateway's IAM authorizer.
+//! The `exchange` Lambda function: the app-backend routes behind API Gateway (HTTP API):
+//! `POST /token`, `POST /handoff`, `GET`/`DELETE /grants…`, authorized by the API key or, with
+//! `SPKEEPER_TOKEN_AUTH=iam`, by API Gateway's IAM authorizer.
 
 use std::sync::Arc;
 
 use axum::Router;
 use spkeeper::aws::iam::IamAuth;
 use spkeeper::config::TokenAuth;
-use spkeeper::http::{ApiKeyAuth, TokenAuthorizer, finish, health_router, token_router};
+use spkeeper::http::{
+    ApiKeyAuth, TokenAuthorizer, finish, grants_router, health_router, token_router,
+};
 use spkeeper::service::exchange::TokenService;
+use spkeeper::service::grants::GrantsService;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
@@ -23,9 +27,11 @@ async fn main() -> Result<(), lambda_http::Error> {
         }
     };
     let tokens = Arc::new(TokenService::for_context(&ctx));
+    let grants = Arc::new(GrantsService::new(Arc::clone(&ctx)));
     let app = finish(
         Router::new()
-            .merge(token_router(tokens, auth))
+            .merge(token_router(tokens, Arc::clone(&auth)))
+            .merge(grants_router(grants, auth))
             .merge(health_router()),
         &ctx.settings,
     );

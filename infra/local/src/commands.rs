@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use spkeeper::core::grant::{GrantId, days_left};
 use spkeeper::core::notice::rfc3339;
 use spkeeper::ports::Outbox;
+use spkeeper::service::grants::{GrantsError, GrantsService};
 use spkeeper::service::sweep::SweepService;
 
 use crate::Failure;
@@ -110,12 +111,30 @@ pub async fn grants(as_json: bool, dev: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-pub async fn renew_link(raw: &str, dev: bool) -> Result<(), Failure> {
-    let id = GrantId::parse(raw.trim()).ok_or_else(|| {
+fn grant_id(raw: &str) -> Result<GrantId, Failure> {
+    GrantId::parse(raw.trim()).ok_or_else(|| {
         Failure::Usage(format!(
             "{raw:?} is not a grant id (32 lowercase hex digits)"
         ))
-    })?;
+    })
+}
+
+/// `DELETE /grants/{id}` from the command line.
+pub async fn forget(raw: &str, dev: bool) -> Result<(), Failure> {
+    let id = grant_id(raw)?;
+    let loaded = setup::load(mode(dev)).await?;
+    match GrantsService::new(loaded.ctx).forget(&id).await {
+        Ok(()) => {
+            println!("forgot grant {id}");
+            Ok(())
+        }
+        Err(GrantsError::UnknownGrant) => Err(Failure::Runtime(format!("no grant {id}"))),
+        Err(e) => Err(runtime(e)),
+    }
+}
+
+pub async fn renew_link(raw: &str, dev: bool) -> Result<(), Failure> {
+    let id = grant_id(raw)?;
     let loaded = setup::load(mode(dev)).await?;
     let ctx = &loaded.ctx;
     if ctx.grants.load(&id).await.map_err(runtime)?.is_none() {

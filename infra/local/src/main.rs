@@ -71,6 +71,14 @@ enum Command {
         #[arg(long)]
         dev: bool,
     },
+    /// Erase a grant: its refresh token, cached access tokens, details and queued notices.
+    Forget {
+        /// The grant id (32 lowercase hex digits).
+        grant_id: String,
+        /// Use the dev configuration made by `serve --dev`.
+        #[arg(long)]
+        dev: bool,
+    },
     /// Notices queued and not yet delivered (embedded store).
     Notices {
         /// One JSON array instead of a table.
@@ -124,6 +132,7 @@ fn main() -> ExitCode {
             } => commands::sweep(now, dry_run, force, dev).await,
             Command::Grants { json, dev } => commands::grants(json, dev).await,
             Command::RenewLink { grant_id, dev } => commands::renew_link(&grant_id, dev).await,
+            Command::Forget { grant_id, dev } => commands::forget(&grant_id, dev).await,
             Command::Notices { json, dev } => commands::notices(json, dev).await,
         }
     });

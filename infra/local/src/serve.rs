@@ -10,11 +10,13 @@ use chrono::Utc;
 use spkeeper::clients::WebhookSender;
 use spkeeper::config::TokenAuth;
 use spkeeper::http::{
-    ApiKeyAuth, finish, health_router, launch_router, renew_router, status_router, token_router,
+    ApiKeyAuth, TokenAuthorizer, finish, grants_router, health_router, launch_router, renew_router,
+    status_router, token_router,
 };
 use spkeeper::ports::Outbox;
 use spkeeper::service::deliver::Deliverer;
 use spkeeper::service::exchange::TokenService;
+use spkeeper::service::grants::GrantsService;
 use spkeeper::service::launch::LaunchService;
 use spkeeper::service::sweep::SweepService;
 
@@ -59,6 +61,7 @@ pub async fn run(addr: SocketAddr, dev: bool, sweep_interval: u64) -> Result<(),
         .clone()
         .ok_or_else(|| Failure::Usage("SPKEEPER_API_KEY: is required".into()))?;
 
+    let auth: Arc<dyn TokenAuthorizer> = Arc::new(ApiKeyAuth(api_key));
     let tokens = Arc::new(TokenService::for_context(&ctx));
     let launch = Arc::new(LaunchService::new(Arc::clone(&ctx), Arc::clone(&tokens)));
     let sweep = Arc::new(SweepService::new(Arc::clone(&ctx)));
@@ -67,7 +70,11 @@ pub async fn run(addr: SocketAddr, dev: bool, sweep_interval: u64) -> Result<(),
         .merge(launch_router(launch))
         .merge(status_router(Arc::clone(&ctx)))
         .merge(renew_router(Arc::clone(&ctx)))
-        .merge(token_router(tokens, Arc::new(ApiKeyAuth(api_key))))
+        .merge(token_router(tokens, Arc::clone(&auth)))
+        .merge(grants_router(
+            Arc::new(GrantsService::new(Arc::clone(&ctx))),
+            auth,
+        ))
         .merge(health_router());
     if let Some(values) = loaded.dev {
         let sim = Sim::new(

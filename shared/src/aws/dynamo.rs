@@ -20,14 +20,14 @@ use aws_sdk_dynamodb::types::{
 use chrono::{DateTime, Duration, Utc};
 
 use super::table::{
-    DUE_INDEX, DUE_PK, DUE_SHARDS, DUE_SK, OUTBOX_INDEX, OUTBOX_PARTITION, OUTBOX_PK, OUTBOX_SK,
-    PK, SK, TTL,
+    DUE_INDEX, DUE_PK, DUE_SHARDS, DUE_SK, EMAIL_INDEX, EMAIL_KEY, LOGIN_INDEX, LOGIN_KEY,
+    OUTBOX_INDEX, OUTBOX_PARTITION, OUTBOX_PK, OUTBOX_SK, PK, SK, TTL,
 };
 use crate::core::grant::{GrantId, Progress, relaunch_retention};
 use crate::core::notice::{Notice, User};
 use crate::ports::{
     CachedToken, DueCursor, DuePage, GrantRecord, GrantStore, StandardTokens, StoreError,
-    StoredGrant, TokenCache, Written, next_rev,
+    StoredGrant, TokenCache, UserKey, Written, next_rev, user_index,
 };
 
 pub type Item = HashMap<String, AttributeValue>;
@@ -121,6 +121,10 @@ fn lease_key(k: &str) -> Item {
 
 fn realm_key(host: &str) -> Item {
     key(format!("H#{host}"), "H")
+}
+
+fn used_key(k: &str) -> Item {
+    key(format!("T#{k}"), "T")
 }
 
 fn marker_key(m: &str) -> Item {
@@ -238,7 +242,10 @@ impl Expr {
 /// The grant's fields, as attributes (`None` = the attribute must not be there).
 fn grant_attributes(g: &GrantRecord, rev: u64) -> Vec<(&'static str, Option<AttributeValue>)> {
     let opt = |v: &Option<String>| v.as_ref().map(s);
+    let (email_lc, login_lc) = user_index(g.user.as_ref());
     vec![
+        (EMAIL_KEY, email_lc.map(s)),
+        (LOGIN_KEY, login_lc.map(s)),
         ("rev", Some(n(rev_number(rev)))),
         ("realm", Some(s(&g.realm))),
         ("site_url", Some(s(&g.site_url))),
@@ -705,6 +712,14 @@ impl GrantStore for DynamoStore {
         let json = serde_json::to_string(user).map_err(|_| corrupt("user"))?;
         let mut e = Expr::default();
         e.set("user", s(json));
+        // The lookup indexes follow the user's details.
+        let (email_lc, login_lc) = user_index(Some(user));
+        for (attr, v) in [(EMAIL_KEY, email_lc), (LOGIN_KEY, login_lc)] {
+            match v {
+                Some(v) => e.set(attr, s(v)),
+                None => e.remove(attr),
+            }
+        }
         self.update(grant_key(id), e, "attribute_exists(pk)")
             .await?;
         Ok(())
@@ -770,6 +785,83 @@ impl GrantStore for DynamoStore {
         }
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(out)
+    }
+
+    async fn find_by_user(&self, key: &UserKey) -> Result<Vec<GrantRecord>, StoreError> {
+        let (index, attr) = match key {
+            UserKey::Email(_) => (EMAIL_INDEX, EMAIL_KEY),
+            UserKey::LoginName(_) => (LOGIN_INDEX, LOGIN_KEY),
+        };
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(index)
+                .key_condition_expression("#k = :v")
+                .expression_attribute_names("#k", attr)
+                .expression_attribute_values(":v", s(key.value()))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk)?;
+            for item in page.items() {
+                out.push(read_grant(item)?);
+            }
+            match page.last_evaluated_key {
+                Some(k) => start = Some(k),
+                None => break,
+            }
+        }
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    /// One transaction deletes the grant item (its details, index entries and the notices in
+    /// its outbox), its refresh token and its cached access tokens (found with a Query on
+    /// their own partition).
+    async fn forget(&self, id: &GrantId) -> Result<bool, StoreError> {
+        let mut keys = vec![grant_key(id), refresh_key(id)];
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#p = :p")
+                .expression_attribute_names("#p", PK)
+                .expression_attribute_values(":p", s(format!("AT#{id}")))
+                .projection_expression("#p, sk")
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk)?;
+            for item in page.items() {
+                keys.push(key(get_s(item, PK)?, &get_s(item, SK)?));
+            }
+            match page.last_evaluated_key {
+                Some(k) => start = Some(k),
+                None => break,
+            }
+        }
+        let existed = self.get(grant_key(id)).await?.is_some();
+        // A transaction holds at most 100 items: a grant has a handful of hosts.
+        for chunk in keys.chunks(100) {
+            let mut tx = self.client.transact_write_items();
+            for k in chunk {
+                let delete = aws_sdk_dynamodb::types::Delete::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(k.clone()))
+                    .build()
+                    .map_err(StoreError::unavailable)?;
+                tx = tx.transact_items(TransactWriteItem::builder().delete(delete).build());
+            }
+            tx.send().await.map_err(sdk)?;
+        }
+        Ok(existed)
     }
 
     async fn queue_once(&self, marker: &str, notice: &Notice) -> Result<Written, StoreError> {
@@ -858,6 +950,20 @@ impl TokenCache for DynamoStore {
             .send()
             .await;
         Ok(written(result, condition_failed)? == Written::Done)
+    }
+
+    async fn use_once(&self, key: &str, until: DateTime<Utc>) -> Result<Written, StoreError> {
+        let mut item = used_key(key);
+        item.insert(TTL.into(), n(until.timestamp()));
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        written(result, condition_failed)
     }
 
     async fn get_host_realm(

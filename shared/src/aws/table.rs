@@ -8,6 +8,7 @@
 //! | access token (sealed) | `AT#{grant}` | `{host}` | `ttl` = its expiry |
 //! | ACS lease | `L#{key}` | `L` | single flight across instances |
 //! | SharePoint host's realm | `H#{host}` | `H` | `ttl` = when it must be discovered again |
+//! | hand-off ticket used | `T#{ticket id}` | `T` | `ttl` = the ticket's expiry |
 //! | operator notice marker (and its outbox) | `M#{key}` | `M` | a notice sent once |
 //!
 //! Each state change is one conditional write to one item, and the notice it causes goes into
@@ -16,6 +17,9 @@
 //! - `due` (`due_pk` = `DUE#{shard}`, `due_sk` = due time + grant id): grants with a notice to
 //!   come; the sweep Queries it and never Scans;
 //! - `outbox` (`outbox_pk` = `OUTBOX`, `outbox_sk`): items holding notices not yet on SQS.
+//!
+//! Two more hold only grants with a known user, for the app's lookups (`GET /grants?…`):
+//! - `by_email` (`email_lc` = the lower-cased e-mail, `pk`) and `by_login` (`login_lc`, `pk`).
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
@@ -30,6 +34,10 @@ pub const DUE_SK: &str = "due_sk";
 pub const OUTBOX_INDEX: &str = "outbox";
 pub const OUTBOX_PK: &str = "outbox_pk";
 pub const OUTBOX_SK: &str = "outbox_sk";
+pub const EMAIL_INDEX: &str = "by_email";
+pub const EMAIL_KEY: &str = "email_lc";
+pub const LOGIN_INDEX: &str = "by_login";
+pub const LOGIN_KEY: &str = "login_lc";
 pub const TTL: &str = "ttl";
 /// Grants are spread over this many due partitions (by the first byte of their id).
 pub const DUE_SHARDS: u8 = 8;
@@ -53,18 +61,20 @@ fn string_attr(name: &str) -> AttributeDefinition {
 
 /// `AttributeDefinitions`: every key attribute is a string.
 pub fn attribute_definitions() -> Vec<AttributeDefinition> {
-    [PK, SK, DUE_PK, DUE_SK, OUTBOX_PK, OUTBOX_SK]
-        .iter()
-        .map(|n| string_attr(n))
-        .collect()
+    [
+        PK, SK, DUE_PK, DUE_SK, OUTBOX_PK, OUTBOX_SK, EMAIL_KEY, LOGIN_KEY,
+    ]
+    .iter()
+    .map(|n| string_attr(n))
+    .collect()
 }
 
 pub fn key_schema() -> Vec<KeySchemaElement> {
     vec![key(PK, KeyType::Hash), key(SK, KeyType::Range)]
 }
 
-/// Both indexes project every attribute: no item in them holds a token (tokens live in their
-/// own items), and the sweep and relay need the grant's fields and its outbox.
+/// Every index projects every attribute: no item in them holds a token (tokens live in their
+/// own items), and the sweep, the relay and the lookups need the grant's fields.
 fn index(name: &str, pk: &str, sk: &str) -> GlobalSecondaryIndex {
     GlobalSecondaryIndex::builder()
         .index_name(name)
@@ -82,6 +92,8 @@ pub fn indexes() -> Vec<GlobalSecondaryIndex> {
     vec![
         index(DUE_INDEX, DUE_PK, DUE_SK),
         index(OUTBOX_INDEX, OUTBOX_PK, OUTBOX_SK),
+        index(EMAIL_INDEX, EMAIL_KEY, PK),
+        index(LOGIN_INDEX, LOGIN_KEY, PK),
     ]
 }
 

@@ -23,8 +23,12 @@ pub const SESSION_HOURS: i64 = 12;
 /// `Path=/` and no `Domain`, so no sibling subdomain can set or shadow it.
 pub const SESSION_COOKIE: &str = "__Host-spkeeper_session";
 
+/// How long a hand-off ticket can be traded for its grant.
+pub const TICKET_SECONDS: i64 = 120;
+
 const RENEW_PURPOSE: &str = "spkeeper.renew.v1";
 const SESSION_PURPOSE: &str = "spkeeper.session.v1";
+const TICKET_PURPOSE: &str = "spkeeper.ticket.v1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {
@@ -32,6 +36,15 @@ pub enum LinkError {
     BadSignature,
     #[error("the link has expired")]
     Expired,
+}
+
+/// A verified hand-off ticket: the grant it is bound to, and its single-use id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    pub grant: GrantId,
+    /// Unique per ticket: marks it used.
+    pub id: String,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// Signs and verifies links and cookies. The key never prints.
@@ -51,26 +64,29 @@ impl LinkSigner {
         LinkSigner { key: key.to_vec() }
     }
 
-    fn mac(&self, purpose: &str, grant: &GrantId, exp: i64) -> Hmac<Sha256> {
+    /// HMAC over `{purpose}\n{grant}\n{exp}[\n{extra}]`.
+    fn mac(&self, purpose: &str, grant: &GrantId, exp: i64, extra: Option<&str>) -> Hmac<Sha256> {
         // HMAC accepts keys of any length.
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
         mac.update(format!("{purpose}\n{grant}\n{exp}").as_bytes());
+        if let Some(extra) = extra {
+            mac.update(format!("\n{extra}").as_bytes());
+        }
         mac
     }
 
-    fn sign(&self, purpose: &str, grant: &GrantId, exp: i64) -> String {
-        URL_SAFE_NO_PAD.encode(self.mac(purpose, grant, exp).finalize().into_bytes())
+    fn sign(&self, purpose: &str, grant: &GrantId, exp: i64, extra: Option<&str>) -> String {
+        URL_SAFE_NO_PAD.encode(self.mac(purpose, grant, exp, extra).finalize().into_bytes())
     }
 
     fn verify(
         &self,
         purpose: &str,
-        grant: &GrantId,
-        exp: &str,
+        (grant, exp, extra): (&GrantId, &str, Option<&str>),
         sig: &str,
         now: DateTime<Utc>,
-    ) -> Result<(), LinkError> {
+    ) -> Result<i64, LinkError> {
         let exp_secs: i64 = exp.parse().map_err(|_| LinkError::BadSignature)?;
         if exp.starts_with('+') || exp.starts_with('0') && exp.len() > 1 {
             return Err(LinkError::BadSignature);
@@ -78,19 +94,19 @@ impl LinkSigner {
         let sig = URL_SAFE_NO_PAD
             .decode(sig)
             .map_err(|_| LinkError::BadSignature)?;
-        self.mac(purpose, grant, exp_secs)
+        self.mac(purpose, grant, exp_secs, extra)
             .verify_slice(&sig)
             .map_err(|_| LinkError::BadSignature)?;
         if now.timestamp() >= exp_secs {
             return Err(LinkError::Expired);
         }
-        Ok(())
+        Ok(exp_secs)
     }
 
     /// `{public_url}/renew/{grant_id}?exp=…&sig=…`, valid for 45 days from `now`.
     pub fn renew_url(&self, public_url: &Url, grant: &GrantId, now: DateTime<Utc>) -> String {
         let exp = (now + Duration::days(RENEW_LINK_DAYS)).timestamp();
-        let sig = self.sign(RENEW_PURPOSE, grant, exp);
+        let sig = self.sign(RENEW_PURPOSE, grant, exp, None);
         format!(
             "{}/renew/{grant}?exp={exp}&sig={sig}",
             public_url.as_str().trim_end_matches('/')
@@ -104,13 +120,17 @@ impl LinkSigner {
         sig: &str,
         now: DateTime<Utc>,
     ) -> Result<(), LinkError> {
-        self.verify(RENEW_PURPOSE, grant, exp, sig, now)
+        self.verify(RENEW_PURPOSE, (grant, exp, None), sig, now)
+            .map(|_| ())
     }
 
     /// The session cookie's value: `{grant_id}.{exp}.{sig}`.
     pub fn session_value(&self, grant: &GrantId, now: DateTime<Utc>) -> String {
         let exp = (now + Duration::hours(SESSION_HOURS)).timestamp();
-        format!("{grant}.{exp}.{}", self.sign(SESSION_PURPOSE, grant, exp))
+        format!(
+            "{grant}.{exp}.{}",
+            self.sign(SESSION_PURPOSE, grant, exp, None)
+        )
     }
 
     /// The grant a session cookie names, if the cookie is genuine and current.
@@ -122,8 +142,41 @@ impl LinkSigner {
             return Err(LinkError::BadSignature);
         };
         let grant = GrantId::parse(g).ok_or(LinkError::BadSignature)?;
-        self.verify(SESSION_PURPOSE, &grant, exp, sig, now)?;
+        self.verify(SESSION_PURPOSE, (&grant, exp, None), sig, now)?;
         Ok(grant)
+    }
+
+    /// A hand-off ticket for the grant: `{grant_id}.{exp}.{nonce}.{sig}`, valid
+    /// [`TICKET_SECONDS`] from `now`. `nonce` (random, from the caller) makes it unique, so it
+    /// can be marked used.
+    pub fn ticket(&self, grant: &GrantId, nonce: &str, now: DateTime<Utc>) -> String {
+        let exp = now.timestamp().saturating_add(TICKET_SECONDS);
+        let sig = self.sign(TICKET_PURPOSE, grant, exp, Some(nonce));
+        format!("{grant}.{exp}.{nonce}.{sig}")
+    }
+
+    /// The grant and id of a genuine, current ticket (whether it was used is the store's to say).
+    pub fn verify_ticket(&self, value: &str, now: DateTime<Utc>) -> Result<Ticket, LinkError> {
+        let mut parts = value.split('.');
+        let (Some(g), Some(exp), Some(nonce), Some(sig), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(LinkError::BadSignature);
+        };
+        let grant = GrantId::parse(g).ok_or(LinkError::BadSignature)?;
+        if nonce.is_empty() || nonce.len() > 64 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(LinkError::BadSignature);
+        }
+        let exp = self.verify(TICKET_PURPOSE, (&grant, exp, Some(nonce)), sig, now)?;
+        Ok(Ticket {
+            grant,
+            id: nonce.to_ascii_lowercase(),
+            expires_at: DateTime::from_timestamp(exp, 0).ok_or(LinkError::BadSignature)?,
+        })
     }
 }
 
@@ -236,6 +289,50 @@ mod tests {
         );
         assert!(signer().verify_session("garbage", now()).is_err());
         assert!(signer().verify_session(&format!("{v}x"), now()).is_err());
+    }
+
+    #[test]
+    fn a_ticket_verifies_for_its_grant_for_120_seconds() {
+        let t = signer().ticket(&gid(), "00ff", now());
+        let v = signer().verify_ticket(&t, now()).unwrap();
+        assert_eq!((v.grant, v.id.as_str()), (gid(), "00ff"));
+        assert_eq!(v.expires_at, now() + Duration::seconds(TICKET_SECONDS));
+        assert_eq!(
+            signer()
+                .verify_ticket(&t, now() + Duration::seconds(119))
+                .map(|_| ()),
+            Ok(())
+        );
+        assert_eq!(
+            signer().verify_ticket(&t, now() + Duration::seconds(120)),
+            Err(LinkError::Expired)
+        );
+    }
+
+    #[test]
+    fn a_ticket_for_another_grant_or_with_a_changed_part_is_refused() {
+        let t = signer().ticket(&gid(), "00ff", now());
+        let other = GrantId::derive("realm", "other");
+        let swapped = t.replacen(gid().as_str(), other.as_str(), 1);
+        assert_eq!(
+            signer().verify_ticket(&swapped, now()),
+            Err(LinkError::BadSignature)
+        );
+        assert_eq!(
+            signer().verify_ticket(&t.replacen(".00ff.", ".00fe.", 1), now()),
+            Err(LinkError::BadSignature)
+        );
+        // a renew link's or session's signature is not a ticket's
+        let session = signer().session_value(&gid(), now());
+        let mut p = session.split('.');
+        let (g, exp, sig) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
+        assert_eq!(
+            signer().verify_ticket(&format!("{g}.{exp}.00ff.{sig}"), now()),
+            Err(LinkError::BadSignature)
+        );
+        for bad in ["", "x", "a.b.c.d", &format!("{t}.x")] {
+            assert!(signer().verify_ticket(bad, now()).is_err(), "{bad}");
+        }
     }
 
     #[test]

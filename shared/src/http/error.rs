@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::core::context_token::TokenError;
 use crate::core::links::LinkError;
 use crate::service::exchange::{ExchangeError, RETRY_AFTER_SECS};
+use crate::service::grants::GrantsError;
 use crate::service::launch::LaunchError;
 
 #[derive(Debug, Clone)]
@@ -204,6 +205,32 @@ pub fn exchange_error(e: &ExchangeError) -> ApiError {
             )
         },
         ExchangeError::Store(_) | ExchangeError::Seal(_) => ApiError::internal(e),
+    }
+}
+
+pub fn grants_error(e: &GrantsError) -> ApiError {
+    match e {
+        GrantsError::UnknownGrant => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_grant",
+            "There is no grant with this id.",
+        ),
+        GrantsError::InvalidTicket => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_ticket",
+            "This ticket was not issued by spkeeper, or was altered.",
+        ),
+        GrantsError::TicketExpired => ApiError::new(
+            StatusCode::GONE,
+            "ticket_expired",
+            "This ticket has expired (tickets last 120 seconds); have the user open the add-in again.",
+        ),
+        GrantsError::TicketUsed => ApiError::new(
+            StatusCode::CONFLICT,
+            "ticket_used",
+            "This ticket was used already; a ticket works once.",
+        ),
+        GrantsError::Store(_) => ApiError::internal(e),
     }
 }
 

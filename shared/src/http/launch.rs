@@ -13,6 +13,7 @@ use super::error::{ApiError, launch_error};
 use super::{into_response, media_type, read_body};
 use crate::config::Settings;
 use crate::core::links::{SESSION_COOKIE, SESSION_HOURS};
+use crate::service::grants::handoff_location;
 use crate::service::launch::{LaunchInput, LaunchService};
 
 pub fn router(svc: Arc<LaunchService>) -> Router {
@@ -78,7 +79,12 @@ async fn handle(svc: &LaunchService, req: Request) -> Result<Response, ApiError>
         "{SESSION_COOKIE}={session}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=None",
         SESSION_HOURS * 3600
     );
-    let location = format!("{}/status", ctx.settings.public_base());
+    let location = handoff_location(
+        ctx,
+        &launched.grant_id,
+        &launched.standard_tokens,
+        ctx.now(),
+    );
     let mut resp = StatusCode::SEE_OTHER.into_response();
     let h = resp.headers_mut();
     h.insert(

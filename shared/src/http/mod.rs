@@ -6,6 +6,7 @@
 pub mod error;
 pub mod pages;
 
+mod grants;
 mod launch;
 mod renew;
 mod status;
@@ -18,6 +19,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+pub use grants::router as grants_router;
 pub use launch::router as launch_router;
 pub use renew::router as renew_router;
 pub use status::router as status_router;

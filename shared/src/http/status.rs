@@ -43,7 +43,7 @@ async fn page(ctx: &Context, headers: &HeaderMap) -> Result<Response, ApiError> 
         .map_err(|e| ApiError::internal(&e))?
         .ok_or_else(no_session)?;
     let g = &stored.record;
-    let s = ctx.grant_summary(g, now);
+    let s = ctx.grant_view(g, now);
 
     let user = g
         .user

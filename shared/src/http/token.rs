@@ -48,6 +48,19 @@ impl TokenAuthorizer for ApiKeyAuth {
     }
 }
 
+/// The app-backend routes' check: `/token`, `/handoff` and `/grants` are authorized alike.
+pub(crate) fn require(auth: &dyn TokenAuthorizer, request: &Parts) -> Result<(), ApiError> {
+    if auth.authorize(request) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "A valid API key is required.",
+        ))
+    }
+}
+
 #[derive(Clone)]
 struct TokenState {
     tokens: Arc<TokenService>,
@@ -85,13 +98,7 @@ async fn token(State(st): State<TokenState>, req: Request) -> Response {
 
 async fn handle(st: &TokenState, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    if !st.auth.authorize(&parts) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "A valid API key is required.",
-        ));
-    }
+    require(st.auth.as_ref(), &parts)?;
     let bytes = read_body(&parts.headers, body).await?;
     let req: TokenRequest = serde_json::from_slice(&bytes)
         .map_err(|_| bad_request("The body must be JSON: {\"grant_id\":\"…\",\"host\":\"…\"}."))?;

@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::clients::{AcsClient, RefreshRequest, RetryPolicy, current_user};
 use crate::context::Context;
-use crate::context::GrantSummary;
+use crate::context::GrantView;
 use crate::core::acs::{AcsFailure, resource};
 use crate::core::grant::{GrantId, Progress};
 use crate::core::hosts::SiteUrl;
@@ -55,7 +55,7 @@ pub struct IssuedToken {
     pub access_token: SecretString,
     pub expires_at: DateTime<Utc>,
     pub resource: String,
-    pub grant: GrantSummary,
+    pub grant: GrantView,
 }
 
 impl std::fmt::Debug for IssuedToken {
@@ -418,7 +418,7 @@ impl TokenService {
             access_token: token,
             expires_at,
             resource,
-            grant: self.ctx.grant_summary(&stored.record, now),
+            grant: self.ctx.grant_view(&stored.record, now),
         }
     }
 }

@@ -123,6 +123,9 @@ pub fn correlation_id() -> String {
 pub struct Launched {
     pub grant_id: GrantId,
     pub plan: LaunchPlan,
+    /// SharePoint's standard tokens of this launch (host web normalised and allowlisted), for
+    /// the hand-off to the add-in's own app.
+    pub standard_tokens: Vec<(&'static str, String)>,
 }
 
 pub struct LaunchService {
@@ -200,7 +203,7 @@ impl LaunchService {
             rev: 0,
             realm: ct.realm.clone(),
             site_url: site.as_str().to_string(),
-            app_web_url: app_web.map(|a| a.as_str().to_string()),
+            app_web_url: app_web.as_ref().map(|a| a.as_str().to_string()),
             standard_tokens: StandardTokens {
                 language: input.param("SPLanguage").map(String::from),
                 client_tag: input.param("SPClientTag").map(String::from),
@@ -232,7 +235,27 @@ impl LaunchService {
                 Err(_) => tracing::warn!(grant_id = %id, "first exchange after launch timed out"),
             }
         }
-        Ok(Launched { grant_id: id, plan })
+        let standard_tokens = [
+            ("SPHostUrl", Some(site.as_str().to_string())),
+            ("SPLanguage", input.param("SPLanguage").map(String::from)),
+            ("SPClientTag", input.param("SPClientTag").map(String::from)),
+            (
+                "SPProductNumber",
+                input.param("SPProductNumber").map(String::from),
+            ),
+            (
+                "SPAppWebUrl",
+                app_web.as_ref().map(|a| a.as_str().to_string()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+        Ok(Launched {
+            grant_id: id,
+            plan,
+            standard_tokens,
+        })
     }
 
     /// The site's realm (cached per host, else discovered) must be `realm`.

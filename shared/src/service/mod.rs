@@ -2,5 +2,6 @@
 
 pub mod deliver;
 pub mod exchange;
+pub mod grants;
 pub mod launch;
 pub mod sweep;

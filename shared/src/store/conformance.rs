@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use crate::core::grant::{GrantId, Progress, Stage, refresh_token_expiry};
 use crate::core::notice::{Notice, NoticeGrant, NoticeSubject, NoticeType, User};
 use crate::ports::{
-    CachedToken, DueCursor, GrantRecord, GrantStore, StandardTokens, TokenCache, Written,
+    CachedToken, DueCursor, GrantRecord, GrantStore, StandardTokens, TokenCache, UserKey, Written,
 };
 
 /// Reports the ids of notices queued since the last call (in any order).
@@ -77,6 +77,9 @@ pub async fn run<S: GrantStore + TokenCache + ?Sized>(store: &S, probe: &dyn Not
     access_tokens_are_cached_per_grant_and_host(store).await;
     leases_are_exclusive_until_released_or_lapsed(store).await;
     host_realms_are_remembered_until_they_lapse(store).await;
+    users_are_found_by_email_or_login_name_whatever_the_case(store).await;
+    forget_erases_the_grant_its_tokens_and_its_queued_notices(store, probe).await;
+    a_key_is_used_once(store).await;
     list_returns_every_grant(store).await;
 }
 
@@ -381,6 +384,161 @@ async fn host_realms_are_remembered_until_they_lapse<S: TokenCache + ?Sized>(s: 
         None,
         "a lapsed realm must be discovered again"
     );
+}
+
+async fn users_are_found_by_email_or_login_name_whatever_the_case<S: GrantStore + ?Sized>(s: &S) {
+    let megan = User {
+        title: "Megan Bowen".into(),
+        email: "Megan.Bowen@Contoso.com".into(),
+        login_name: "i:0#.f|membership|megan.bowen@contoso.com".into(),
+    };
+    let mut g = record("lookup-a", 0);
+    g.user = Some(megan.clone());
+    s.put_grant(None, &g, "v1.k.rt", None).await.unwrap();
+    // a second grant of hers (another tenant), and one of nobody known yet
+    let mut g2 = record("lookup-b", 0);
+    g2.user = Some(megan.clone());
+    s.put_grant(None, &g2, "v1.k.rt", None).await.unwrap();
+    s.put_grant(None, &record("lookup-c", 0), "v1.k.rt", None)
+        .await
+        .unwrap();
+
+    let ids = |v: Vec<GrantRecord>| v.into_iter().map(|g| g.id).collect::<Vec<_>>();
+    let by_email = ids(s
+        .find_by_user(&UserKey::email("megan.bowen@CONTOSO.com"))
+        .await
+        .unwrap());
+    assert_eq!(by_email.len(), 2, "{by_email:?}");
+    assert!(by_email.contains(&g.id) && by_email.contains(&g2.id));
+    let by_login = ids(s
+        .find_by_user(&UserKey::login_name(
+            "I:0#.F|Membership|MEGAN.BOWEN@contoso.com",
+        ))
+        .await
+        .unwrap());
+    assert_eq!(by_login.len(), 2);
+    assert!(
+        s.find_by_user(&UserKey::email("nobody@contoso.com"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The user's details change (a later lookup, or a relaunch): the index follows.
+    let renamed = User {
+        email: "megan@fabrikam.com".into(),
+        ..megan.clone()
+    };
+    s.set_user(&g.id, &renamed).await.unwrap();
+    assert_eq!(
+        ids(s
+            .find_by_user(&UserKey::email("megan.bowen@contoso.com"))
+            .await
+            .unwrap()),
+        vec![g2.id.clone()]
+    );
+    assert_eq!(
+        ids(s
+            .find_by_user(&UserKey::email("MEGAN@fabrikam.com"))
+            .await
+            .unwrap()),
+        vec![g.id.clone()]
+    );
+    let rev = rev_of(s, &g2.id).await;
+    let mut relaunched = record("lookup-b", 10);
+    relaunched.user = Some(User {
+        email: String::new(),
+        ..megan
+    });
+    s.put_grant(Some(rev), &relaunched, "v1.k.rt2", None)
+        .await
+        .unwrap();
+    assert!(
+        s.find_by_user(&UserKey::email("megan.bowen@contoso.com"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "an e-mail the user no longer has finds nothing"
+    );
+}
+
+async fn forget_erases_the_grant_its_tokens_and_its_queued_notices<
+    S: GrantStore + TokenCache + ?Sized,
+>(
+    s: &S,
+    probe: &dyn NoticeProbe,
+) {
+    let _ = probe.take().await;
+    let mut g = record("forget", 0);
+    g.user = Some(User {
+        title: "Alex Wilber".into(),
+        email: "alex@contoso.com".into(),
+        login_name: "alex@contoso.com".into(),
+    });
+    s.put_grant(None, &g, "v1.k.rt", None).await.unwrap();
+    s.put_access_token(
+        &g.id,
+        "a.sharepoint.com",
+        &CachedToken {
+            sealed: "v2.k.at".into(),
+            expires_at: t0() + Duration::hours(12),
+            resource: "r".into(),
+        },
+    )
+    .await
+    .unwrap();
+    // a notice waiting in the store
+    let now = g.rt_expires_at - Duration::days(30);
+    let notice = notice_for(&g, Stage::Expiring(30), now);
+    let rev = rev_of(s, &g.id).await;
+    assert_eq!(
+        s.advance(
+            &g.id,
+            rev,
+            Progress::Expiring(30),
+            Some(g.rt_expires_at - Duration::days(7)),
+            Some(&notice),
+            now,
+        )
+        .await
+        .unwrap(),
+        Written::Done
+    );
+
+    assert!(s.forget(&g.id).await.unwrap());
+    assert!(s.load(&g.id).await.unwrap().is_none());
+    assert!(
+        s.get_access_token(&g.id, "a.sharepoint.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.find_by_user(&UserKey::email("alex@contoso.com"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        !probe.take().await.contains(&notice.id),
+        "a forgotten grant's queued notice is never sent"
+    );
+    let due = all_due(s, g.rt_expires_at + Duration::days(1)).await;
+    assert!(
+        due.iter().all(|d| d.id != g.id),
+        "the sweep never sees it again"
+    );
+    assert!(!s.forget(&g.id).await.unwrap(), "nothing left to forget");
+}
+
+async fn a_key_is_used_once<S: TokenCache + ?Sized>(s: &S) {
+    let until = t0() + Duration::seconds(120);
+    assert_eq!(s.use_once("ticket-a", until).await.unwrap(), Written::Done);
+    assert_eq!(
+        s.use_once("ticket-a", until).await.unwrap(),
+        Written::Conflict
+    );
+    assert_eq!(s.use_once("ticket-b", until).await.unwrap(), Written::Done);
 }
 
 async fn list_returns_every_grant<S: GrantStore + ?Sized>(s: &S) {

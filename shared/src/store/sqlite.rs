@@ -17,7 +17,7 @@ use crate::core::grant::{GrantId, Progress, relaunch_retention};
 use crate::core::notice::{Notice, User};
 use crate::ports::{
     CachedToken, DeliveryOutcome, DueCursor, DuePage, GrantRecord, GrantStore, Outbox, OutboxEntry,
-    StandardTokens, StoreError, StoredGrant, TokenCache, Written, next_rev,
+    StandardTokens, StoreError, StoredGrant, TokenCache, UserKey, Written, next_rev, user_index,
 };
 
 /// The database file inside the data directory.
@@ -45,7 +45,9 @@ CREATE TABLE IF NOT EXISTS grants (
     next_due_at       INTEGER,
     created_at        INTEGER NOT NULL,
     updated_at        INTEGER NOT NULL,
-    retain_until      INTEGER NOT NULL
+    retain_until      INTEGER NOT NULL,
+    email_lc          TEXT,
+    login_lc          TEXT
 );
 -- Partial index: only grants with a notice to come are in it, like the DynamoDB sparse GSI.
 CREATE INDEX IF NOT EXISTS grants_due ON grants(next_due_at, id) WHERE next_due_at IS NOT NULL;
@@ -79,10 +81,29 @@ CREATE TABLE IF NOT EXISTS host_realms (
     realm      TEXT NOT NULL,
     expires_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS used_once (
+    key        TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS markers (
     key        TEXT PRIMARY KEY,
     created_at INTEGER NOT NULL
 );
+"#;
+
+/// What the files of earlier versions lack, added in place; then the indexes that need it.
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("email_lc", "ALTER TABLE grants ADD COLUMN email_lc TEXT"),
+    ("login_lc", "ALTER TABLE grants ADD COLUMN login_lc TEXT"),
+];
+const LATE_SCHEMA: &str = r#"
+UPDATE grants SET
+    email_lc = NULLIF(lower(trim(json_extract(user_json, '$.email'))), ''),
+    login_lc = NULLIF(lower(trim(json_extract(user_json, '$.login_name'))), '')
+WHERE user_json IS NOT NULL AND email_lc IS NULL AND login_lc IS NULL;
+-- Partial indexes: only grants with a known user are in them (the lookup routes).
+CREATE INDEX IF NOT EXISTS grants_email ON grants(email_lc) WHERE email_lc IS NOT NULL;
+CREATE INDEX IF NOT EXISTS grants_login ON grants(login_lc) WHERE login_lc IS NOT NULL;
 "#;
 
 #[derive(Clone)]
@@ -150,6 +171,17 @@ impl SqliteStore {
                 .map_err(StoreError::unavailable)?;
         }
         conn.execute_batch(SCHEMA)
+            .map_err(StoreError::unavailable)?;
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('grants')")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(StoreError::unavailable)?;
+        for (column, add) in MIGRATIONS {
+            if !columns.iter().any(|c| c == column) {
+                conn.execute_batch(add).map_err(StoreError::unavailable)?;
+            }
+        }
+        conn.execute_batch(LATE_SCHEMA)
             .map_err(StoreError::unavailable)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
@@ -305,11 +337,12 @@ impl GrantStore for SqliteStore {
                 .user
                 .as_ref()
                 .map(|u| serde_json::to_string(u).unwrap_or_default());
+            let (email_lc, login_lc) = user_index(g.user.as_ref());
             tx.execute(
                 "INSERT OR REPLACE INTO grants (id, rev, realm, site_url, app_web_url, sp_language, sp_client_tag, \
                  sp_product_number, sts_uri, target_principal, user_json, rt_version, rt_expires_at, refresh_token, \
-                 progress, next_due_at, created_at, updated_at, retain_until) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                 progress, next_due_at, created_at, updated_at, retain_until, email_lc, login_lc) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
                 params![
                     g.id.as_str(),
                     new_rev,
@@ -330,6 +363,8 @@ impl GrantStore for SqliteStore {
                     ts(g.created_at),
                     ts(g.updated_at),
                     ts(relaunch_retention(g.rt_expires_at)),
+                    email_lc,
+                    login_lc,
                 ],
             )
             .map_err(sql)?;
@@ -378,11 +413,12 @@ impl GrantStore for SqliteStore {
 
     async fn set_user(&self, id: &GrantId, user: &User) -> Result<(), StoreError> {
         let id = id.as_str().to_string();
+        let (email_lc, login_lc) = user_index(Some(user));
         let user = serde_json::to_string(user).map_err(|_| corrupt("user"))?;
         self.call(move |c| {
             c.execute(
-                "UPDATE grants SET user_json = ?1 WHERE id = ?2",
-                params![user, id],
+                "UPDATE grants SET user_json = ?1, email_lc = ?2, login_lc = ?3 WHERE id = ?4",
+                params![user, email_lc, login_lc, id],
             )
             .map_err(sql)?;
             Ok(())
@@ -448,6 +484,49 @@ impl GrantStore for SqliteStore {
         .await
     }
 
+    async fn find_by_user(&self, key: &UserKey) -> Result<Vec<GrantRecord>, StoreError> {
+        let (index, column) = match key {
+            UserKey::Email(_) => ("grants_email", "email_lc"),
+            UserKey::LoginName(_) => ("grants_login", "login_lc"),
+        };
+        let value = key.value().to_string();
+        self.call(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {GRANT_COLUMNS} FROM grants INDEXED BY {index} \
+                     WHERE {column} IS NOT NULL AND {column} = ?1 ORDER BY created_at, id"
+                ))
+                .map_err(sql)?;
+            let rows = stmt.query_map(params![value], read_grant).map_err(sql)?;
+            rows.map(|r| r.map_err(sql)?).collect()
+        })
+        .await
+    }
+
+    async fn forget(&self, id: &GrantId) -> Result<bool, StoreError> {
+        let id = id.as_str().to_string();
+        self.call(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            let existed = tx
+                .execute("DELETE FROM grants WHERE id = ?1", params![id])
+                .map_err(sql)?
+                > 0;
+            tx.execute("DELETE FROM access_tokens WHERE grant_id = ?1", params![id])
+                .map_err(sql)?;
+            // Its notices, delivered or not: they name the user.
+            tx.execute(
+                "DELETE FROM outbox WHERE json_extract(body, '$.grant.id') = ?1",
+                params![id],
+            )
+            .map_err(sql)?;
+            tx.commit().map_err(sql)?;
+            Ok(existed)
+        })
+        .await
+    }
+
     async fn queue_once(&self, marker: &str, notice: &Notice) -> Result<Written, StoreError> {
         let marker = marker.to_string();
         let notice = notice.clone();
@@ -491,6 +570,9 @@ impl GrantStore for SqliteStore {
                 .map_err(sql)?;
             n += tx
                 .execute("DELETE FROM leases WHERE expires_at <= ?1", params![now])
+                .map_err(sql)?;
+            n += tx
+                .execute("DELETE FROM used_once WHERE expires_at <= ?1", params![now])
                 .map_err(sql)?;
             n += tx
                 .execute(
@@ -585,6 +667,24 @@ impl TokenCache for SqliteStore {
             )
             .map_err(sql)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn use_once(&self, key: &str, until: DateTime<Utc>) -> Result<Written, StoreError> {
+        let key = key.to_string();
+        self.call(move |c| {
+            let inserted = c
+                .execute(
+                    "INSERT OR IGNORE INTO used_once (key, expires_at) VALUES (?1, ?2)",
+                    params![key, ts(until)],
+                )
+                .map_err(sql)?;
+            Ok(if inserted == 1 {
+                Written::Done
+            } else {
+                Written::Conflict
+            })
         })
         .await
     }
@@ -709,6 +809,52 @@ mod tests {
             }
             ready.into_iter().map(|e| e.id).collect()
         }
+    }
+
+    #[tokio::test]
+    async fn a_file_from_before_the_lookup_index_is_migrated_and_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        {
+            // The previous release's grants table: no email_lc/login_lc.
+            let old = Connection::open(&path).unwrap();
+            let before = SCHEMA
+                .replace(
+                    "    retain_until      INTEGER NOT NULL,\n",
+                    "    retain_until      INTEGER NOT NULL\n",
+                )
+                .replace(
+                    "    email_lc          TEXT,\n    login_lc          TEXT\n",
+                    "",
+                );
+            assert!(
+                !before.contains("email_lc"),
+                "the old schema has no index columns"
+            );
+            old.execute_batch(&before).unwrap();
+            let g = crate::store::conformance::record("old", 0);
+            old.execute(
+                &format!(
+                    "INSERT INTO grants (id, rev, realm, site_url, sts_uri, target_principal, user_json, \
+                     rt_version, rt_expires_at, progress, created_at, updated_at, retain_until) \
+                     VALUES ('{}', 1, 'r', 's', 'u', 'p', ?1, 1, 1, 'none', 1, 1, 1)",
+                    g.id
+                ),
+                params![r#"{"title":"Megan","email":"Megan@Contoso.com","login_name":"megan"}"#],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let found = store
+            .find_by_user(&UserKey::email("megan@contoso.com"))
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        let by_login = store
+            .find_by_user(&UserKey::login_name("MEGAN"))
+            .await
+            .unwrap();
+        assert_eq!(by_login.len(), 1);
     }
 
     #[tokio::test]

@@ -33,11 +33,13 @@ use spkeeper::clock::{Clock, OffsetClock};
 use spkeeper::config::{KeyFile, Secrets, Settings};
 use spkeeper::context::Context;
 use spkeeper::http::{
-    ApiKeyAuth, finish, health_router, launch_router, renew_router, status_router, token_router,
+    ApiKeyAuth, finish, grants_router, health_router, launch_router, renew_router, status_router,
+    token_router,
 };
 use spkeeper::ports::{GrantRecord, GrantStore, Outbox};
 use spkeeper::ports::{NoticeRelay, OutboxIsTheQueue, TokenCache};
 use spkeeper::service::exchange::TokenService;
+use spkeeper::service::grants::GrantsService;
 use spkeeper::service::launch::LaunchService;
 use spkeeper::service::sweep::SweepService;
 use spkeeper::store::sqlite::SqliteStore;
@@ -374,6 +376,10 @@ impl Harness {
                 .merge(renew_router(Arc::clone(&ctx)))
                 .merge(token_router(
                     Arc::clone(&tokens),
+                    Arc::new(ApiKeyAuth(api_key.clone())),
+                ))
+                .merge(grants_router(
+                    Arc::new(GrantsService::new(Arc::clone(&ctx))),
                     Arc::new(ApiKeyAuth(api_key)),
                 ))
                 .merge(health_router()),
