@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use spkeeper::config::Part;
 use spkeeper_e2e::lambda::*;
-use spkeeper_e2e::{Proc, Receiver};
+use spkeeper_e2e::{Proc, Receiver, assert_no_secrets};
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_notify"))
@@ -19,6 +20,11 @@ async fn notify_function_delivers_signed_webhooks_and_reports_only_failed_messag
     // The second notice of the fixture will be refused by the receiver.
     receiver.refuse("ntc_9a8b7c6d5e4f30211203f4e5d6c7b8a9");
     let fx = AwsFixture::new(&[("SPKEEPER_WEBHOOK_URL", &receiver.url())]).await;
+    // Of the secrets, notify is given only the webhook secret, as in the template.
+    assert_eq!(
+        fx.secrets_arn_for("notify"),
+        fx.secret_arns[&Part::WebhookSecret]
+    );
     let rt = RuntimeApi::start().await;
     let logs = tempfile::tempdir().unwrap();
     let _proc = Proc::spawn(
@@ -51,4 +57,59 @@ async fn notify_function_delivers_signed_webhooks_and_reports_only_failed_messag
         Outcome::Error(e) => panic!("{e}"),
     };
     assert_eq!(response, json!({"batchItemFailures": []}));
+}
+
+/// notify with `SPKEEPER_SECRETS_ARN` = `arns`: it must exit at init; what it printed.
+async fn refused_start(fx: &mut AwsFixture, arns: Vec<String>) -> String {
+    fx.env.insert("SPKEEPER_SECRETS_ARN".into(), arns.join(","));
+    let rt = RuntimeApi::start().await;
+    let logs = tempfile::tempdir().unwrap();
+    let mut proc = Proc::spawn(
+        &bin(),
+        &[],
+        &fx.env_for(&rt, "notify"),
+        logs.path(),
+        "notify",
+    );
+    let status = proc
+        .wait_exit(Duration::from_secs(30))
+        .expect("the function exits at init");
+    assert!(!status.success());
+    proc.output()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_function_does_not_start_without_the_webhook_secret_and_names_it() {
+    let mut fx = AwsFixture::new(&[("SPKEEPER_WEBHOOK_URL", "https://hooks.example.com/n")]).await;
+    let others = [
+        Part::ClientSecret,
+        Part::TokenKeys,
+        Part::LinkKey,
+        Part::ApiKey,
+    ]
+    .iter()
+    .map(|p| fx.secret_arns[p].clone())
+    .collect();
+    let out = refused_start(&mut fx, others).await;
+    assert!(
+        out.contains("SPKEEPER_WEBHOOK_SECRET") && out.contains("webhook_secret"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_function_refuses_a_field_given_by_two_secrets() {
+    let mut fx = AwsFixture::new(&[("SPKEEPER_WEBHOOK_URL", "https://hooks.example.com/n")]).await;
+    let other = spkeeper::testkit::moto::create_secret(
+        &fx.sdk,
+        &json!({"webhook_secret": "whsec_c2Vjb25kLXdlYmhvb2stc2VjcmV0LTAxMjM0"}),
+    )
+    .await;
+    let arns = vec![fx.secret_arns[&Part::WebhookSecret].clone(), other];
+    let out = refused_start(&mut fx, arns).await;
+    assert!(
+        out.contains("webhook_secret") && out.contains("more than one"),
+        "{out}"
+    );
+    assert_no_secrets(&out, &[WEBHOOK_SECRET.into()]);
 }

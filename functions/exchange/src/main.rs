@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use spkeeper::aws::iam::IamAuth;
-use spkeeper::config::TokenAuth;
+use spkeeper::config::{Program, TokenAuth};
 use spkeeper::http::{ApiKeyAuth, TokenAuthorizer, finish, health_router, token_router};
 use spkeeper::service::exchange::TokenService;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     lambda_http::tracing::init_default_subscriber();
-    let (ctx, _aws) = spkeeper::aws::init_context()
+    let (ctx, _aws) = spkeeper::aws::init_context(Program::Exchange)
         .await
         .inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
     let auth: Arc<dyn TokenAuthorizer> = match (ctx.settings.token_auth, &ctx.secrets.api_key) {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use spkeeper::clients::{DeliveryError, WebhookSender, http_client};
+use spkeeper::config::Program;
 use spkeeper::service::deliver::deliver_body;
 
 #[tokio::main]
@@ -24,10 +25,10 @@ async fn main() -> Result<(), Error> {
     .await
 }
 
-/// Only what delivery needs: no table, no token keys in use.
+/// Only what delivery needs: no table, and of the secrets only the webhook secret.
 async fn init() -> Result<WebhookSender, Error> {
     let sdk = spkeeper::aws::sdk_config().await;
-    let (settings, secrets) = spkeeper::aws::load_config(&sdk).await?;
+    let (settings, secrets) = spkeeper::aws::load_config(&sdk, Program::Notify).await?;
     Ok(spkeeper::aws::webhook_sender(
         &settings,
         &secrets,

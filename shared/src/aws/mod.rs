@@ -14,7 +14,9 @@ use aws_config::{BehaviorVersion, SdkConfig};
 
 use crate::clients::{DeliveryError, WebhookSender, http_client};
 use crate::clock::SystemClock;
-use crate::config::{ConfigError, Env, Secrets, Settings, Source, StoreChoice};
+use crate::config::{
+    ConfigError, Env, Need, Needs, Program, Secrets, Settings, Source, StoreChoice,
+};
 use crate::context::Context;
 use crate::service::deliver::deliver_body;
 pub use aws_sdk_secretsmanager::Client as SecretsClient;
@@ -95,21 +97,40 @@ impl Aws {
     }
 }
 
-/// Settings from the environment and secrets from the one Secrets Manager secret.
-pub async fn load_config(sdk: &SdkConfig) -> Result<(Settings, Secrets), ConfigError> {
+/// Settings from the environment, and the secrets `program` uses from the Secrets Manager
+/// secrets in `SPKEEPER_SECRETS_ARN`: each part it needs must be there, each part it does not
+/// need is dropped (and named in a warning: the function should not be given it).
+pub async fn load_config(
+    sdk: &SdkConfig,
+    program: Program,
+) -> Result<(Settings, Secrets), ConfigError> {
     let settings = Settings::from_source(&Env)?;
-    let arn = Env
-        .get("SPKEEPER_SECRETS_ARN")
-        .ok_or_else(|| ConfigError::new("SPKEEPER_SECRETS_ARN", "is required"))?;
-    let doc = secrets::load(&aws_sdk_secretsmanager::Client::new(sdk), &arn).await?;
-    let secrets = Secrets::from_document(doc, &settings)?;
+    let list = Env
+        .get(secrets::VAR)
+        .ok_or_else(|| ConfigError::new(secrets::VAR, "is required"))?;
+    let doc = secrets::load(&aws_sdk_secretsmanager::Client::new(sdk), &list).await?;
+    let needs = Needs::of(program, &settings);
+    let unused: Vec<&str> = doc
+        .parts_present()
+        .into_iter()
+        .filter(|p| needs.get(*p) == Need::No)
+        .flat_map(|p| p.fields().iter().copied())
+        .collect();
+    if !unused.is_empty() {
+        tracing::warn!(
+            function = program.name(),
+            unused = ?unused,
+            "the secrets hold fields this function does not use (ignored): give it only its own secrets"
+        );
+    }
+    let secrets = Secrets::for_needs(doc, needs)?;
     Ok((settings, secrets))
 }
 
 /// What a Lambda function with the table needs, built once at init.
-pub async fn init_context() -> Result<(Arc<Context>, Aws), ConfigError> {
+pub async fn init_context(program: Program) -> Result<(Arc<Context>, Aws), ConfigError> {
     let sdk = sdk_config().await;
-    let (settings, secrets) = load_config(&sdk).await?;
+    let (settings, secrets) = load_config(&sdk, program).await?;
     let aws = Aws::from_settings(&sdk, &settings)?;
     let ctx = aws.context(settings, secrets)?;
     Ok((ctx, aws))

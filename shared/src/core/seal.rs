@@ -69,6 +69,14 @@ impl KeyRing {
         })
     }
 
+    /// A ring without keys, for a program that must not seal or open tokens: both fail.
+    pub fn empty() -> Self {
+        KeyRing {
+            active: String::new(),
+            keys: BTreeMap::new(),
+        }
+    }
+
     pub fn active_key_id(&self) -> &str {
         &self.active
     }
@@ -184,6 +192,14 @@ mod tests {
         );
         assert_eq!(r.open("plain", "g").unwrap_err(), SealError::Malformed);
         assert_eq!(r.open("v1.k1.AAAA", "g").unwrap_err(), SealError::Malformed);
+    }
+
+    #[test]
+    fn an_empty_ring_neither_seals_nor_opens() {
+        let sealed = ring("k1").seal(b"t", "g").unwrap();
+        let empty = KeyRing::empty();
+        assert!(empty.seal(b"t", "g").is_err());
+        assert!(empty.open(&sealed, "g").is_err());
     }
 
     #[test]
