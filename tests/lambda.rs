@@ -1,5 +1,6 @@
 //! A local Lambda Runtime API (the interface a `provided.al2023` runtime polls), and the AWS
-//! side of the Lambda tests: moto resources, the Secrets Manager secrets (one per part), an ACS stand-in.
+//! side of the Lambda tests: moto resources, the Secrets Manager secrets (one per part), an
+//! ACS stand-in.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
