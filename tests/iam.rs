@@ -1,6 +1,7 @@
 //! `template.yaml`'s permissions as data: which role each function runs as, which secrets it
 //! is given, and what each role's statements allow on the table (by action and partition-key
-//! prefix), the queue and the secrets. `tests/template.rs` checks its rules with it.
+//! prefix), the queue and the secrets. `tests/template.rs` checks its rules with it, and
+//! `tests/iam_operations.rs` checks every AWS call the code makes against it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
