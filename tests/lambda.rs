@@ -1,5 +1,6 @@
 //! A local Lambda Runtime API (the interface a `provided.al2023` runtime polls), and the AWS
-//! side of the Lambda tests: moto resources, the Secrets Manager secret, an ACS stand-in.
+//! side of the Lambda tests: moto resources, the Secrets Manager secrets (one per part), an
+//! ACS stand-in.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -17,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use spkeeper::aws::Aws;
-use spkeeper::config::{KeyFile, SecretDocument, Secrets, Settings};
+use spkeeper::config::{KeyFile, Needs, Part, Program, SecretDocument, Secrets, Settings};
 use spkeeper::testkit::moto;
 
 /// What a function answered for one invocation.
@@ -241,12 +242,15 @@ pub const CLIENT_SECRET: &str = "bGFtYmRhLXRlc3QtY2xpZW50LXNlY3JldC0wMTIzNDU2";
 pub const API_KEY: &str = "lambda-test-api-key-0123456789";
 pub const WEBHOOK_SECRET: &str = "whsec_bGFtYmRhLXdlYmhvb2stc2VjcmV0LTAxMjM0";
 
-/// moto's table, queue and secret for one test, and the environment a function gets.
+/// moto's table, queue and secrets for one test, and the environment a function gets.
 pub struct AwsFixture {
     pub sdk: aws_config::SdkConfig,
     pub table: String,
     pub queue_url: String,
+    /// Every field, as one document (what the test's own context reads).
     pub secret: Value,
+    /// One Secrets Manager secret per part, as the README lays them out: their ARNs.
+    pub secret_arns: BTreeMap<Part, String>,
     pub env: BTreeMap<String, String>,
 }
 
@@ -264,7 +268,16 @@ impl AwsFixture {
         for (k, v) in keys.as_object().unwrap() {
             secret[k] = v.clone();
         }
-        let arn = moto::create_secret(&sdk, &secret).await;
+        let mut secret_arns = BTreeMap::new();
+        for part in Part::ALL {
+            let fields: serde_json::Map<String, Value> = part
+                .fields()
+                .iter()
+                .filter_map(|f| secret.get(*f).map(|v| (f.to_string(), v.clone())))
+                .collect();
+            let arn = moto::create_secret(&sdk, &Value::Object(fields)).await;
+            secret_arns.insert(part, arn);
+        }
         let mut env: BTreeMap<String, String> = [
             ("SPKEEPER_CLIENT_ID", CLIENT_ID.to_string()),
             ("SPKEEPER_PUBLIC_URL", "https://addin.example.com".into()),
@@ -272,7 +285,6 @@ impl AwsFixture {
             ("SPKEEPER_STORE", "dynamodb".into()),
             ("SPKEEPER_TABLE", table.clone()),
             ("SPKEEPER_QUEUE_URL", queue_url.clone()),
-            ("SPKEEPER_SECRETS_ARN", arn),
             ("AWS_ENDPOINT_URL", moto::url()),
             ("AWS_ACCESS_KEY_ID", "testing".into()),
             ("AWS_SECRET_ACCESS_KEY", "testing".into()),
@@ -291,8 +303,22 @@ impl AwsFixture {
             table,
             queue_url,
             secret,
+            secret_arns,
             env,
         }
+    }
+
+    /// `SPKEEPER_SECRETS_ARN` for a function: the secrets of the parts it uses, as the template
+    /// gives them (`tests/template.rs` holds the template to the same rule).
+    pub fn secrets_arn_for(&self, function: &str) -> String {
+        let program = Program::from_name(function).unwrap_or(Program::Cli);
+        let settings = Settings::from_source(&self.env).unwrap();
+        Needs::of(program, &settings)
+            .used()
+            .iter()
+            .map(|p| self.secret_arns[p].clone())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn aws(&self) -> Aws {
@@ -307,9 +333,12 @@ impl AwsFixture {
         self.aws().context(settings, secrets).unwrap()
     }
 
-    /// The function's environment: ours and the Runtime API's.
+    /// The function's environment: ours (with only its own secrets, unless the test set
+    /// `SPKEEPER_SECRETS_ARN` itself) and the Runtime API's.
     pub fn env_for(&self, rt: &RuntimeApi, function: &str) -> BTreeMap<String, String> {
         let mut env = self.env.clone();
+        env.entry("SPKEEPER_SECRETS_ARN".into())
+            .or_insert_with(|| self.secrets_arn_for(function));
         env.extend(rt.env(function));
         env
     }

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use chrono::{Duration, Utc};
 use serde_json::Value;
 
+use spkeeper::config::Part;
 use spkeeper::testkit::moto;
-use spkeeper_e2e::Proc;
 use spkeeper_e2e::lambda::*;
+use spkeeper_e2e::{Proc, assert_no_secrets};
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sweep"))
@@ -16,6 +17,8 @@ fn bin() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_function_queues_due_notices_on_sqs_once_however_often_it_runs() {
     let fx = AwsFixture::new(&[]).await;
+    // Of the secrets, the sweep is given only the link key, as in the template.
+    assert_eq!(fx.secrets_arn_for("sweep"), fx.secret_arns[&Part::LinkKey]);
     let ctx = fx.context();
     // A grant whose refresh token expires in ten days: the 30-day stage is overdue.
     let expires = Utc::now() + Duration::days(10);
@@ -61,5 +64,63 @@ async fn sweep_function_queues_due_notices_on_sqs_once_however_often_it_runs() {
             .as_str()
             .unwrap()
             .starts_with("https://addin.example.com/renew/")
+    );
+}
+
+/// The sweep with `SPKEEPER_SECRETS_ARN` = the secrets of `parts`, and its Runtime API.
+async fn spawn_with(parts: &[Part]) -> (RuntimeApi, tempfile::TempDir, Proc) {
+    let mut fx = AwsFixture::new(&[]).await;
+    let arns: Vec<String> = parts.iter().map(|p| fx.secret_arns[p].clone()).collect();
+    fx.env.insert("SPKEEPER_SECRETS_ARN".into(), arns.join(","));
+    let rt = RuntimeApi::start().await;
+    let logs = tempfile::tempdir().unwrap();
+    let proc = Proc::spawn(&bin(), &[], &fx.env_for(&rt, "sweep"), logs.path(), "sweep");
+    (rt, logs, proc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_function_does_not_start_without_the_link_key_and_names_it() {
+    let (_rt, _logs, mut proc) = spawn_with(&[
+        Part::ClientSecret,
+        Part::TokenKeys,
+        Part::ApiKey,
+        Part::WebhookSecret,
+    ])
+    .await;
+    let status = proc
+        .wait_exit(std::time::Duration::from_secs(30))
+        .expect("the function exits at init");
+    assert!(!status.success());
+    let out = proc.output();
+    assert!(
+        out.contains("link_key") && out.contains("is required"),
+        "{out}"
+    );
+}
+
+/// Given every secret, the sweep still keeps only the link key, and says the rest should not
+/// be given to it (least privilege is the template's job; this is the function's part).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_function_given_every_secret_warns_and_uses_only_the_link_key() {
+    let (rt, _logs, mut proc) = spawn_with(&Part::ALL).await;
+    let summary = rt
+        .invoke(fixture("eventbridge-scheduled.json"))
+        .await
+        .1
+        .response();
+    assert_eq!(summary["examined"], 0, "{summary}");
+    proc.stop();
+    let out = proc.output();
+    let warning = out
+        .lines()
+        .find(|l| l.contains("does not use"))
+        .unwrap_or_else(|| panic!("no warning: {out}"));
+    for field in ["client_secret", "token_keys", "api_key", "webhook_secret"] {
+        assert!(warning.contains(field), "{warning}");
+    }
+    assert!(!warning.contains("link_key"), "{warning}");
+    assert_no_secrets(
+        &out,
+        &[CLIENT_SECRET.into(), API_KEY.into(), WEBHOOK_SECRET.into()],
     );
 }

@@ -1,7 +1,9 @@
 //! Helpers for the end-to-end tests: real processes, a webhook receiver that verifies every
 //! signature, an HTTP client that does not follow redirects, and (in [`lambda`]) a local
-//! Lambda Runtime API with the AWS resources a function needs.
+//! Lambda Runtime API with the AWS resources a function needs; (in [`iam`]) the template's
+//! permissions as data.
 
+pub mod iam;
 pub mod lambda;
 
 use std::collections::BTreeMap;

@@ -1,34 +1,25 @@
 //! The rules `template.yaml` must keep that cfn-lint cannot check: reliability (visibility
-//! timeout, dead-letter queues, partial batch failures), least privilege (no Scan, no
-//! wildcard actions), and agreement with the code (each function's binary exists; the table
-//! is the DynamoDB adapter's). Each rule also has a test that breaks it and expects the
-//! checker to say so.
+//! timeout, dead-letter queues, partial batch failures, a retry schedule of more than a day),
+//! least privilege (each function only its own secrets, keys used only through Secrets
+//! Manager, table actions limited by key prefix, no Scan, no wildcard actions), limits
+//! (access logs, throttling, reserved concurrency), and agreement with the code (each
+//! function's binary exists; the table is the DynamoDB adapter's; each function is given
+//! exactly the secrets its code needs). Each rule also has a test that breaks it and expects
+//! the checker to say so.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde_norway::Value;
+use spkeeper::aws::sqs::retry_delay;
+use spkeeper::config::{Needs, Part, Program, TokenAuth};
+use spkeeper_e2e::iam::{
+    self, actions, leading_keys, part_of_parameter, readable_secrets, refs, statements,
+    table_grants, target, template,
+};
 
 fn root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
-fn template() -> Value {
-    let text = std::fs::read_to_string(root().join("template.yaml")).expect("template.yaml");
-    serde_norway::from_str(&text).expect("template.yaml is YAML")
-}
-
-/// `!Ref X` / `!GetAtt X.Y` → "X"; plain strings as they are.
-fn target(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Tagged(t) => match &t.value {
-            Value::String(s) => Some(s.split('.').next().unwrap_or(s).to_string()),
-            Value::Sequence(seq) => seq.first().and_then(target),
-            _ => None,
-        },
-        _ => None,
-    }
 }
 
 fn num(v: &Value) -> Option<i64> {
@@ -214,8 +205,16 @@ fn check(t: &Value) -> Vec<String> {
             if target(&redrive["deadLetterTargetArn"]).is_none() {
                 v.push(format!("{qname}: no dead-letter queue"));
             }
-            if num(&redrive["maxReceiveCount"]).unwrap_or(0) < 5 {
-                v.push(format!("{qname}: maxReceiveCount must be at least 5"));
+            // notify hides a failed notice for `retry_delay(receive count)`; the receives
+            // before the dead-letter queue must span a day even at the shortest jitter.
+            let receives = num(&redrive["maxReceiveCount"]).unwrap_or(0);
+            let span: i64 = (1..receives.max(1))
+                .map(|r| i64::from(retry_delay(u32::try_from(r).unwrap_or(u32::MAX), 0.0)))
+                .sum();
+            if span < 24 * 3600 {
+                v.push(format!(
+                    "{qname}: maxReceiveCount {receives} retries for {span} s, under 24 h"
+                ));
             }
             if num(&q["Properties"]["MessageRetentionPeriod"]).unwrap_or(345_600) < 4 * 86_400 {
                 v.push(format!(
@@ -253,55 +252,28 @@ fn check(t: &Value) -> Vec<String> {
     }
 
     // Least privilege: no Scan, no wildcard action, anywhere.
-    for (name, role) in of_type(t, "AWS::IAM::Role") {
-        for policy in role["Properties"]["Policies"]
-            .as_sequence()
-            .into_iter()
-            .flatten()
-        {
-            let statements = policy["PolicyDocument"]["Statement"]
-                .as_sequence()
-                .cloned()
-                .unwrap_or_default();
-            for s in statements {
-                // `!If [cond, statement, AWS::NoValue]`
-                let s = match &s {
-                    Value::Tagged(tagged) => tagged
-                        .value
-                        .as_sequence()
-                        .and_then(|x| x.get(1))
-                        .cloned()
-                        .unwrap_or(Value::Null),
-                    other => other.clone(),
-                };
-                let actions: Vec<String> = match &s["Action"] {
-                    Value::String(a) => vec![a.clone()],
-                    Value::Sequence(a) => a
-                        .iter()
-                        .filter_map(|x| x.as_str().map(String::from))
-                        .collect(),
-                    _ => vec![],
-                };
-                for a in actions {
-                    if a.contains('*') {
-                        v.push(format!("{name}: wildcard action {a}"));
-                    }
-                    if a.eq_ignore_ascii_case("dynamodb:Scan") {
-                        v.push(format!("{name}: may Scan"));
-                    }
+    for (name, _) in of_type(t, "AWS::IAM::Role") {
+        for s in statements(t, &name) {
+            for a in actions(&s) {
+                if a.contains('*') {
+                    v.push(format!("{name}: wildcard action {a}"));
+                }
+                if a.eq_ignore_ascii_case("dynamodb:Scan") {
+                    v.push(format!("{name}: may Scan"));
                 }
             }
         }
     }
+    v.extend(check_secrets(t));
+    v.extend(check_table_access(t));
+    v.extend(check_limits(t));
 
     // Secrets come from Secrets Manager, never as parameters or plain environment.
     for (p, _) in t["Parameters"].as_mapping().into_iter().flatten() {
         let p = p.as_str().unwrap_or("");
         if p.contains("Secret")
-            && !matches!(
-                p,
-                "SecretsArn" | "SecretsKmsKeyArn" | "ClientSecretExpiresAt"
-            )
+            && part_of_parameter(p).is_none()
+            && !matches!(p, "SecretsKmsKeyArn" | "ClientSecretExpiresAt")
         {
             v.push(format!("parameter {p} looks like a secret"));
         }
@@ -378,6 +350,240 @@ fn check(t: &Value) -> Vec<String> {
     for o in ["ApiUrl", "LaunchUrl", "TableName", "NoticeQueueName"] {
         if t["Outputs"][o].is_null() {
             v.push(format!("output {o} missing"));
+        }
+    }
+    v
+}
+
+/// The program a function resource runs (by its binary).
+fn program_of(f: &Value) -> Option<Program> {
+    Program::from_name(f["Metadata"]["BuildProperties"]["Binary"].as_str()?)
+}
+
+/// Each function is given exactly the secrets of the parts its code uses (`Needs::of`), its
+/// role may read exactly those, and decrypt them (with a customer key) only through Secrets
+/// Manager and only for them.
+fn check_secrets(t: &Value) -> Vec<String> {
+    let mut v = Vec::new();
+    for (name, f) in of_type(t, "AWS::Serverless::Function") {
+        let Some(program) = program_of(f) else {
+            continue;
+        };
+        let auth = match iam::env_var(t, &name, "SPKEEPER_TOKEN_AUTH").as_str() {
+            Some("iam") => TokenAuth::Iam,
+            _ => TokenAuth::ApiKey,
+        };
+        let needs: BTreeSet<Part> = Needs::for_auth(program, auth, false)
+            .used()
+            .into_iter()
+            .collect();
+        let given_params = refs(iam::env_var(t, &name, "SPKEEPER_SECRETS_ARN"));
+        let given: BTreeSet<Part> = given_params
+            .iter()
+            .filter_map(|p| part_of_parameter(p))
+            .collect();
+        if given.len() != given_params.len() {
+            v.push(format!(
+                "{name}: SPKEEPER_SECRETS_ARN names more than the secret parameters: {given_params:?}"
+            ));
+        }
+        if given != needs {
+            v.push(format!(
+                "{name}: given the secrets of {given:?}, but its code uses {needs:?}"
+            ));
+        }
+        let Some(role) = iam::role_of(t, &name) else {
+            continue;
+        };
+        let (readable, others) = readable_secrets(t, &role);
+        if readable != given_params || !others.is_empty() {
+            v.push(format!(
+                "{role}: may read the secrets {readable:?} {others:?}, but {name} is given {given_params:?}"
+            ));
+        }
+        for s in statements(t, &role) {
+            if !actions(&s).iter().any(|a| a.starts_with("kms:")) {
+                continue;
+            }
+            let c = &s["Condition"]["StringEquals"];
+            let via = match &c["kms:ViaService"] {
+                Value::Tagged(sub) if sub.tag == "Sub" => sub.value.as_str().unwrap_or(""),
+                other => other.as_str().unwrap_or(""),
+            };
+            if via != "secretsmanager.${AWS::Region}.amazonaws.com" {
+                v.push(format!(
+                    "{role}: kms:Decrypt without kms:ViaService = Secrets Manager of the region"
+                ));
+            }
+            if refs(&c["kms:EncryptionContext:SecretARN"]) != given_params {
+                v.push(format!(
+                    "{role}: kms:Decrypt not limited by encryption context to its own secrets"
+                ));
+            }
+        }
+    }
+    v
+}
+
+/// The item families of the table (`shared/src/aws/table.rs`): grants, refresh tokens,
+/// access tokens, leases, operator markers, the per-host realm cache and used hand-off
+/// tickets.
+const KEY_PATTERNS: &[&str] = &["G#*", "RT#*", "AT#*", "L#*", "M#*", "H#*", "T#*"];
+/// What erasure (`DELETE /grants/{id}`, the exchange function) deletes: a grant's items.
+const ERASED: &[&str] = &["G#*", "RT#*", "AT#*"];
+/// What the adapter sends by key (Query on the indexes, and on a grant's access tokens when
+/// it is erased).
+const ITEM_ACTIONS: &[&str] = &[
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+];
+
+/// Table access: every statement on items is limited by partition-key prefix to known item
+/// families; only leases are ever deleted, but for exchange erasing a grant's own items;
+/// only launch and exchange touch token items, and only launch writes a refresh token; notify
+/// has no table access.
+fn check_table_access(t: &Value) -> Vec<String> {
+    let mut v = Vec::new();
+    for (name, f) in of_type(t, "AWS::Serverless::Function") {
+        let (Some(program), Some(role)) = (program_of(f), iam::role_of(t, &name)) else {
+            continue;
+        };
+        for s in statements(t, &role) {
+            let table_actions: Vec<String> = actions(&s)
+                .into_iter()
+                .filter(|a| a.starts_with("dynamodb:"))
+                .collect();
+            if table_actions.is_empty() {
+                continue;
+            }
+            if program == Program::Notify {
+                v.push(format!("{role}: notify needs no table access"));
+            }
+            let on_items = iam::resources(&s)
+                .iter()
+                .any(|r| iam::resource_name(r) == "Table");
+            for a in &table_actions {
+                if a == "dynamodb:Query" {
+                    let erasure_lookup = program == Program::Exchange
+                        && leading_keys(&s).is_some_and(|k| k == ["AT#*"]);
+                    if on_items && !erasure_lookup {
+                        v.push(format!("{role}: Query on the table, not an index"));
+                    }
+                } else if !ITEM_ACTIONS.contains(&a.as_str()) {
+                    v.push(format!("{role}: {a} is not an action the adapter uses"));
+                }
+            }
+            if on_items && leading_keys(&s).is_none() {
+                v.push(format!(
+                    "{role}: {table_actions:?} on any item of the table (no dynamodb:LeadingKeys condition)"
+                ));
+            }
+        }
+        for (action, patterns) in table_grants(t, &role) {
+            for p in &patterns {
+                if p != "*" && !KEY_PATTERNS.contains(&p.as_str()) {
+                    v.push(format!("{role}: {action} on unknown key prefix {p}"));
+                }
+                let any = p == "*";
+                if (any || p == "RT#*" || p == "AT#*")
+                    && !matches!(program, Program::Launch | Program::Exchange)
+                {
+                    v.push(format!("{role}: {action} on token items ({p})"));
+                }
+                let erasing = program == Program::Exchange && action == "dynamodb:DeleteItem";
+                if (any || p == "RT#*")
+                    && action != "dynamodb:GetItem"
+                    && program != Program::Launch
+                    && !erasing
+                {
+                    v.push(format!("{role}: {action} writes refresh tokens ({p})"));
+                }
+            }
+            let deletable = |p: &String| {
+                p == "L#*" || (program == Program::Exchange && ERASED.contains(&p.as_str()))
+            };
+            if action == "dynamodb:DeleteItem" && !patterns.iter().all(deletable) {
+                v.push(format!(
+                    "{role}: may delete items other than leases: {patterns:?}"
+                ));
+            }
+        }
+    }
+    v
+}
+
+/// The positive default of the parameter `v` refers to (`!Ref`, or inside `!If`).
+fn param_default(t: &Value, v: &Value) -> Option<i64> {
+    refs(v)
+        .iter()
+        .filter_map(|p| num(&t["Parameters"][p.as_str()]["Default"]))
+        .find(|d| *d > 0)
+}
+
+/// API access logs (route, status, request id, IAM caller) to a kept log group; default route
+/// throttling; reserved concurrency for launch and exchange.
+fn check_limits(t: &Value) -> Vec<String> {
+    let mut v = Vec::new();
+    let apis = of_type(t, "AWS::Serverless::HttpApi");
+    if apis.is_empty() {
+        v.push("no HTTP API".into());
+    }
+    for (name, api) in &apis {
+        let p = &api["Properties"];
+        let logs = &p["AccessLogSettings"];
+        let kept = target(&logs["DestinationArn"]).is_some_and(|group| {
+            let g = iam::resource(t, &group);
+            g["Type"].as_str() == Some("AWS::Logs::LogGroup")
+                && !g["Properties"]["RetentionInDays"].is_null()
+        });
+        if !kept {
+            v.push(format!(
+                "{name}: no access logs to a log group of the template with a retention"
+            ));
+        }
+        let format: serde_json::Value = logs["Format"]
+            .as_str()
+            .and_then(|f| serde_json::from_str(f).ok())
+            .unwrap_or_default();
+        let fields: BTreeSet<&str> = format
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, v)| v.as_str())
+            .collect();
+        for var in [
+            "$context.requestId",
+            "$context.routeKey",
+            "$context.status",
+            "$context.identity.userArn",
+            "$context.identity.caller",
+        ] {
+            if !fields.contains(var) {
+                v.push(format!(
+                    "{name}: the access log format (one JSON object) lacks {var}"
+                ));
+            }
+        }
+        let throttle = &p["DefaultRouteSettings"];
+        for limit in ["ThrottlingBurstLimit", "ThrottlingRateLimit"] {
+            if param_default(t, &throttle[limit]).is_none() {
+                v.push(format!(
+                    "{name}: DefaultRouteSettings.{limit} must be a parameter with a default"
+                ));
+            }
+        }
+    }
+    for program in [Program::Launch, Program::Exchange] {
+        let Some(f) = iam::function_of(t, program.name()) else {
+            continue;
+        };
+        let reserved = &iam::resource(t, &f)["Properties"]["ReservedConcurrentExecutions"];
+        if param_default(t, reserved).is_none() {
+            v.push(format!(
+                "{f}: ReservedConcurrentExecutions must be a parameter with a default"
+            ));
         }
     }
     v
@@ -652,5 +858,219 @@ fn a_secret_as_a_parameter_is_reported() {
                 serde_norway::from_str("{Type: String, NoEcho: true}").unwrap();
         },
         "looks like a secret",
+    );
+}
+
+/// A role's statement by its Sid (inside `!If` too), to break.
+fn statement<'a>(t: &'a mut Value, role: &str, sid: &str) -> &'a mut Value {
+    let sid_of = |s: &Value| -> Option<String> {
+        let s = match s {
+            Value::Tagged(tg) => &tg.value[1],
+            other => other,
+        };
+        s["Sid"].as_str().map(String::from)
+    };
+    let list = res(t, role)["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        .as_sequence_mut()
+        .expect("statements");
+    let i = list
+        .iter()
+        .position(|s| sid_of(s).as_deref() == Some(sid))
+        .unwrap_or_else(|| panic!("no statement {sid} in {role}"));
+    match &mut list[i] {
+        Value::Tagged(tg) => &mut tg.value[1],
+        other => other,
+    }
+}
+
+fn yaml(text: &str) -> Value {
+    serde_norway::from_str(text).unwrap()
+}
+
+#[test]
+fn the_old_ten_receives_of_180_s_are_reported_as_under_a_day() {
+    broken(
+        |t| {
+            res(t, "NoticeQueue")["Properties"]["RedrivePolicy"]["maxReceiveCount"] =
+                Value::from(10)
+        },
+        "under 24 h",
+    );
+}
+
+#[test]
+fn a_function_given_a_secret_its_code_does_not_use_is_reported() {
+    broken(
+        |t| {
+            res(t, "NotifyFunction")["Properties"]["Environment"]["Variables"]["SPKEEPER_SECRETS_ARN"] =
+                yaml(r#"!Join [",", [!Ref WebhookSecretArn, !Ref LinkKeySecretArn]]"#)
+        },
+        "NotifyFunction: given the secrets",
+    );
+    // One secret for everything, given to every function, as before the split.
+    broken(
+        |t| {
+            for f in [
+                "LaunchFunction",
+                "ExchangeFunction",
+                "SweepFunction",
+                "NotifyFunction",
+            ] {
+                if let Some(m) =
+                    res(t, f)["Properties"]["Environment"]["Variables"].as_mapping_mut()
+                {
+                    m.remove("SPKEEPER_SECRETS_ARN");
+                }
+            }
+            t["Globals"]["Function"]["Environment"]["Variables"]["SPKEEPER_SECRETS_ARN"] =
+                yaml("!Ref ClientSecretArn");
+        },
+        "SweepFunction: given the secrets",
+    );
+}
+
+#[test]
+fn a_function_not_given_a_secret_its_code_needs_is_reported() {
+    broken(
+        |t| {
+            res(t, "LaunchFunction")["Properties"]["Environment"]["Variables"]["SPKEEPER_SECRETS_ARN"] =
+                yaml(r#"!Join [",", [!Ref ClientSecretArn, !Ref LinkKeySecretArn]]"#)
+        },
+        "LaunchFunction: given the secrets",
+    );
+}
+
+#[test]
+fn a_role_that_may_read_another_functions_secret_is_reported() {
+    broken(
+        |t| {
+            statement(t, "SweepRole", "Secrets")["Resource"] =
+                yaml("[!Ref LinkKeySecretArn, !Ref ClientSecretArn]")
+        },
+        "SweepRole: may read the secrets",
+    );
+    broken(
+        |t| statement(t, "NotifyRole", "Secrets")["Resource"] = Value::from("*"),
+        "NotifyRole: may read the secrets",
+    );
+}
+
+#[test]
+fn a_key_usable_outside_secrets_manager_or_for_other_secrets_is_reported() {
+    broken(
+        |t| {
+            if let Some(m) = statement(t, "NotifyRole", "SecretsKey")["Condition"]["StringEquals"]
+                .as_mapping_mut()
+            {
+                m.remove("kms:ViaService");
+            }
+        },
+        "NotifyRole: kms:Decrypt without kms:ViaService",
+    );
+    broken(
+        |t| {
+            statement(t, "SweepRole", "SecretsKey")["Condition"]["StringEquals"]["kms:EncryptionContext:SecretARN"] =
+                yaml("[!Ref LinkKeySecretArn, !Ref TokenKeysSecretArn]")
+        },
+        "SweepRole: kms:Decrypt not limited by encryption context",
+    );
+}
+
+#[test]
+fn table_access_without_a_key_prefix_condition_is_reported() {
+    broken(
+        |t| {
+            if let Some(m) = statement(t, "ExchangeRole", "PutItems").as_mapping_mut() {
+                m.remove("Condition");
+            }
+        },
+        "ExchangeRole: [\"dynamodb:PutItem\"] on any item of the table",
+    );
+}
+
+#[test]
+fn a_sweep_that_may_touch_token_items_is_reported() {
+    broken(
+        |t| {
+            statement(t, "SweepRole", "UpdateNotices")["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] =
+                yaml(r#"["G#*", "M#*", "RT#*"]"#)
+        },
+        "SweepRole: dynamodb:UpdateItem on token items (RT#*)",
+    );
+}
+
+#[test]
+fn exchange_writing_refresh_tokens_is_reported() {
+    broken(
+        |t| {
+            statement(t, "ExchangeRole", "PutItems")["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] =
+                yaml(r#"["AT#*", "L#*", "RT#*"]"#)
+        },
+        "ExchangeRole: dynamodb:PutItem writes refresh tokens",
+    );
+}
+
+#[test]
+fn deleting_anything_but_leases_is_reported() {
+    broken(
+        |t| {
+            statement(t, "LaunchRole", "ReleaseLeases")["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] =
+                yaml(r#"["L#*", "G#*"]"#)
+        },
+        "LaunchRole: may delete items other than leases",
+    );
+    broken(
+        |t| {
+            statement(t, "LaunchRole", "ReleaseLeases")["Action"] =
+                Value::from("dynamodb:BatchWriteItem")
+        },
+        "not an action the adapter uses",
+    );
+}
+
+#[test]
+fn an_api_without_access_logs_or_the_iam_caller_in_them_is_reported() {
+    broken(
+        |t| {
+            if let Some(m) = res(t, "Api")["Properties"].as_mapping_mut() {
+                m.remove("AccessLogSettings");
+            }
+        },
+        "Api: no access logs",
+    );
+    broken(
+        |t| {
+            let p = &mut res(t, "Api")["Properties"]["AccessLogSettings"]["Format"];
+            let without = p
+                .as_str()
+                .unwrap_or("")
+                .replace("$context.identity.userArn", "-");
+            *p = Value::from(without);
+        },
+        "lacks $context.identity.userArn",
+    );
+}
+
+#[test]
+fn an_api_without_default_route_throttling_is_reported() {
+    broken(
+        |t| {
+            if let Some(m) = res(t, "Api")["Properties"].as_mapping_mut() {
+                m.remove("DefaultRouteSettings");
+            }
+        },
+        "DefaultRouteSettings.ThrottlingRateLimit",
+    );
+}
+
+#[test]
+fn exchange_without_reserved_concurrency_is_reported() {
+    broken(
+        |t| {
+            if let Some(m) = res(t, "ExchangeFunction")["Properties"].as_mapping_mut() {
+                m.remove("ReservedConcurrentExecutions");
+            }
+        },
+        "ExchangeFunction: ReservedConcurrentExecutions",
     );
 }

@@ -296,8 +296,187 @@ fn parse_public_url(raw: &str) -> Result<Url, ConfigError> {
     }
 }
 
-/// The secret document: one JSON object, the Secrets Manager secret in AWS; locally the key
-/// file under the data directory holds its key fields and the environment the rest.
+/// The parts of the secret document, one per use. In AWS each part lives in its own Secrets
+/// Manager secret (README, "Deploy to AWS"), so a function's role can read only the parts the
+/// function uses; locally the key file and the environment hold them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Part {
+    /// `client_secret` (and `client_secret_secondary` during a rotation): verifies context
+    /// tokens and authenticates spkeeper to ACS.
+    ClientSecret,
+    /// `token_keys` and `active_token_key`: seal and open refresh and access tokens.
+    TokenKeys,
+    /// `link_key`: signs renew links and session cookies.
+    LinkKey,
+    /// `api_key`: the bearer key of `POST /token` when API Gateway's IAM auth is not used.
+    ApiKey,
+    /// `webhook_secret`: signs webhooks.
+    WebhookSecret,
+}
+
+impl Part {
+    pub const ALL: [Part; 5] = [
+        Part::ClientSecret,
+        Part::TokenKeys,
+        Part::LinkKey,
+        Part::ApiKey,
+        Part::WebhookSecret,
+    ];
+
+    /// The document fields that make up this part.
+    pub fn fields(self) -> &'static [&'static str] {
+        match self {
+            Part::ClientSecret => &["client_secret", "client_secret_secondary"],
+            Part::TokenKeys => &["token_keys", "active_token_key"],
+            Part::LinkKey => &["link_key"],
+            Part::ApiKey => &["api_key"],
+            Part::WebhookSecret => &["webhook_secret"],
+        }
+    }
+
+    /// The name a problem with this part is reported under: the variable that sets it locally,
+    /// or its document field for the key parts (which have no variable).
+    pub fn var(self) -> &'static str {
+        match self {
+            Part::ClientSecret => "SPKEEPER_CLIENT_SECRET",
+            Part::TokenKeys => "token_keys",
+            Part::LinkKey => "link_key",
+            Part::ApiKey => "SPKEEPER_API_KEY",
+            Part::WebhookSecret => "SPKEEPER_WEBHOOK_SECRET",
+        }
+    }
+
+    fn missing(self) -> ConfigError {
+        let field = self.fields()[0];
+        let problem = if self.var() == field {
+            "is required in the secrets".to_string()
+        } else {
+            format!("is required (`{field}` in the secrets)")
+        };
+        ConfigError::new(self.var(), problem)
+    }
+}
+
+/// How much a program needs one part of the secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Not used: dropped when the secrets are read, so it cannot be used.
+    No,
+    /// Used when configured, checked if present.
+    IfPresent,
+    /// Required: the program does not start without it.
+    Yes,
+}
+
+/// The programs spkeeper is deployed as: the four Lambda functions (named as their binaries)
+/// and the local CLI, which runs everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program {
+    Launch,
+    Exchange,
+    Sweep,
+    Notify,
+    Cli,
+}
+
+impl Program {
+    pub const FUNCTIONS: [Program; 4] = [
+        Program::Launch,
+        Program::Exchange,
+        Program::Sweep,
+        Program::Notify,
+    ];
+
+    /// The binary's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::Launch => "launch",
+            Program::Exchange => "exchange",
+            Program::Sweep => "sweep",
+            Program::Notify => "notify",
+            Program::Cli => "spkeeper",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Program> {
+        Program::FUNCTIONS
+            .into_iter()
+            .chain([Program::Cli])
+            .find(|p| p.name() == name)
+    }
+}
+
+/// Which parts of the secrets a program uses. A part it needs must be there (it does not start
+/// otherwise, and the error names the part); a part it does not need is dropped when the
+/// secrets are read, so the program cannot use it even if it was given it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Needs([Need; 5]);
+
+impl Needs {
+    /// Exactly these parts, each required.
+    pub fn only(parts: &[Part]) -> Needs {
+        let mut n = [Need::No; 5];
+        for p in parts {
+            n[*p as usize] = Need::Yes;
+        }
+        Needs(n)
+    }
+
+    /// What each program uses (check the code before changing this: the template's roles and
+    /// secrets follow it, and `tests/template.rs` holds the two together).
+    /// - launch: validates context tokens and makes the first exchange (client secret), seals
+    ///   the refresh token (token keys), signs the session cookie and renew links (link key);
+    /// - exchange: the same, plus the API key unless API Gateway's IAM auth identifies callers;
+    /// - sweep: signs the renew links in notices (link key); it never opens a token;
+    /// - notify: signs webhooks (webhook secret), nothing else;
+    /// - the CLI runs everything; the API key and the webhook secret are checked if present.
+    pub fn of(program: Program, settings: &Settings) -> Needs {
+        Self::for_auth(program, settings.token_auth, settings.webhook_url.is_some())
+    }
+
+    /// [`Needs::of`] from the two settings it depends on.
+    pub fn for_auth(program: Program, token_auth: TokenAuth, webhook_url: bool) -> Needs {
+        use Part::*;
+        match program {
+            Program::Launch => Needs::only(&[ClientSecret, TokenKeys, LinkKey]),
+            Program::Exchange => match token_auth {
+                TokenAuth::ApiKey => Needs::only(&[ClientSecret, TokenKeys, LinkKey, ApiKey]),
+                TokenAuth::Iam => Needs::only(&[ClientSecret, TokenKeys, LinkKey]),
+            },
+            Program::Sweep => Needs::only(&[LinkKey]),
+            Program::Notify => Needs::only(&[WebhookSecret]),
+            Program::Cli => {
+                let mut n = Needs::only(&[ClientSecret, TokenKeys, LinkKey]);
+                n.0[ApiKey as usize] = match token_auth {
+                    TokenAuth::ApiKey => Need::Yes,
+                    TokenAuth::Iam => Need::IfPresent,
+                };
+                n.0[WebhookSecret as usize] = if webhook_url {
+                    Need::Yes
+                } else {
+                    Need::IfPresent
+                };
+                n
+            }
+        }
+    }
+
+    pub fn get(&self, part: Part) -> Need {
+        self.0[part as usize]
+    }
+
+    /// The parts used at all (required or if present).
+    pub fn used(&self) -> Vec<Part> {
+        Part::ALL
+            .into_iter()
+            .filter(|p| self.get(*p) != Need::No)
+            .collect()
+    }
+}
+
+/// The secret document: a JSON object. In AWS it is the merge of the Secrets Manager secrets a
+/// function is given (each holding some of the fields); locally the key file under the data
+/// directory holds its key fields and the environment the rest.
 #[derive(Default, Clone, Deserialize)]
 pub struct SecretDocument {
     #[serde(default)]
@@ -321,10 +500,16 @@ pub struct SecretDocument {
 impl fmt::Debug for SecretDocument {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SecretDocument")
+            .field("fields", &self.fields_present())
             .field("token_key_ids", &self.token_keys.keys().collect::<Vec<_>>())
             .field("active_token_key", &self.active_token_key)
             .finish_non_exhaustive()
     }
+}
+
+fn filled(s: &Option<SecretString>) -> bool {
+    s.as_ref()
+        .is_some_and(|s| !s.expose_secret().trim().is_empty())
 }
 
 impl SecretDocument {
@@ -342,12 +527,82 @@ impl SecretDocument {
         self.webhook_secret = pick(self.webhook_secret, "SPKEEPER_WEBHOOK_SECRET");
         self
     }
+
+    /// The names of the fields that have a value (never the values).
+    pub fn fields_present(&self) -> Vec<&'static str> {
+        [
+            ("client_secret", filled(&self.client_secret)),
+            (
+                "client_secret_secondary",
+                filled(&self.client_secret_secondary),
+            ),
+            ("token_keys", !self.token_keys.is_empty()),
+            ("active_token_key", !self.active_token_key.trim().is_empty()),
+            ("link_key", filled(&self.link_key)),
+            ("api_key", filled(&self.api_key)),
+            ("webhook_secret", filled(&self.webhook_secret)),
+        ]
+        .into_iter()
+        .filter_map(|(name, present)| present.then_some(name))
+        .collect()
+    }
+
+    /// The parts with at least one field present.
+    pub fn parts_present(&self) -> Vec<Part> {
+        let fields = self.fields_present();
+        Part::ALL
+            .into_iter()
+            .filter(|p| p.fields().iter().any(|f| fields.contains(f)))
+            .collect()
+    }
+
+    /// One document from two (the secrets a function is given). A field present in both is a
+    /// configuration error: which value counts would depend on the order of the list.
+    pub fn merge(self, other: SecretDocument) -> Result<SecretDocument, ConfigError> {
+        let ours = self.fields_present();
+        if let Some(both) = other
+            .fields_present()
+            .into_iter()
+            .find(|f| ours.contains(f))
+        {
+            return Err(ConfigError::new(
+                "SPKEEPER_SECRETS_ARN",
+                format!("`{both}` is in more than one of the secrets; keep each field in one"),
+            ));
+        }
+        let either = |a: Option<SecretString>, b: Option<SecretString>| {
+            if filled(&a) { a } else { b }
+        };
+        Ok(SecretDocument {
+            client_secret: either(self.client_secret, other.client_secret),
+            client_secret_secondary: either(
+                self.client_secret_secondary,
+                other.client_secret_secondary,
+            ),
+            api_key: either(self.api_key, other.api_key),
+            webhook_secret: either(self.webhook_secret, other.webhook_secret),
+            token_keys: if self.token_keys.is_empty() {
+                other.token_keys
+            } else {
+                self.token_keys
+            },
+            active_token_key: if self.active_token_key.trim().is_empty() {
+                other.active_token_key
+            } else {
+                self.active_token_key
+            },
+            link_key: either(self.link_key, other.link_key),
+        })
+    }
 }
 
-/// The secrets in their usable form. Nothing here prints.
+/// The secrets in their usable form. Nothing here prints. A part the program does not need is
+/// absent: no client secret (`client_secrets()` is empty, so nothing verifies or authenticates
+/// with it), an empty key ring (sealing and opening fail), a link signer with a key made up at
+/// start and never kept (nothing it signs verifies anywhere, nothing real verifies in it).
 #[derive(Clone)]
 pub struct Secrets {
-    pub client_secret: SecretString,
+    pub client_secret: Option<SecretString>,
     pub client_secret_secondary: Option<SecretString>,
     pub api_key: Option<SecretString>,
     pub webhook_secret: Option<SecretString>,
@@ -358,6 +613,10 @@ pub struct Secrets {
 impl fmt::Debug for Secrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Secrets")
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "[redacted]"),
+            )
             .field("key_ring", &self.key_ring)
             .finish_non_exhaustive()
     }
@@ -376,69 +635,98 @@ fn decode_key(var: &'static str, v: &SecretString, min_len: usize) -> Result<Vec
     Ok(bytes)
 }
 
+/// A non-empty value, or `None`.
+fn nonempty(s: Option<SecretString>) -> Option<SecretString> {
+    s.filter(|s| !s.expose_secret().trim().is_empty())
+}
+
+/// The value of a part the program uses: required ones must be there.
+fn take(
+    part: Part,
+    need: Need,
+    v: Option<SecretString>,
+) -> Result<Option<SecretString>, ConfigError> {
+    match (need, nonempty(v)) {
+        (Need::No, _) => Ok(None),
+        (Need::Yes, None) => Err(part.missing()),
+        (_, v) => Ok(v),
+    }
+}
+
 impl Secrets {
-    /// Checks the document against what the settings need.
+    /// Checks the document against what the local program (the CLI) needs: everything.
     pub fn from_document(doc: SecretDocument, settings: &Settings) -> Result<Self, ConfigError> {
-        let client_secret = doc
-            .client_secret
-            .filter(|s| !s.expose_secret().trim().is_empty())
-            .ok_or_else(|| ConfigError::new("SPKEEPER_CLIENT_SECRET", "is required"))?;
-        let api_key = doc.api_key.filter(|s| !s.expose_secret().trim().is_empty());
-        if settings.token_auth == TokenAuth::ApiKey {
-            match &api_key {
-                None => {
-                    return Err(ConfigError::new(
-                        "SPKEEPER_API_KEY",
-                        "is required unless SPKEEPER_TOKEN_AUTH=iam",
-                    ));
-                }
-                Some(k) if k.expose_secret().len() < 16 => {
-                    return Err(ConfigError::new(
-                        "SPKEEPER_API_KEY",
-                        "must be at least 16 characters",
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
-        let webhook_secret = doc
-            .webhook_secret
-            .filter(|s| !s.expose_secret().trim().is_empty());
-        if let Some(ws) = &webhook_secret {
-            let raw = ws.expose_secret().trim();
-            let key = raw.strip_prefix("whsec_").ok_or_else(|| {
-                ConfigError::new("SPKEEPER_WEBHOOK_SECRET", "must start with whsec_")
-            })?;
-            if STANDARD.decode(key).map(|k| k.len()).unwrap_or(0) < 16 {
-                return Err(ConfigError::new(
-                    "SPKEEPER_WEBHOOK_SECRET",
-                    "must be whsec_ followed by base64 of at least 16 bytes",
-                ));
-            }
-        } else if settings.webhook_url.is_some() {
+        Self::for_needs(doc, Needs::of(Program::Cli, settings))
+    }
+
+    /// Keeps and checks exactly the parts in `needs`; drops the rest.
+    pub fn for_needs(doc: SecretDocument, needs: Needs) -> Result<Self, ConfigError> {
+        let client_secret = take(
+            Part::ClientSecret,
+            needs.get(Part::ClientSecret),
+            doc.client_secret,
+        )?;
+        let client_secret_secondary = match needs.get(Part::ClientSecret) {
+            Need::No => None,
+            _ => nonempty(doc.client_secret_secondary),
+        };
+
+        let api_key = take(Part::ApiKey, needs.get(Part::ApiKey), doc.api_key)?;
+        if let Some(k) = &api_key
+            && k.expose_secret().len() < 16
+        {
             return Err(ConfigError::new(
-                "SPKEEPER_WEBHOOK_SECRET",
-                "is required when SPKEEPER_WEBHOOK_URL is set",
+                Part::ApiKey.var(),
+                "must be at least 16 characters",
             ));
         }
 
-        let mut keys = BTreeMap::new();
-        for (id, v) in &doc.token_keys {
-            keys.insert(id.clone(), decode_key("token_keys", v, 32)?);
+        let webhook_secret = take(
+            Part::WebhookSecret,
+            needs.get(Part::WebhookSecret),
+            doc.webhook_secret,
+        )?;
+        if let Some(ws) = &webhook_secret {
+            let raw = ws.expose_secret().trim();
+            let key = raw.strip_prefix("whsec_").ok_or_else(|| {
+                ConfigError::new(Part::WebhookSecret.var(), "must start with whsec_")
+            })?;
+            if STANDARD.decode(key).map(|k| k.len()).unwrap_or(0) < 16 {
+                return Err(ConfigError::new(
+                    Part::WebhookSecret.var(),
+                    "must be whsec_ followed by base64 of at least 16 bytes",
+                ));
+            }
         }
-        let key_ring = KeyRing::new(&doc.active_token_key, &keys)
-            .map_err(|e| ConfigError::new("token_keys", e.to_string()))?;
-        let link_key = doc
-            .link_key
-            .as_ref()
-            .ok_or_else(|| ConfigError::new("link_key", "is required"))?;
-        let links = LinkSigner::new(&decode_key("link_key", link_key, 32)?);
+
+        let key_ring = match (needs.get(Part::TokenKeys), doc.token_keys.is_empty()) {
+            (Need::No, _) | (Need::IfPresent, true) => KeyRing::empty(),
+            (Need::Yes, true) => return Err(Part::TokenKeys.missing()),
+            _ => {
+                let mut keys = BTreeMap::new();
+                for (id, v) in &doc.token_keys {
+                    keys.insert(id.clone(), decode_key("token_keys", v, 32)?);
+                }
+                KeyRing::new(&doc.active_token_key, &keys)
+                    .map_err(|e| ConfigError::new("token_keys", e.to_string()))?
+            }
+        };
+
+        let links = match take(Part::LinkKey, needs.get(Part::LinkKey), doc.link_key)? {
+            Some(k) => LinkSigner::new(&decode_key("link_key", &k, 32)?),
+            None => {
+                // Made up here, never kept: nothing signed with it verifies anywhere.
+                let mut k = [0u8; 32];
+                getrandom::fill(&mut k).map_err(|_| {
+                    ConfigError::new("link_key", "the system random generator failed")
+                })?;
+                LinkSigner::new(&k)
+            }
+        };
 
         Ok(Secrets {
             client_secret,
-            client_secret_secondary: doc
-                .client_secret_secondary
-                .filter(|s| !s.expose_secret().trim().is_empty()),
+            client_secret_secondary,
             api_key,
             webhook_secret,
             key_ring,
@@ -446,9 +734,10 @@ impl Secrets {
         })
     }
 
-    /// Primary first, then secondary.
+    /// Primary first, then secondary; empty for a program that does not hold them.
     pub fn client_secrets(&self) -> Vec<&SecretString> {
-        std::iter::once(&self.client_secret)
+        self.client_secret
+            .iter()
             .chain(self.client_secret_secondary.as_ref())
             .collect()
     }
@@ -645,6 +934,183 @@ mod tests {
         ));
         let d = doc().with_env_fallback(&env(&e));
         assert!(Secrets::from_document(d, &s).is_ok());
+    }
+
+    const CLIENT_SECRET: &str = "client-secret-value-XYZ";
+    const API_KEY: &str = "api-key-value-0123456789";
+    const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    /// One document per part, as the Secrets Manager secrets in the README.
+    fn part_doc(part: Part) -> SecretDocument {
+        let keys = doc();
+        let mut d = SecretDocument::default();
+        match part {
+            Part::ClientSecret => d.client_secret = Some(CLIENT_SECRET.into()),
+            Part::TokenKeys => {
+                d.token_keys = keys.token_keys;
+                d.active_token_key = keys.active_token_key;
+            }
+            Part::LinkKey => d.link_key = keys.link_key,
+            Part::ApiKey => d.api_key = Some(API_KEY.into()),
+            Part::WebhookSecret => d.webhook_secret = Some(WEBHOOK_SECRET.into()),
+        }
+        d
+    }
+
+    fn merged(parts: &[Part]) -> SecretDocument {
+        parts
+            .iter()
+            .try_fold(SecretDocument::default(), |d, p| d.merge(part_doc(*p)))
+            .unwrap()
+    }
+
+    fn every_function() -> Vec<(Program, TokenAuth)> {
+        vec![
+            (Program::Launch, TokenAuth::Iam),
+            (Program::Exchange, TokenAuth::Iam),
+            (Program::Exchange, TokenAuth::ApiKey),
+            (Program::Sweep, TokenAuth::Iam),
+            (Program::Notify, TokenAuth::Iam),
+        ]
+    }
+
+    #[test]
+    fn each_function_needs_only_what_it_uses() {
+        let used = |p, auth| Needs::for_auth(p, auth, true).used();
+        use Part::*;
+        assert_eq!(
+            used(Program::Launch, TokenAuth::ApiKey),
+            [ClientSecret, TokenKeys, LinkKey]
+        );
+        assert_eq!(
+            used(Program::Exchange, TokenAuth::Iam),
+            [ClientSecret, TokenKeys, LinkKey]
+        );
+        assert_eq!(
+            used(Program::Exchange, TokenAuth::ApiKey),
+            [ClientSecret, TokenKeys, LinkKey, ApiKey]
+        );
+        assert_eq!(used(Program::Sweep, TokenAuth::ApiKey), [LinkKey]);
+        assert_eq!(used(Program::Notify, TokenAuth::ApiKey), [WebhookSecret]);
+        assert_eq!(used(Program::Cli, TokenAuth::ApiKey), Part::ALL);
+    }
+
+    #[test]
+    fn each_function_starts_with_only_its_own_parts() {
+        for (program, auth) in every_function() {
+            let needs = Needs::for_auth(program, auth, true);
+            let result = Secrets::for_needs(merged(&needs.used()), needs);
+            assert!(result.is_ok(), "{program:?} {auth:?}: {:?}", result.err());
+        }
+    }
+
+    #[test]
+    fn a_function_without_a_part_it_needs_does_not_start_and_names_it() {
+        for (program, auth) in every_function() {
+            let needs = Needs::for_auth(program, auth, true);
+            for missing in needs.used() {
+                let given: Vec<Part> = needs.used().into_iter().filter(|p| *p != missing).collect();
+                let err = Secrets::for_needs(merged(&given), needs).unwrap_err();
+                assert_eq!(err.var, missing.var(), "{program:?} without {missing:?}");
+                assert!(
+                    err.to_string().contains(missing.fields()[0]),
+                    "the error names the field: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn parts_a_function_does_not_use_are_dropped_and_cannot_be_used() {
+        let everything = merged(&Part::ALL);
+        let real = Secrets::for_needs(everything.clone(), Needs::only(&Part::ALL)).unwrap();
+        let grant = crate::core::grant::GrantId::derive("realm", "user");
+        let now = Utc::now();
+        let place = crate::core::seal::Place::RefreshToken {
+            grant: grant.as_str(),
+            version: 1,
+        };
+        let sealed = real.key_ring.seal(b"refresh-token", &place).unwrap();
+        let session = real.links.session_value(&grant, now);
+
+        let notify =
+            Secrets::for_needs(everything.clone(), Needs::only(&[Part::WebhookSecret])).unwrap();
+        assert!(notify.client_secrets().is_empty(), "no client secret");
+        assert!(notify.api_key.is_none());
+        assert!(notify.key_ring.seal(b"x", &place).is_err(), "cannot seal");
+        assert!(
+            notify.key_ring.open(&sealed, &place).is_err(),
+            "cannot open"
+        );
+        assert!(
+            notify.links.verify_session(&session, now).is_err(),
+            "cannot verify what the link key signed"
+        );
+        let forged = notify.links.session_value(&grant, now);
+        assert!(
+            real.links.verify_session(&forged, now).is_err(),
+            "nothing it signs verifies"
+        );
+        assert!(notify.webhook_secret.is_some());
+
+        let sweep = Secrets::for_needs(everything, Needs::only(&[Part::LinkKey])).unwrap();
+        assert!(sweep.client_secrets().is_empty());
+        assert!(sweep.webhook_secret.is_none() && sweep.api_key.is_none());
+        assert!(sweep.key_ring.open(&sealed, &place).is_err());
+        assert_eq!(sweep.links.verify_session(&session, now).unwrap(), grant);
+    }
+
+    #[test]
+    fn documents_merge_and_a_field_in_two_of_them_is_refused() {
+        let d = merged(&Part::ALL);
+        assert_eq!(
+            d.fields_present(),
+            [
+                "client_secret",
+                "token_keys",
+                "active_token_key",
+                "link_key",
+                "api_key",
+                "webhook_secret"
+            ]
+        );
+        let err = part_doc(Part::ClientSecret)
+            .merge(part_doc(Part::LinkKey))
+            .unwrap()
+            .merge(part_doc(Part::ClientSecret))
+            .unwrap_err();
+        assert_eq!(err.var, "SPKEEPER_SECRETS_ARN");
+        assert!(err.problem.contains("client_secret"), "{err}");
+        assert!(!err.to_string().contains(CLIENT_SECRET), "{err}");
+        // Two documents with different key rings: which one counts would be a guess.
+        assert!(
+            part_doc(Part::TokenKeys)
+                .merge(part_doc(Part::TokenKeys))
+                .unwrap_err()
+                .problem
+                .contains("token_keys")
+        );
+        // Empty values are absent, not duplicates.
+        let empty = SecretDocument {
+            client_secret: Some("  ".into()),
+            ..SecretDocument::default()
+        };
+        assert!(empty.merge(part_doc(Part::ClientSecret)).is_ok());
+    }
+
+    #[test]
+    fn a_document_and_the_secrets_print_no_values() {
+        let d = merged(&Part::ALL);
+        let printed = format!("{d:?}");
+        let s = format!(
+            "{:?}",
+            Secrets::for_needs(d, Needs::only(&Part::ALL)).unwrap()
+        );
+        for out in [printed, s] {
+            for secret in [CLIENT_SECRET, API_KEY, WEBHOOK_SECRET] {
+                assert!(!out.contains(secret), "{out}");
+            }
+        }
     }
 
     #[test]

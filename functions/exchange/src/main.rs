@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use spkeeper::aws::iam::IamAuth;
-use spkeeper::config::TokenAuth;
+use spkeeper::config::{Program, TokenAuth};
 use spkeeper::http::{
     ApiKeyAuth, TokenAuthorizer, finish, grants_router, health_router, token_router,
 };
@@ -16,7 +16,7 @@ use spkeeper::service::grants::GrantsService;
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     spkeeper::logging::init_lambda();
-    let (ctx, _aws) = spkeeper::aws::init_context()
+    let (ctx, _aws) = spkeeper::aws::init_context(Program::Exchange)
         .await
         .inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
     let auth: Arc<dyn TokenAuthorizer> = match (ctx.settings.token_auth, &ctx.secrets.api_key) {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::Router;
+use spkeeper::config::Program;
 use spkeeper::http::{finish, health_router, launch_router, renew_router, status_router};
 use spkeeper::service::exchange::TokenService;
 use spkeeper::service::launch::LaunchService;
@@ -12,7 +13,7 @@ use spkeeper::service::launch::LaunchService;
 async fn main() -> Result<(), lambda_http::Error> {
     spkeeper::logging::init_lambda();
     // Clients, configuration and keys: once, at init. Fails closed.
-    let (ctx, _aws) = spkeeper::aws::init_context()
+    let (ctx, _aws) = spkeeper::aws::init_context(Program::Launch)
         .await
         .inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
     let tokens = Arc::new(TokenService::for_context(&ctx));

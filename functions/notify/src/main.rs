@@ -1,50 +1,59 @@
 //! The `notify` Lambda function: SQS notices → webhooks with Standard Webhooks signatures.
 //! Reports partial batch failures: only the messages whose delivery failed return to the
-//! queue (and, after the redrive policy's count, to its dead-letter queue).
+//! queue. Each of those is first hidden for its backoff by receive count (the embedded
+//! outbox's schedule, `spkeeper::aws::sqs::retry_delay`), so a receiver that is down is tried
+//! again and again for more than a day, not every few minutes until the redrive policy's
+//! count sends the notice to the dead-letter queue.
 
 use std::sync::Arc;
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
+use spkeeper::aws::sqs::{SqsQueue, receive_count};
 use spkeeper::clients::{DeliveryError, WebhookSender, http_client};
+use spkeeper::config::Program;
 use spkeeper::service::deliver::deliver_body;
+
+/// What a delivery needs: the webhook sender, and the queue to hold back failed notices.
+struct Notify {
+    sender: WebhookSender,
+    queue: SqsQueue,
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     spkeeper::logging::init_lambda();
-    let sender = Arc::new(
+    let notify = Arc::new(
         init()
             .await
             .inspect_err(|e| tracing::error!(error = %e, "cannot start"))?,
     );
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
-        let sender = Arc::clone(&sender);
-        async move { Ok::<_, Error>(deliver(&sender, event.payload).await) }
+        let notify = Arc::clone(&notify);
+        async move { Ok::<_, Error>(deliver(&notify, event.payload).await) }
     }))
     .await
 }
 
-/// Only what delivery needs: no table, no token keys in use.
-async fn init() -> Result<WebhookSender, Error> {
+/// Only what delivery needs: no table, and of the secrets only the webhook secret.
+async fn init() -> Result<Notify, Error> {
     let sdk = spkeeper::aws::sdk_config().await;
-    let (settings, secrets) = spkeeper::aws::load_config(&sdk).await?;
-    Ok(spkeeper::aws::webhook_sender(
-        &settings,
-        &secrets,
-        http_client()?,
-    )?)
+    let (settings, secrets) = spkeeper::aws::load_config(&sdk, Program::Notify).await?;
+    let sender = spkeeper::aws::webhook_sender(&settings, &secrets, http_client()?)?;
+    let queue = spkeeper::aws::notice_queue(&sdk, &settings)?;
+    Ok(Notify { sender, queue })
 }
 
 /// Delivers the batch's records at once (so one slow receiver costs one timeout, not ten)
-/// and names the messages that failed.
-async fn deliver(sender: &Arc<WebhookSender>, event: SqsEvent) -> SqsBatchResponse {
+/// and names the messages that failed, each hidden for its backoff first.
+async fn deliver(notify: &Arc<Notify>, event: SqsEvent) -> SqsBatchResponse {
     let mut deliveries = tokio::task::JoinSet::new();
     for record in event.records {
-        let sender = Arc::clone(sender);
+        let notify = Arc::clone(notify);
         deliveries.spawn(async move {
             let message_id = record.message_id.unwrap_or_default();
             let outcome = match record.body.as_deref() {
-                Some(body) => deliver_body(&sender, body).await,
+                Some(body) => deliver_body(&notify.sender, body).await,
                 None => Err(DeliveryError::Malformed),
             };
             match outcome {
@@ -53,7 +62,21 @@ async fn deliver(sender: &Arc<WebhookSender>, event: SqsEvent) -> SqsBatchRespon
                     None
                 }
                 Err(e) => {
-                    tracing::warn!(%message_id, error = %e, "notice delivery failed; SQS will retry it");
+                    let count = receive_count(
+                        record
+                            .attributes
+                            .get("ApproximateReceiveCount")
+                            .map(String::as_str),
+                    );
+                    // Without a receipt handle (or if SQS refuses the change) the queue's own
+                    // visibility timeout applies: the notice is still retried.
+                    let retry = match record.receipt_handle.as_deref() {
+                        Some(handle) => notify.queue.retry_later(handle, count).await,
+                        None => Err(spkeeper::ports::StoreError::Corrupt(
+                            "the record has no receipt handle".into(),
+                        )),
+                    };
+                    spkeeper::aws::log_failure(Some(&message_id), &e, count, retry);
                     Some(message_id)
                 }
             }

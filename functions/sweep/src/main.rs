@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
+use spkeeper::config::Program;
 use spkeeper::service::sweep::{SweepService, SweepSummary};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     spkeeper::logging::init_lambda();
-    let (ctx, _aws) = spkeeper::aws::init_context()
+    let (ctx, _aws) = spkeeper::aws::init_context(Program::Sweep)
         .await
         .inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
     let sweep = Arc::new(SweepService::new(ctx));

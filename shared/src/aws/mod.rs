@@ -14,7 +14,9 @@ use aws_config::{BehaviorVersion, SdkConfig};
 
 use crate::clients::{DeliveryError, WebhookSender, http_client};
 use crate::clock::SystemClock;
-use crate::config::{ConfigError, Env, Secrets, Settings, Source, StoreChoice};
+use crate::config::{
+    ConfigError, Env, Need, Needs, Program, Secrets, Settings, Source, StoreChoice,
+};
 use crate::context::Context;
 use crate::service::deliver::deliver_body;
 pub use aws_sdk_secretsmanager::Client as SecretsClient;
@@ -95,24 +97,56 @@ impl Aws {
     }
 }
 
-/// Settings from the environment and secrets from the one Secrets Manager secret.
-pub async fn load_config(sdk: &SdkConfig) -> Result<(Settings, Secrets), ConfigError> {
+/// Settings from the environment, and the secrets `program` uses from the Secrets Manager
+/// secrets in `SPKEEPER_SECRETS_ARN`: each part it needs must be there, each part it does not
+/// need is dropped (and named in a warning: the function should not be given it).
+pub async fn load_config(
+    sdk: &SdkConfig,
+    program: Program,
+) -> Result<(Settings, Secrets), ConfigError> {
     let settings = Settings::from_source(&Env)?;
-    let arn = Env
-        .get("SPKEEPER_SECRETS_ARN")
-        .ok_or_else(|| ConfigError::new("SPKEEPER_SECRETS_ARN", "is required"))?;
-    let doc = secrets::load(&aws_sdk_secretsmanager::Client::new(sdk), &arn).await?;
-    let secrets = Secrets::from_document(doc, &settings)?;
+    let list = Env
+        .get(secrets::VAR)
+        .ok_or_else(|| ConfigError::new(secrets::VAR, "is required"))?;
+    let doc = secrets::load(&aws_sdk_secretsmanager::Client::new(sdk), &list).await?;
+    let needs = Needs::of(program, &settings);
+    let unused: Vec<&str> = doc
+        .parts_present()
+        .into_iter()
+        .filter(|p| needs.get(*p) == Need::No)
+        .flat_map(|p| p.fields().iter().copied())
+        .collect();
+    if !unused.is_empty() {
+        tracing::warn!(
+            function = program.name(),
+            unused = ?unused,
+            "the secrets hold fields this function does not use (ignored): give it only its own secrets"
+        );
+    }
+    let secrets = Secrets::for_needs(doc, needs)?;
     Ok((settings, secrets))
 }
 
 /// What a Lambda function with the table needs, built once at init.
-pub async fn init_context() -> Result<(Arc<Context>, Aws), ConfigError> {
+pub async fn init_context(program: Program) -> Result<(Arc<Context>, Aws), ConfigError> {
     let sdk = sdk_config().await;
-    let (settings, secrets) = load_config(&sdk).await?;
+    let (settings, secrets) = load_config(&sdk, program).await?;
     let aws = Aws::from_settings(&sdk, &settings)?;
     let ctx = aws.context(settings, secrets)?;
     Ok((ctx, aws))
+}
+
+/// The notice queue (`SPKEEPER_QUEUE_URL`) on its own, for a function without the table.
+pub fn notice_queue(sdk: &SdkConfig, settings: &Settings) -> Result<SqsQueue, ConfigError> {
+    match &settings.store {
+        StoreChoice::DynamoDb { queue_url, .. } => {
+            Ok(SqsQueue::new(aws_sdk_sqs::Client::new(sdk), queue_url))
+        }
+        StoreChoice::Sqlite { .. } => Err(ConfigError::new(
+            "SPKEEPER_STORE",
+            "must be dynamodb in AWS",
+        )),
+    }
 }
 
 /// The webhook sender from the settings and secrets.
@@ -132,8 +166,9 @@ pub fn webhook_sender(
 }
 
 /// One round of delivering from SQS outside Lambda (`spkeeper serve` on DynamoDB): receive,
-/// deliver, delete what was delivered. What fails reappears after the queue's visibility
-/// timeout and ends in its dead-letter queue, as with the `notify` function.
+/// deliver, delete what was delivered. What fails is hidden for its backoff
+/// ([`sqs::retry_delay`]) and ends in the queue's dead-letter queue, as with the `notify`
+/// function.
 pub async fn consume_once(
     queue: &SqsQueue,
     sender: &WebhookSender,
@@ -145,6 +180,9 @@ pub async fn consume_once(
         .queue_url(queue.url())
         .max_number_of_messages(10)
         .wait_time_seconds(wait_seconds)
+        .message_system_attribute_names(
+            aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount,
+        )
         .send()
         .await
         .map_err(|e| crate::ports::StoreError::unavailable(aws_sdk_sqs::Error::from(e)))?;
@@ -168,12 +206,45 @@ pub async fn consume_once(
                 tracing::info!(notice_id = %id, "notice delivered");
                 delivered += 1;
             }
-            Err(e) => log_failure(m.message_id(), &e),
+            Err(e) => {
+                let count = sqs::receive_count(
+                    m.attributes()
+                        .and_then(|a| {
+                            a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+                        })
+                        .map(String::as_str),
+                );
+                let retry = queue.retry_later(receipt, count).await;
+                log_failure(m.message_id(), &e, count, retry);
+            }
         }
     }
     Ok(delivered)
 }
 
-fn log_failure(message_id: Option<&str>, e: &DeliveryError) {
-    tracing::warn!(message_id = message_id.unwrap_or(""), error = %e, "notice delivery failed; SQS will redeliver it");
+/// One failed delivery, and when it is tried again (or that SQS's own visibility timeout
+/// decides, if the delay could not be set).
+pub fn log_failure(
+    message_id: Option<&str>,
+    e: &DeliveryError,
+    receive_count: u32,
+    retry: Result<i32, crate::ports::StoreError>,
+) {
+    let message_id = message_id.unwrap_or("");
+    match retry {
+        Ok(delay) => tracing::warn!(
+            message_id,
+            error = %e,
+            receive_count,
+            retry_in_seconds = delay,
+            "notice delivery failed; retried after a backoff"
+        ),
+        Err(ve) => tracing::warn!(
+            message_id,
+            error = %e,
+            receive_count,
+            visibility_error = %ve,
+            "notice delivery failed; retried after the queue's visibility timeout"
+        ),
+    }
 }

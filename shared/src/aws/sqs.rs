@@ -7,6 +7,7 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 
 use crate::ports::StoreError;
+use crate::service::deliver::backoff;
 
 /// SQS's limits for one `SendMessageBatch`.
 pub const MAX_BATCH_ENTRIES: usize = 10;
@@ -19,6 +20,41 @@ const RETRY_ROUNDS: u32 = 3;
 pub struct Message {
     pub id: String,
     pub body: String,
+}
+
+/// The longest SQS lets a message stay hidden is 12 hours from when it was received. A
+/// failed delivery sets its delay some seconds after the receive (the batching window, the
+/// delivery itself), so the cap keeps a quarter of an hour's margin.
+pub const MAX_VISIBILITY_SECONDS: i32 = 12 * 3600 - 15 * 60;
+
+/// How long a notice whose delivery failed stays hidden before its next attempt, by the
+/// message's receive count (the attempt that just failed): the embedded outbox's schedule
+/// ([`backoff`]: doubling from 2 s, at most 6 h, ±20 %), within SQS's maximum. With the
+/// notice queue's `maxReceiveCount` (template.yaml) the attempts span more than a day before
+/// the dead-letter queue, as they do in the embedded outbox.
+pub fn retry_delay(receive_count: u32, jitter_unit: f64) -> i32 {
+    let seconds = backoff(receive_count.max(1), jitter_unit).num_seconds();
+    i32::try_from(seconds)
+        .unwrap_or(i32::MAX)
+        .clamp(0, MAX_VISIBILITY_SECONDS)
+}
+
+/// A message's `ApproximateReceiveCount` attribute; 1 when missing or unreadable (the
+/// shortest delay: a wrong count never holds a notice back longer than its schedule).
+pub fn receive_count(attribute: Option<&str>) -> u32 {
+    attribute
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1)
+}
+
+/// A uniform number in [0, 1] for the jitter.
+fn unit_random() -> f64 {
+    let mut b = [0u8; 4];
+    if getrandom::fill(&mut b).is_err() {
+        return 0.5;
+    }
+    f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX)
 }
 
 #[derive(Clone)]
@@ -69,6 +105,25 @@ impl SqsQueue {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Hides a message whose delivery failed for its [`retry_delay`] (instead of the queue's
+    /// fixed visibility timeout); returns the delay in seconds.
+    pub async fn retry_later(
+        &self,
+        receipt_handle: &str,
+        receive_count: u32,
+    ) -> Result<i32, StoreError> {
+        let delay = retry_delay(receive_count, unit_random());
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(delay)
+            .send()
+            .await
+            .map_err(|e| StoreError::unavailable(aws_sdk_sqs::Error::from(e)))?;
+        Ok(delay)
     }
 
     /// Sends every message; returns the ids SQS accepted. Entries SQS failed through no fault
@@ -134,6 +189,45 @@ mod tests {
             id: format!("ntc_{i}"),
             body: "x".repeat(size),
         }
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_within_the_sqs_maximum() {
+        assert_eq!(retry_delay(1, 0.5), 2);
+        assert_eq!(retry_delay(2, 0.5), 4);
+        assert_eq!(retry_delay(10, 0.5), 1024);
+        let mut previous = 0;
+        for r in 1..=40 {
+            let (low, high) = (retry_delay(r, 0.0), retry_delay(r, 1.0));
+            assert!(low <= high && high <= MAX_VISIBILITY_SECONDS, "{r}");
+            assert!(high <= 12 * 3600, "SQS takes at most 12 hours");
+            assert!(low >= previous, "never shorter than the one before ({r})");
+            previous = low;
+        }
+        assert_eq!(
+            retry_delay(0, 0.5),
+            retry_delay(1, 0.5),
+            "a missing count is the first"
+        );
+    }
+
+    #[test]
+    fn attempts_up_to_the_outbox_maximum_span_more_than_a_day() {
+        use crate::service::deliver::MAX_ATTEMPTS;
+        // The delays after each failed receive but the last, at the shortest jitter.
+        let total: i64 = (1..MAX_ATTEMPTS)
+            .map(|r| i64::from(retry_delay(r, 0.0)))
+            .sum();
+        assert!(total >= 24 * 3600, "{total} s");
+    }
+
+    #[test]
+    fn the_receive_count_is_read_from_the_attribute() {
+        assert_eq!(receive_count(Some("7")), 7);
+        assert_eq!(receive_count(Some(" 3 ")), 3);
+        assert_eq!(receive_count(Some("0")), 1);
+        assert_eq!(receive_count(Some("many")), 1);
+        assert_eq!(receive_count(None), 1);
     }
 
     #[test]

@@ -121,6 +121,14 @@ impl KeyRing {
         })
     }
 
+    /// A ring without keys, for a program that must not seal or open tokens: both fail.
+    pub fn empty() -> Self {
+        KeyRing {
+            active: String::new(),
+            keys: BTreeMap::new(),
+        }
+    }
+
     pub fn active_key_id(&self) -> &str {
         &self.active
     }
@@ -359,6 +367,14 @@ mod tests {
             r.open(&s.replacen("v2", "v3", 1), &RT_A).unwrap_err(),
             SealError::Malformed
         );
+    }
+
+    #[test]
+    fn an_empty_ring_neither_seals_nor_opens() {
+        let sealed = ring("k1").seal(b"t", &RT_A).unwrap();
+        let empty = KeyRing::empty();
+        assert!(empty.seal(b"t", &RT_A).is_err());
+        assert!(empty.open(&sealed, &RT_A).is_err());
     }
 
     #[test]
