@@ -684,7 +684,7 @@ fn bad_configuration_stops_the_cli_with_exit_2_naming_the_variable() {
     assert_eq!(code, 2);
     assert_eq!(
         err.trim().lines().last().unwrap(),
-        "error: SPKEEPER_CLIENT_ID: is required"
+        "error: SPKEEPER_CLIENT_ID: is required (or SPKEEPER_ENTRA_CLIENT_ID, for Entra ID sign-in)"
     );
 
     let mut env = base.clone();

@@ -34,6 +34,17 @@ pub const VARIABLES: &[&str] = &[
     "SPKEEPER_WEBHOOK_URL",
     "SPKEEPER_WEBHOOK_SECRET",
     "SPKEEPER_RETURN_URL",
+    "SPKEEPER_ENTRA_CLIENT_ID",
+    "SPKEEPER_ENTRA_TENANT",
+    "SPKEEPER_ENTRA_AUTHORITY",
+    "SPKEEPER_ENTRA_CLIENT_SECRET",
+    "SPKEEPER_ENTRA_CERTIFICATE",
+    "SPKEEPER_ENTRA_PRIVATE_KEY",
+    "SPKEEPER_ENTRA_ASSERTION_ALG",
+    "SPKEEPER_ENTRA_SCOPES",
+    "SPKEEPER_ENTRA_KEEPALIVE_DAYS",
+    "SPKEEPER_ENTRA_SECRET_EXPIRES_AT",
+    "SPKEEPER_RENEW_VIA",
     "SPKEEPER_STORE",
     "SPKEEPER_DATA_DIR",
     "SPKEEPER_TABLE",
@@ -112,7 +123,8 @@ pub enum StoreChoice {
 /// Everything that is not a secret.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub client_id: String,
+    /// The add-in's ACS client id: `None` when the deployment serves no ACS launches.
+    pub client_id: Option<String>,
     pub public_url: Url,
     /// `host[:port]` of the public URL: the accepted audience host.
     pub audience_host: String,
@@ -124,15 +136,221 @@ pub struct Settings {
     pub webhook_url: Option<Url>,
     /// The add-in app's page that receives the user after a launch, with a hand-off ticket.
     pub return_url: Option<Url>,
+    /// Entra ID sign-in: `None` when the deployment serves no Entra grants.
+    pub entra: Option<EntraSettings>,
+    /// Where renew links of ACS grants lead.
+    pub renew_via: RenewVia,
     pub store: StoreChoice,
+}
+
+/// `SPKEEPER_RENEW_VIA`: where renew links of ACS grants lead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewVia {
+    /// Back through SharePoint's AppRedirect.aspx (a relaunch of the add-in).
+    SharePoint,
+    /// To Entra sign-in for the grant's site: the migration from ACS.
+    Entra,
+}
+
+/// The client-assertion form (ENTRA.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssertionAlg {
+    /// `PS256` with `x5t#S256` (the default).
+    Ps256,
+    /// `RS256` with `x5t` (SHA-1), which some tenants still require.
+    Rs256,
+}
+
+/// The Entra ID app (ENTRA.md), from the `SPKEEPER_ENTRA_*` variables.
+#[derive(Debug, Clone)]
+pub struct EntraSettings {
+    pub client_id: String,
+    /// A tenant GUID (lower case), or `organizations`.
+    pub tenant: String,
+    /// The authority's base URL, without a trailing slash.
+    pub authority: String,
+    /// Delegated scopes asked at sign-in; `None`: `https://{host}/.default` of the site.
+    pub scopes: Option<Vec<String>>,
+    /// Redeem a grant idle this many days (0: never).
+    pub keepalive_days: u32,
+    pub assertion_alg: AssertionAlg,
+    pub secret_expires_at: Option<DateTime<Utc>>,
+}
+
+impl EntraSettings {
+    /// `{authority}/{tenant}/oauth2/v2.0/{path}`.
+    fn endpoint(&self, path: &str) -> String {
+        format!("{}/{}/oauth2/v2.0/{path}", self.authority, self.tenant)
+    }
+
+    pub fn authorize_endpoint(&self) -> String {
+        self.endpoint("authorize")
+    }
+
+    pub fn token_endpoint(&self) -> String {
+        self.endpoint("token")
+    }
+
+    /// `{authority}/{tenant}/discovery/v2.0/keys`.
+    pub fn jwks_uri(&self) -> String {
+        format!("{}/{}/discovery/v2.0/keys", self.authority, self.tenant)
+    }
+
+    /// The issuer an ID token of tenant `tid` must carry.
+    pub fn issuer_for(&self, tid: &str) -> String {
+        format!("{}/{tid}/v2.0", self.authority)
+    }
+
+    /// Is the keep-alive redemption on?
+    pub fn keepalive(&self) -> bool {
+        self.keepalive_days > 0
+    }
+
+    fn from_source(src: &dyn Source) -> Result<Option<Self>, ConfigError> {
+        let Some(client_id) = src.get("SPKEEPER_ENTRA_CLIENT_ID") else {
+            return Ok(None);
+        };
+        let client_id = client_id.trim().to_ascii_lowercase();
+        if !is_guid(&client_id) {
+            return Err(ConfigError::new(
+                "SPKEEPER_ENTRA_CLIENT_ID",
+                "must be a GUID",
+            ));
+        }
+        let tenant = src
+            .get("SPKEEPER_ENTRA_TENANT")
+            .map(|t| t.trim().to_ascii_lowercase())
+            .unwrap_or_else(|| "organizations".into());
+        if tenant != "organizations" && !is_guid(&tenant) {
+            return Err(ConfigError::new(
+                "SPKEEPER_ENTRA_TENANT",
+                "must be a tenant GUID or organizations (SharePoint users are work accounts)",
+            ));
+        }
+        let authority_raw = src
+            .get("SPKEEPER_ENTRA_AUTHORITY")
+            .unwrap_or_else(|| "https://login.microsoftonline.com".into());
+        const AUTH: &str = "SPKEEPER_ENTRA_AUTHORITY";
+        let authority = Url::parse(authority_raw.trim())
+            .map_err(|_| ConfigError::new(AUTH, "must be an absolute URL"))?;
+        let scheme_ok = match authority.scheme() {
+            "https" => true,
+            "http" => is_loopback_url(&authority),
+            _ => false,
+        };
+        if !scheme_ok
+            || authority.host().is_none()
+            || !authority.username().is_empty()
+            || authority.query().is_some()
+            || authority.fragment().is_some()
+        {
+            return Err(ConfigError::new(
+                AUTH,
+                "must be an https base URL (http only on a loopback host)",
+            ));
+        }
+        let scopes = src.get("SPKEEPER_ENTRA_SCOPES").map(|v| {
+            v.split([' ', ','])
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect::<Vec<_>>()
+        });
+        if scopes.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ConfigError::new(
+                "SPKEEPER_ENTRA_SCOPES",
+                "must list at least one scope",
+            ));
+        }
+        let keepalive_days = match src.get("SPKEEPER_ENTRA_KEEPALIVE_DAYS") {
+            None => 30,
+            Some(v) => v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|d| *d < 90)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "SPKEEPER_ENTRA_KEEPALIVE_DAYS",
+                        "must be a number of days from 0 (off) to 89",
+                    )
+                })?,
+        };
+        let assertion_alg = match src
+            .get("SPKEEPER_ENTRA_ASSERTION_ALG")
+            .map(|a| a.trim().to_ascii_uppercase())
+            .as_deref()
+        {
+            None | Some("PS256") => AssertionAlg::Ps256,
+            Some("RS256") => AssertionAlg::Rs256,
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "SPKEEPER_ENTRA_ASSERTION_ALG",
+                    "must be PS256 or RS256",
+                ));
+            }
+        };
+        Ok(Some(EntraSettings {
+            client_id,
+            tenant,
+            authority: authority.as_str().trim_end_matches('/').to_string(),
+            scopes,
+            keepalive_days,
+            assertion_alg,
+            secret_expires_at: rfc3339_var(src, "SPKEEPER_ENTRA_SECRET_EXPIRES_AT")?,
+        }))
+    }
+}
+
+fn rfc3339_var(src: &dyn Source, var: &'static str) -> Result<Option<DateTime<Utc>>, ConfigError> {
+    src.get(var)
+        .map(|v| {
+            DateTime::parse_from_rfc3339(v.trim())
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| ConfigError::new(var, "must be an RFC 3339 time"))
+        })
+        .transpose()
 }
 
 impl Settings {
     pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
-        let client_id = required(src, "SPKEEPER_CLIENT_ID")?.to_ascii_lowercase();
-        if !is_guid(&client_id) {
-            return Err(ConfigError::new("SPKEEPER_CLIENT_ID", "must be a GUID"));
-        }
+        let entra = EntraSettings::from_source(src)?;
+        let client_id = match src.get("SPKEEPER_CLIENT_ID") {
+            Some(id) => {
+                let id = id.trim().to_ascii_lowercase();
+                if !is_guid(&id) {
+                    return Err(ConfigError::new("SPKEEPER_CLIENT_ID", "must be a GUID"));
+                }
+                Some(id)
+            }
+            None if entra.is_some() => None,
+            None => {
+                return Err(ConfigError::new(
+                    "SPKEEPER_CLIENT_ID",
+                    "is required (or SPKEEPER_ENTRA_CLIENT_ID, for Entra ID sign-in)",
+                ));
+            }
+        };
+        let renew_via = match src
+            .get("SPKEEPER_RENEW_VIA")
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("sharepoint") => RenewVia::SharePoint,
+            Some("entra") if entra.is_some() && client_id.is_some() => RenewVia::Entra,
+            Some("entra") => {
+                return Err(ConfigError::new(
+                    "SPKEEPER_RENEW_VIA",
+                    "entra needs both kinds configured (SPKEEPER_CLIENT_ID and SPKEEPER_ENTRA_CLIENT_ID)",
+                ));
+            }
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "SPKEEPER_RENEW_VIA",
+                    "must be sharepoint or entra",
+                ));
+            }
+        };
 
         let public_raw = required(src, "SPKEEPER_PUBLIC_URL")?;
         let public_url = parse_public_url(&public_raw)?;
@@ -155,19 +373,7 @@ impl Settings {
             None => NoticeDays::default(),
         };
 
-        let client_secret_expires_at = src
-            .get("SPKEEPER_CLIENT_SECRET_EXPIRES_AT")
-            .map(|v| {
-                DateTime::parse_from_rfc3339(v.trim())
-                    .map(|t| t.with_timezone(&Utc))
-                    .map_err(|_| {
-                        ConfigError::new(
-                            "SPKEEPER_CLIENT_SECRET_EXPIRES_AT",
-                            "must be an RFC 3339 time",
-                        )
-                    })
-            })
-            .transpose()?;
+        let client_secret_expires_at = rfc3339_var(src, "SPKEEPER_CLIENT_SECRET_EXPIRES_AT")?;
 
         let token_auth = match src.get("SPKEEPER_TOKEN_AUTH").as_deref().map(str::trim) {
             None | Some("api_key") | Some("apikey") => TokenAuth::ApiKey,
@@ -224,8 +430,25 @@ impl Settings {
             token_auth,
             webhook_url,
             return_url,
+            entra,
+            renew_via,
             store,
         })
+    }
+
+    /// Client secrets with a configured expiry: the ACS add-in's and the Entra app's.
+    pub fn client_secrets_expiring(&self) -> Vec<(&str, DateTime<Utc>)> {
+        let acs = self.client_id.as_deref().zip(self.client_secret_expires_at);
+        let entra = self
+            .entra
+            .as_ref()
+            .and_then(|e| e.secret_expires_at.map(|t| (e.client_id.as_str(), t)));
+        acs.into_iter().chain(entra).collect()
+    }
+
+    /// `{PUBLIC_URL}/callback`: the redirect URI registered for the Entra app (platform Web).
+    pub fn callback_url(&self) -> String {
+        format!("{}/callback", self.public_base())
     }
 
     /// `{PUBLIC_URL}/launch`.
@@ -312,15 +535,19 @@ pub enum Part {
     ApiKey,
     /// `webhook_secret`: signs webhooks.
     WebhookSecret,
+    /// `entra_client_secret`, or `entra_certificate` and `entra_private_key`: authenticate
+    /// spkeeper to Entra ID (ENTRA.md §4).
+    EntraCredential,
 }
 
 impl Part {
-    pub const ALL: [Part; 5] = [
+    pub const ALL: [Part; 6] = [
         Part::ClientSecret,
         Part::TokenKeys,
         Part::LinkKey,
         Part::ApiKey,
         Part::WebhookSecret,
+        Part::EntraCredential,
     ];
 
     /// The document fields that make up this part.
@@ -331,6 +558,11 @@ impl Part {
             Part::LinkKey => &["link_key"],
             Part::ApiKey => &["api_key"],
             Part::WebhookSecret => &["webhook_secret"],
+            Part::EntraCredential => &[
+                "entra_client_secret",
+                "entra_certificate",
+                "entra_private_key",
+            ],
         }
     }
 
@@ -343,6 +575,7 @@ impl Part {
             Part::LinkKey => "link_key",
             Part::ApiKey => "SPKEEPER_API_KEY",
             Part::WebhookSecret => "SPKEEPER_WEBHOOK_SECRET",
+            Part::EntraCredential => "SPKEEPER_ENTRA_CLIENT_SECRET",
         }
     }
 
@@ -410,12 +643,12 @@ impl Program {
 /// otherwise, and the error names the part); a part it does not need is dropped when the
 /// secrets are read, so the program cannot use it even if it was given it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Needs([Need; 5]);
+pub struct Needs([Need; 6]);
 
 impl Needs {
     /// Exactly these parts, each required.
     pub fn only(parts: &[Part]) -> Needs {
-        let mut n = [Need::No; 5];
+        let mut n = [Need::No; 6];
         for p in parts {
             n[*p as usize] = Need::Yes;
         }
@@ -430,8 +663,27 @@ impl Needs {
     /// - sweep: signs the renew links in notices (link key); it never opens a token;
     /// - notify: signs webhooks (webhook secret), nothing else;
     /// - the CLI runs everything; the API key and the webhook secret are checked if present.
+    /// - with Entra configured, launch (it redeems sign-in codes), exchange and the CLI need the
+    ///   Entra credential, and so does the sweep when it keeps grants alive (which also opens
+    ///   and seals refresh tokens: the token keys);
+    /// - without ACS configured, nobody needs the ACS client secret.
     pub fn of(program: Program, settings: &Settings) -> Needs {
-        Self::for_auth(program, settings.token_auth, settings.webhook_url.is_some())
+        let mut n = Self::for_auth(program, settings.token_auth, settings.webhook_url.is_some());
+        if settings.client_id.is_none() {
+            n.0[Part::ClientSecret as usize] = Need::No;
+        }
+        if let Some(entra) = &settings.entra {
+            let uses = match program {
+                Program::Launch | Program::Exchange | Program::Cli => true,
+                Program::Sweep => entra.keepalive(),
+                Program::Notify => false,
+            };
+            if uses {
+                n.0[Part::EntraCredential as usize] = Need::Yes;
+                n.0[Part::TokenKeys as usize] = Need::Yes;
+            }
+        }
+        n
     }
 
     /// [`Needs::of`] from the two settings it depends on.
@@ -495,6 +747,14 @@ pub struct SecretDocument {
     /// base64 of at least 32 random bytes.
     #[serde(default)]
     pub link_key: Option<SecretString>,
+    #[serde(default)]
+    pub entra_client_secret: Option<SecretString>,
+    /// PEM.
+    #[serde(default)]
+    pub entra_certificate: Option<SecretString>,
+    /// PEM (PKCS#8 or PKCS#1 RSA).
+    #[serde(default)]
+    pub entra_private_key: Option<SecretString>,
 }
 
 impl fmt::Debug for SecretDocument {
@@ -525,6 +785,9 @@ impl SecretDocument {
         );
         self.api_key = pick(self.api_key, "SPKEEPER_API_KEY");
         self.webhook_secret = pick(self.webhook_secret, "SPKEEPER_WEBHOOK_SECRET");
+        self.entra_client_secret = pick(self.entra_client_secret, "SPKEEPER_ENTRA_CLIENT_SECRET");
+        self.entra_certificate = pick(self.entra_certificate, "SPKEEPER_ENTRA_CERTIFICATE");
+        self.entra_private_key = pick(self.entra_private_key, "SPKEEPER_ENTRA_PRIVATE_KEY");
         self
     }
 
@@ -541,6 +804,9 @@ impl SecretDocument {
             ("link_key", filled(&self.link_key)),
             ("api_key", filled(&self.api_key)),
             ("webhook_secret", filled(&self.webhook_secret)),
+            ("entra_client_secret", filled(&self.entra_client_secret)),
+            ("entra_certificate", filled(&self.entra_certificate)),
+            ("entra_private_key", filled(&self.entra_private_key)),
         ]
         .into_iter()
         .filter_map(|(name, present)| present.then_some(name))
@@ -592,6 +858,9 @@ impl SecretDocument {
                 self.active_token_key
             },
             link_key: either(self.link_key, other.link_key),
+            entra_client_secret: either(self.entra_client_secret, other.entra_client_secret),
+            entra_certificate: either(self.entra_certificate, other.entra_certificate),
+            entra_private_key: either(self.entra_private_key, other.entra_private_key),
         })
     }
 }
@@ -608,6 +877,89 @@ pub struct Secrets {
     pub webhook_secret: Option<SecretString>,
     pub key_ring: KeyRing,
     pub links: LinkSigner,
+    /// How spkeeper proves itself to Entra ID, when Entra is configured and this program uses it.
+    pub entra: Option<EntraCredential>,
+}
+
+/// The Entra app's credential (ENTRA.md §4). Nothing here prints.
+#[derive(Clone)]
+pub enum EntraCredential {
+    Secret(SecretString),
+    /// A certificate and its private key, for the client assertion.
+    Certificate {
+        /// The private key, ready to sign (PS256 or RS256).
+        key: jsonwebtoken::EncodingKey,
+        /// base64url(SHA-256 of the certificate's DER): the assertion's `x5t#S256`.
+        x5t_s256: String,
+        /// base64url(SHA-1 of the certificate's DER): `x5t`, for the RS256 form.
+        x5t: String,
+    },
+}
+
+impl fmt::Debug for EntraCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EntraCredential::Secret(_) => f.write_str("EntraCredential::Secret([redacted])"),
+            EntraCredential::Certificate { x5t_s256, .. } => f
+                .debug_struct("EntraCredential::Certificate")
+                .field("x5t#S256", x5t_s256)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl EntraCredential {
+    /// A value of `SPKEEPER_ENTRA_CERTIFICATE`/`_PRIVATE_KEY`: the PEM text, or `@path`.
+    fn pem_text(var: &'static str, v: &SecretString) -> Result<String, ConfigError> {
+        let raw = v.expose_secret().trim();
+        match raw.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path.trim())
+                .map_err(|e| ConfigError::new(var, format!("cannot read {}: {e}", path.trim()))),
+            None => Ok(raw.to_string()),
+        }
+    }
+
+    fn from_document(
+        secret: Option<SecretString>,
+        certificate: Option<SecretString>,
+        private_key: Option<SecretString>,
+    ) -> Result<Option<Self>, ConfigError> {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        use sha1::Sha1;
+        use sha2::{Digest, Sha256};
+        const CERT: &str = "SPKEEPER_ENTRA_CERTIFICATE";
+        const KEY: &str = "SPKEEPER_ENTRA_PRIVATE_KEY";
+        match (certificate, private_key) {
+            (Some(cert), Some(key)) => {
+                let der = CertificateDer::from_pem_slice(Self::pem_text(CERT, &cert)?.as_bytes())
+                    .map_err(|_| {
+                    ConfigError::new(CERT, "must be a PEM certificate (or @path to one)")
+                })?;
+                let key_pem = SecretString::from(Self::pem_text(KEY, &key)?);
+                let key =
+                    jsonwebtoken::EncodingKey::from_rsa_pem(key_pem.expose_secret().as_bytes())
+                        .map_err(|_| {
+                            ConfigError::new(KEY, "must be a PEM RSA private key (or @path to one)")
+                        })?;
+                Ok(Some(EntraCredential::Certificate {
+                    key,
+                    x5t_s256: URL_SAFE_NO_PAD.encode(Sha256::digest(der.as_ref())),
+                    x5t: URL_SAFE_NO_PAD.encode(Sha1::digest(der.as_ref())),
+                }))
+            }
+            (Some(_), None) => Err(ConfigError::new(
+                KEY,
+                "is required with SPKEEPER_ENTRA_CERTIFICATE",
+            )),
+            (None, Some(_)) => Err(ConfigError::new(
+                CERT,
+                "is required with SPKEEPER_ENTRA_PRIVATE_KEY",
+            )),
+            (None, None) => Ok(secret.map(EntraCredential::Secret)),
+        }
+    }
 }
 
 impl fmt::Debug for Secrets {
@@ -724,6 +1076,24 @@ impl Secrets {
             }
         };
 
+        let entra = match needs.get(Part::EntraCredential) {
+            Need::No => None,
+            need => {
+                let credential = EntraCredential::from_document(
+                    nonempty(doc.entra_client_secret),
+                    nonempty(doc.entra_certificate),
+                    nonempty(doc.entra_private_key),
+                )?;
+                if need == Need::Yes && credential.is_none() {
+                    return Err(ConfigError::new(
+                        "SPKEEPER_ENTRA_CLIENT_SECRET",
+                        "is required (or SPKEEPER_ENTRA_CERTIFICATE and SPKEEPER_ENTRA_PRIVATE_KEY)",
+                    ));
+                }
+                credential
+            }
+        };
+
         Ok(Secrets {
             client_secret,
             client_secret_secondary,
@@ -731,6 +1101,7 @@ impl Secrets {
             webhook_secret,
             key_ring,
             links,
+            entra,
         })
     }
 
@@ -807,7 +1178,12 @@ mod tests {
     #[test]
     fn minimal_configuration_gets_the_documented_defaults() {
         let s = Settings::from_source(&base()).unwrap();
-        assert_eq!(s.client_id, "a044e184-7de2-4d05-aacf-52118008c44e");
+        assert_eq!(
+            s.client_id.as_deref(),
+            Some("a044e184-7de2-4d05-aacf-52118008c44e")
+        );
+        assert!(s.entra.is_none());
+        assert_eq!(s.renew_via, RenewVia::SharePoint);
         assert_eq!(s.audience_host, "addin.example.com");
         assert_eq!(s.launch_url(), "https://addin.example.com/launch");
         assert_eq!(s.notice_days.days(), &[30, 7, 1]);
@@ -865,6 +1241,90 @@ mod tests {
             let err = Settings::from_source(&with(&[(var, value)])).unwrap_err();
             assert_eq!(err.var, var, "{value}");
         }
+    }
+
+    #[test]
+    fn entra_alone_is_enough_and_gets_the_documented_defaults() {
+        let mut m = base();
+        m.remove("SPKEEPER_CLIENT_ID");
+        m.insert(
+            "SPKEEPER_ENTRA_CLIENT_ID".into(),
+            "B3F1C0DE-0000-4000-8000-000000000001".into(),
+        );
+        let s = Settings::from_source(&m).unwrap();
+        assert_eq!(s.client_id, None);
+        let e = s.entra.unwrap();
+        assert_eq!(e.client_id, "b3f1c0de-0000-4000-8000-000000000001");
+        assert_eq!(e.tenant, "organizations");
+        assert_eq!(
+            e.token_endpoint(),
+            "https://login.microsoftonline.com/organizations/oauth2/v2.0/token"
+        );
+        assert_eq!(
+            e.jwks_uri(),
+            "https://login.microsoftonline.com/organizations/discovery/v2.0/keys"
+        );
+        assert_eq!(
+            e.issuer_for("040f2415-e6e3-4480-96ce-26ef73275f73"),
+            "https://login.microsoftonline.com/040f2415-e6e3-4480-96ce-26ef73275f73/v2.0"
+        );
+        assert_eq!(e.keepalive_days, 30);
+        assert_eq!(e.assertion_alg, AssertionAlg::Ps256);
+        assert!(e.scopes.is_none());
+    }
+
+    #[test]
+    fn with_neither_kind_configured_the_start_names_both() {
+        let mut m = base();
+        m.remove("SPKEEPER_CLIENT_ID");
+        let err = Settings::from_source(&m).unwrap_err();
+        assert_eq!(err.var, "SPKEEPER_CLIENT_ID");
+        assert!(err.problem.contains("SPKEEPER_ENTRA_CLIENT_ID"), "{err}");
+    }
+
+    #[test]
+    fn malformed_entra_values_are_named() {
+        let entra = (
+            "SPKEEPER_ENTRA_CLIENT_ID",
+            "b3f1c0de-0000-4000-8000-000000000001",
+        );
+        for (var, value) in [
+            ("SPKEEPER_ENTRA_CLIENT_ID", "nope"),
+            ("SPKEEPER_ENTRA_TENANT", "common"),
+            ("SPKEEPER_ENTRA_TENANT", "consumers"),
+            ("SPKEEPER_ENTRA_AUTHORITY", "http://login.example.com"),
+            ("SPKEEPER_ENTRA_AUTHORITY", "ftp://x"),
+            ("SPKEEPER_ENTRA_KEEPALIVE_DAYS", "90"),
+            ("SPKEEPER_ENTRA_KEEPALIVE_DAYS", "-1"),
+            ("SPKEEPER_ENTRA_ASSERTION_ALG", "HS256"),
+            ("SPKEEPER_ENTRA_SCOPES", " , "),
+            ("SPKEEPER_ENTRA_SECRET_EXPIRES_AT", "soon"),
+            ("SPKEEPER_RENEW_VIA", "carrier-pigeon"),
+        ] {
+            let err = Settings::from_source(&with(&[entra, (var, value)])).unwrap_err();
+            assert_eq!(err.var, var, "{value}");
+        }
+        // migration needs both kinds
+        let mut m = with(&[("SPKEEPER_RENEW_VIA", "entra")]);
+        assert_eq!(
+            Settings::from_source(&m).unwrap_err().var,
+            "SPKEEPER_RENEW_VIA"
+        );
+        m.insert(entra.0.into(), entra.1.into());
+        assert_eq!(
+            Settings::from_source(&m).unwrap().renew_via,
+            RenewVia::Entra
+        );
+        // a loopback authority may use http (dev, tests)
+        let s = Settings::from_source(&with(&[
+            entra,
+            ("SPKEEPER_ENTRA_AUTHORITY", "http://127.0.0.1:9000/"),
+            ("SPKEEPER_ENTRA_KEEPALIVE_DAYS", "0"),
+        ]))
+        .unwrap();
+        let e = s.entra.unwrap();
+        assert_eq!(e.authority, "http://127.0.0.1:9000");
+        assert!(!e.keepalive());
     }
 
     #[test]
@@ -953,6 +1413,7 @@ mod tests {
             Part::LinkKey => d.link_key = keys.link_key,
             Part::ApiKey => d.api_key = Some(API_KEY.into()),
             Part::WebhookSecret => d.webhook_secret = Some(WEBHOOK_SECRET.into()),
+            Part::EntraCredential => d.entra_client_secret = Some("entra-secret-value-XYZ".into()),
         }
         d
     }
@@ -992,7 +1453,50 @@ mod tests {
         );
         assert_eq!(used(Program::Sweep, TokenAuth::ApiKey), [LinkKey]);
         assert_eq!(used(Program::Notify, TokenAuth::ApiKey), [WebhookSecret]);
-        assert_eq!(used(Program::Cli, TokenAuth::ApiKey), Part::ALL);
+        // for_auth is the ACS deployment: the Entra credential comes in with Entra (`of`)
+        assert_eq!(
+            used(Program::Cli, TokenAuth::ApiKey),
+            [ClientSecret, TokenKeys, LinkKey, ApiKey, WebhookSecret]
+        );
+    }
+
+    #[test]
+    fn with_entra_the_redeeming_functions_need_its_credential_and_acs_parts_go_when_acs_does() {
+        let entra_only = Settings::from_source(&{
+            let mut m = with(&[(
+                "SPKEEPER_ENTRA_CLIENT_ID",
+                "b3f1c0de-0000-4000-8000-000000000001",
+            )]);
+            m.remove("SPKEEPER_CLIENT_ID");
+            m.insert("SPKEEPER_TOKEN_AUTH".into(), "iam".into());
+            m
+        })
+        .unwrap();
+        use Part::*;
+        let used = |p| Needs::of(p, &entra_only).used();
+        assert_eq!(used(Program::Launch), [TokenKeys, LinkKey, EntraCredential]);
+        assert_eq!(
+            used(Program::Exchange),
+            [TokenKeys, LinkKey, EntraCredential]
+        );
+        assert_eq!(used(Program::Sweep), [TokenKeys, LinkKey, EntraCredential]);
+        assert_eq!(used(Program::Notify), [WebhookSecret]);
+        let mut off = entra_only.clone();
+        if let Some(e) = off.entra.as_mut() {
+            e.keepalive_days = 0;
+        }
+        assert_eq!(
+            Needs::of(Program::Sweep, &off).used(),
+            [LinkKey],
+            "no keep-alive: the sweep opens no token"
+        );
+        // and it does not start without the credential, naming it
+        let err = Secrets::for_needs(
+            merged(&[TokenKeys, LinkKey]),
+            Needs::of(Program::Launch, &entra_only),
+        )
+        .unwrap_err();
+        assert_eq!(err.var, "SPKEEPER_ENTRA_CLIENT_SECRET");
     }
 
     #[test]
@@ -1071,7 +1575,8 @@ mod tests {
                 "active_token_key",
                 "link_key",
                 "api_key",
-                "webhook_secret"
+                "webhook_secret",
+                "entra_client_secret"
             ]
         );
         let err = part_doc(Part::ClientSecret)

@@ -165,6 +165,11 @@ pub fn launch_error(e: &LaunchError) -> ApiError {
             "The SharePoint site could not be reached to confirm its tenant; try again shortly.",
         ),
         LaunchError::Token(t) => token_error(t),
+        LaunchError::AcsNotConfigured => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "This deployment serves no SharePoint add-in launches.",
+        ),
         LaunchError::Store(_) | LaunchError::Seal(_) | LaunchError::Contention => {
             ApiError::internal(e)
         }

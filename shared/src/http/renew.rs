@@ -71,7 +71,12 @@ async fn redirect(ctx: &Context, raw_id: &str, query: &str) -> Result<Response, 
                 "This SharePoint host is no longer allowed for this add-in.",
             )
         })?;
-    let target = relaunch_url(&site, &ctx.settings.client_id, &ctx.settings.public_url);
+    let client_id = ctx
+        .settings
+        .client_id
+        .as_deref()
+        .ok_or_else(ApiError::not_found)?;
+    let target = relaunch_url(&site, client_id, &ctx.settings.public_url);
     tracing::info!(grant_id = %id, "renew link followed; relaunching through SharePoint");
 
     let mut resp = StatusCode::FOUND.into_response();

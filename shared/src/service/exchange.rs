@@ -284,6 +284,13 @@ impl TokenService {
             .check_url(&rec.sts_uri)
             .map_err(|_| ExchangeError::StsRejectedClient)?;
         let resource = resource(&rec.target_principal, host, &rec.realm);
+        // A grant from ACS launches in a deployment that no longer serves them.
+        let client_id = self
+            .ctx
+            .settings
+            .client_id
+            .as_deref()
+            .ok_or(ExchangeError::StsRejectedClient)?;
         let secrets = self.ctx.secrets.client_secrets();
         let started = Instant::now();
         let outcome = self
@@ -291,7 +298,7 @@ impl TokenService {
             .refresh(
                 &RefreshRequest {
                     sts_uri: &sts_uri,
-                    client_id: &self.ctx.settings.client_id,
+                    client_id,
                     realm: &rec.realm,
                     secrets: &secrets,
                     refresh_token: &refresh_token,

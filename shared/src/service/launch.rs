@@ -49,6 +49,8 @@ pub enum LaunchError {
     Store(#[from] StoreError),
     #[error("the refresh token could not be sealed: {0}")]
     Seal(#[from] SealError),
+    #[error("this deployment serves no SharePoint add-in launches (SPKEEPER_CLIENT_ID is not set)")]
+    AcsNotConfigured,
     #[error("the grant kept changing under this launch")]
     Contention,
 }
@@ -169,11 +171,15 @@ impl LaunchService {
             .transpose()
             .map_err(|_| LaunchError::HostNotAllowed)?;
 
+        let client_id = settings
+            .client_id
+            .as_deref()
+            .ok_or(LaunchError::AcsNotConfigured)?;
         let secrets = self.ctx.secrets.client_secrets();
         let ct = context_token::validate(
             token,
             &Expectations {
-                client_id: &settings.client_id,
+                client_id,
                 audience_host: &settings.audience_host,
                 secrets: &secrets,
                 sts_hosts: &settings.sts_hosts,

@@ -150,22 +150,24 @@ impl SweepService {
         dry_run: bool,
         summary: &mut SweepSummary,
     ) -> Result<(), StoreError> {
-        let Some(expires_at) = self.ctx.settings.client_secret_expires_at else {
-            return Ok(());
-        };
-        if now < plus_days(expires_at, -CLIENT_SECRET_WARNING_DAYS) {
-            return Ok(());
-        }
-        let left = days_left(expires_at, now);
-        // Every sweep says it (operators' alarms count this event); the notice goes once.
-        tracing::warn!(event = "client_secret_expiring", days_left = left, expires_at = %rfc3339(expires_at), "the add-in's client secret expires soon: rotate it");
-        if dry_run {
-            return Ok(());
-        }
-        let notice = Notice::client_secret_expiring(&self.ctx.settings.client_id, expires_at, now);
-        let marker = format!("client_secret.expiring|{}", expires_at.timestamp());
-        if self.ctx.grants.queue_once(&marker, &notice).await? == Written::Done {
-            summary.count(NoticeType::ClientSecretExpiring);
+        for (client_id, expires_at) in self.ctx.settings.client_secrets_expiring() {
+            if now < plus_days(expires_at, -CLIENT_SECRET_WARNING_DAYS) {
+                continue;
+            }
+            let left = days_left(expires_at, now);
+            // Every sweep says it (operators' alarms count this event); the notice goes once.
+            tracing::warn!(event = "client_secret_expiring", %client_id, days_left = left, expires_at = %rfc3339(expires_at), "a client secret expires soon: rotate it");
+            if dry_run {
+                continue;
+            }
+            let notice = Notice::client_secret_expiring(client_id, expires_at, now);
+            let marker = format!(
+                "client_secret.expiring|{client_id}|{}",
+                expires_at.timestamp()
+            );
+            if self.ctx.grants.queue_once(&marker, &notice).await? == Written::Done {
+                summary.count(NoticeType::ClientSecretExpiring);
+            }
         }
         Ok(())
     }

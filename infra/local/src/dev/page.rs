@@ -183,7 +183,7 @@ pub async fn sharepoint(
         <p class=\"muted\">Queued: {faults} · token requests so far: {requests}</p></section>\
         </main>",
         launch = text(&sim.ctx.settings.launch_url()),
-        client = text(&sim.ctx.settings.client_id),
+        client = text(sim.acs_client_id()),
         realm = text(&sim.values.realm),
         now = rfc3339(now),
         offset = offset_days,

@@ -153,6 +153,15 @@ impl Sim {
         self.ctx.now()
     }
 
+    /// The add-in's ACS client id as the server runs it (the environment's, else dev.json's).
+    pub fn acs_client_id(&self) -> &str {
+        self.ctx
+            .settings
+            .client_id
+            .as_deref()
+            .unwrap_or(&self.values.client_id)
+    }
+
     pub fn base(&self) -> &str {
         self.ctx.settings.public_base()
     }
@@ -219,7 +228,7 @@ impl Sim {
             jti: hex::encode(jti),
         });
         let spec = ContextTokenSpec {
-            client_id: self.ctx.settings.client_id.clone(),
+            client_id: self.acs_client_id().to_string(),
             audience_host: self.ctx.settings.audience_host.clone(),
             realm: self.values.realm.clone(),
             cache_key: self.cache_key(user),
@@ -262,7 +271,7 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
 
 pub async fn info(State(sim): State<Arc<Sim>>) -> Json<Value> {
     Json(json!({
-        "client_id": sim.ctx.settings.client_id,
+        "client_id": sim.acs_client_id(),
         "realm": sim.values.realm,
         "public_url": sim.base(),
         "launch_url": sim.ctx.settings.launch_url(),
@@ -332,7 +341,7 @@ pub async fn app_redirect(
     let client_ok = q
         .client_id
         .as_deref()
-        .is_some_and(|c| c.eq_ignore_ascii_case(&sim.ctx.settings.client_id));
+        .is_some_and(|c| c.eq_ignore_ascii_case(sim.acs_client_id()));
     if !client_ok {
         return (StatusCode::BAD_REQUEST, Html("<p>Sorry, something went wrong: the app's client id is not registered in this tenant.</p>")).into_response();
     }
@@ -393,7 +402,7 @@ pub async fn acs_token(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
             "AADSTS70003: only refresh_token here.",
         );
     }
-    let expected_client = format!("{}@{realm}", sim.ctx.settings.client_id);
+    let expected_client = format!("{}@{realm}", sim.acs_client_id());
     if !form
         .get("client_id")
         .is_some_and(|c| c.eq_ignore_ascii_case(&expected_client))
