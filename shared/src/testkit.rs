@@ -171,3 +171,84 @@ pub mod moto {
         }
     }
 }
+
+/// An RSA signing key as Entra has them: a `kid`, a private key to sign ID tokens (and client
+/// assertions) with, and the public half as a JWKS entry. For the `--dev` simulator and tests.
+pub mod rsa {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::rsa::{KeyPair, KeySize, PublicKeyComponents};
+    use aws_lc_rs::signature::KeyPair as _;
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use serde_json::{Value, json};
+
+    pub struct RsaKey {
+        pub kid: String,
+        /// PKCS#8 PEM of the private key.
+        pub private_pem: String,
+        /// The JWKS entry of the public key.
+        pub jwk: Value,
+    }
+
+    impl RsaKey {
+        /// A fresh 2048-bit key.
+        pub fn generate(kid: &str) -> Result<RsaKey, String> {
+            let pair = KeyPair::generate(KeySize::Rsa2048).map_err(|e| e.to_string())?;
+            let der = pair.as_der().map_err(|e| e.to_string())?;
+            Self::from_parts(kid, der.as_ref(), &pair)
+        }
+
+        /// From a PKCS#8 PEM kept earlier (dev.json).
+        pub fn from_pem(kid: &str, pem: &str) -> Result<RsaKey, String> {
+            let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+            let der = STANDARD.decode(body.trim()).map_err(|e| e.to_string())?;
+            let pair = KeyPair::from_pkcs8(&der).map_err(|e| e.to_string())?;
+            Self::from_parts(kid, &der, &pair)
+        }
+
+        fn from_parts(kid: &str, pkcs8: &[u8], pair: &KeyPair) -> Result<RsaKey, String> {
+            let b64 = STANDARD.encode(pkcs8);
+            let mut private_pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+            for chunk in b64.as_bytes().chunks(64) {
+                private_pem.push_str(std::str::from_utf8(chunk).map_err(|e| e.to_string())?);
+                private_pem.push('\n');
+            }
+            private_pem.push_str("-----END PRIVATE KEY-----\n");
+            let c: PublicKeyComponents<Vec<u8>> = pair.public_key().into();
+            Ok(RsaKey {
+                kid: kid.to_string(),
+                private_pem,
+                jwk: json!({
+                    "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
+                    "n": URL_SAFE_NO_PAD.encode(&c.n), "e": URL_SAFE_NO_PAD.encode(&c.e),
+                }),
+            })
+        }
+
+        pub fn encoding_key(&self) -> jsonwebtoken::EncodingKey {
+            jsonwebtoken::EncodingKey::from_rsa_pem(self.private_pem.as_bytes())
+                .unwrap_or_else(|_| unreachable!("a key this module wrote"))
+        }
+
+        /// The public key as a decoding key (to check assertions signed with this key).
+        pub fn decoding_key(&self) -> Option<jsonwebtoken::DecodingKey> {
+            jsonwebtoken::DecodingKey::from_rsa_components(
+                self.jwk["n"].as_str()?,
+                self.jwk["e"].as_str()?,
+            )
+            .ok()
+        }
+
+        /// Signs `claims` as an RS256 JWT with this key's `kid`.
+        pub fn sign(&self, claims: &Value) -> String {
+            let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+            h.kid = Some(self.kid.clone());
+            jsonwebtoken::encode(&h, claims, &self.encoding_key()).unwrap_or_default()
+        }
+    }
+
+    /// A JWKS document of these keys.
+    pub fn jwks(keys: &[&RsaKey]) -> Value {
+        json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() })
+    }
+}

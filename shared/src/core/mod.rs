@@ -2,6 +2,7 @@
 
 pub mod acs;
 pub mod context_token;
+pub mod entra;
 pub mod grant;
 pub mod hosts;
 pub mod links;
