@@ -51,6 +51,7 @@ pub fn grant_record(
     expires: chrono::DateTime<chrono::Utc>,
 ) -> spkeeper::ports::GrantRecord {
     spkeeper::ports::GrantRecord {
+        kind: spkeeper::core::grant::Kind::Acs,
         id: spkeeper::core::grant::GrantId::derive(REALM, key),
         rev: 0,
         realm: REALM.into(),

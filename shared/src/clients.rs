@@ -258,6 +258,7 @@ pub async fn current_user(
         title: user.title,
         email: user.email,
         login_name: user.login_name,
+        oid: None,
     })
 }
 

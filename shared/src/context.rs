@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use crate::clock::Clock;
 use crate::config::{Secrets, Settings};
-use crate::core::grant::{self, GrantId, Status};
+use crate::core::grant::{self, GrantId, Kind, Status};
 use crate::core::notice::{User, rfc3339};
 use crate::ports::{GrantRecord, GrantStore, NoticeRelay, TokenCache};
 
@@ -16,8 +16,13 @@ use crate::ports::{GrantRecord, GrantStore, NoticeRelay, TokenCache};
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GrantView {
     pub id: GrantId,
-    pub kind: &'static str,
-    pub realm: String,
+    pub kind: Kind,
+    /// An ACS grant's realm (its tenant id)...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    /// ...or an Entra grant's tenant id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
     pub site_url: String,
     pub user: Option<User>,
     pub status: Status,
@@ -71,8 +76,9 @@ impl Context {
     pub fn grant_view(&self, g: &GrantRecord, now: DateTime<Utc>) -> GrantView {
         GrantView {
             id: g.id.clone(),
-            kind: "acs",
-            realm: g.realm.clone(),
+            kind: g.kind,
+            realm: (g.kind == Kind::Acs).then(|| g.realm.clone()),
+            tenant_id: (g.kind == Kind::Entra).then(|| g.realm.clone()),
             site_url: g.site_url.clone(),
             user: g.user.clone(),
             status: self.status_of(g, now),

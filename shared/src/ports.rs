@@ -11,7 +11,7 @@ use std::fmt;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::core::grant::{GrantId, Progress};
+use crate::core::grant::{GrantId, Kind, Progress};
 use crate::core::notice::{Notice, NoticeGrant, NoticeSubject, User};
 
 /// SharePoint's `{StandardTokens}` from the launch, kept for the relaunch.
@@ -26,10 +26,13 @@ pub struct StandardTokens {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantRecord {
     pub id: GrantId,
+    pub kind: Kind,
     /// Bumped by every write; every conditional write names the revision it read.
     pub rev: u64,
+    /// The tenant id: ACS's realm, or the Entra ID token's `tid`.
     pub realm: String,
-    /// The host web (`SPHostUrl`), normalised and allowlisted.
+    /// The host web (`SPHostUrl`), normalised and allowlisted; for an Entra grant, the site
+    /// the user signed in for.
     pub site_url: String,
     pub app_web_url: Option<String>,
     pub standard_tokens: StandardTokens,
@@ -158,6 +161,14 @@ pub fn user_index(user: Option<&User>) -> (Option<String>, Option<String>) {
     }
 }
 
+/// The index value of an Entra grant's user: `{tid}|{oid}` (`None` for ACS grants).
+pub fn entra_user_key(g: &GrantRecord) -> Option<String> {
+    match (g.kind, g.user.as_ref().and_then(|u| u.oid.as_deref())) {
+        (Kind::Entra, Some(oid)) => Some(format!("{}|{oid}", g.realm)),
+        _ => None,
+    }
+}
+
 #[async_trait]
 pub trait GrantStore: Send + Sync {
     async fn load(&self, id: &GrantId) -> Result<Option<StoredGrant>, StoreError>;
@@ -203,6 +214,10 @@ pub trait GrantStore: Send + Sync {
     /// The grants of a user, from an index on the lower-cased e-mail or login name (never a
     /// scan), kept right when a relaunch or a lookup changes the user's details.
     async fn find_by_user(&self, key: &UserKey) -> Result<Vec<GrantRecord>, StoreError>;
+
+    /// The grant of an Entra user (tenant and object id), wherever it lives: under the id their
+    /// first sign-in derived, or under the ACS grant it was migrated into.
+    async fn find_entra_user(&self, tid: &str, oid: &str) -> Result<Option<GrantId>, StoreError>;
 
     /// Erases a grant at once: its refresh token, cached access tokens, details, index entries
     /// and the notices still queued in the store. `false` when there was no such grant.

@@ -120,7 +120,7 @@ pub mod moto {
         let table = unique(&format!("spk-{prefix}"));
         crate::aws::table::create(&aws_sdk_dynamodb::Client::new(sdk), &table)
             .await
-            .unwrap_or_else(|e| panic!("creating table {table} in moto: {e}"));
+            .unwrap_or_else(|e| panic!("creating table {table} in moto: {e:?}"));
         let queue = aws_sdk_sqs::Client::new(sdk)
             .create_queue()
             .queue_name(unique(&format!("spk-{prefix}")))

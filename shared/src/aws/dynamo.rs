@@ -20,14 +20,15 @@ use aws_sdk_dynamodb::types::{
 use chrono::{DateTime, Duration, Utc};
 
 use super::table::{
-    DUE_INDEX, DUE_PK, DUE_SHARDS, DUE_SK, EMAIL_INDEX, EMAIL_KEY, LOGIN_INDEX, LOGIN_KEY,
-    OUTBOX_INDEX, OUTBOX_PARTITION, OUTBOX_PK, OUTBOX_SK, PK, SK, TTL,
+    DUE_INDEX, DUE_PK, DUE_SHARDS, DUE_SK, EMAIL_INDEX, EMAIL_KEY, ENTRA_USER_INDEX,
+    ENTRA_USER_KEY, LOGIN_INDEX, LOGIN_KEY, OUTBOX_INDEX, OUTBOX_PARTITION, OUTBOX_PK, OUTBOX_SK,
+    PK, SK, TTL,
 };
-use crate::core::grant::{GrantId, Progress, relaunch_retention};
+use crate::core::grant::{GrantId, Kind, Progress, relaunch_retention};
 use crate::core::notice::{Notice, User};
 use crate::ports::{
     CachedToken, DueCursor, DuePage, GrantRecord, GrantStore, StandardTokens, StoreError,
-    StoredGrant, TokenCache, UserKey, Written, next_rev, user_index,
+    StoredGrant, TokenCache, UserKey, Written, entra_user_key, next_rev, user_index,
 };
 
 pub type Item = HashMap<String, AttributeValue>;
@@ -244,6 +245,8 @@ fn grant_attributes(g: &GrantRecord, rev: u64) -> Vec<(&'static str, Option<Attr
     let opt = |v: &Option<String>| v.as_ref().map(s);
     let (email_lc, login_lc) = user_index(g.user.as_ref());
     vec![
+        ("kind", Some(s(g.kind.as_str()))),
+        (ENTRA_USER_KEY, entra_user_key(g).map(s)),
         (EMAIL_KEY, email_lc.map(s)),
         (LOGIN_KEY, login_lc.map(s)),
         ("rev", Some(n(rev_number(rev)))),
@@ -284,6 +287,11 @@ fn read_grant(item: &Item) -> Result<GrantRecord, StoreError> {
         .ok_or_else(|| corrupt("grant key"))?;
     Ok(GrantRecord {
         id,
+        // Grants written before kinds existed are ACS grants.
+        kind: get_opt_s(item, "kind")
+            .map(|k| k.parse().map_err(StoreError::Corrupt))
+            .transpose()?
+            .unwrap_or(Kind::Acs),
         rev: u64::try_from(get_n(item, "rev")?).map_err(|_| corrupt("rev"))?,
         realm: get_s(item, "realm")?,
         site_url: get_s(item, "site_url")?,
@@ -817,6 +825,30 @@ impl GrantStore for DynamoStore {
         }
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(out)
+    }
+
+    async fn find_entra_user(&self, tid: &str, oid: &str) -> Result<Option<GrantId>, StoreError> {
+        let page = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(ENTRA_USER_INDEX)
+            .key_condition_expression("#k = :v")
+            .expression_attribute_names("#k", ENTRA_USER_KEY)
+            .expression_attribute_values(":v", s(format!("{tid}|{oid}")))
+            .limit(1)
+            .send()
+            .await
+            .map_err(sdk)?;
+        page.items()
+            .first()
+            .map(|item| {
+                get_s(item, PK)?
+                    .strip_prefix("G#")
+                    .and_then(GrantId::parse)
+                    .ok_or_else(|| corrupt("grant key"))
+            })
+            .transpose()
     }
 
     /// One transaction deletes the grant item (its details, index entries and the notices in

@@ -19,7 +19,9 @@
 //! - `outbox` (`outbox_pk` = `OUTBOX`, `outbox_sk`): items holding notices not yet on SQS.
 //!
 //! Two more hold only grants with a known user, for the app's lookups (`GET /grants?…`):
-//! - `by_email` (`email_lc` = the lower-cased e-mail, `pk`) and `by_login` (`login_lc`, `pk`).
+//! - `by_email` (`email_lc` = the lower-cased e-mail, `pk`) and `by_login` (`login_lc`, `pk`);
+//! - `by_entra_user` (`entra_user` = `{tid}|{oid}`, `pk`): an Entra user's grant, wherever its
+//!   id came from (a migrated grant keeps its ACS id).
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
@@ -38,6 +40,8 @@ pub const EMAIL_INDEX: &str = "by_email";
 pub const EMAIL_KEY: &str = "email_lc";
 pub const LOGIN_INDEX: &str = "by_login";
 pub const LOGIN_KEY: &str = "login_lc";
+pub const ENTRA_USER_INDEX: &str = "by_entra_user";
+pub const ENTRA_USER_KEY: &str = "entra_user";
 pub const TTL: &str = "ttl";
 /// Grants are spread over this many due partitions (by the first byte of their id).
 pub const DUE_SHARDS: u8 = 8;
@@ -62,7 +66,15 @@ fn string_attr(name: &str) -> AttributeDefinition {
 /// `AttributeDefinitions`: every key attribute is a string.
 pub fn attribute_definitions() -> Vec<AttributeDefinition> {
     [
-        PK, SK, DUE_PK, DUE_SK, OUTBOX_PK, OUTBOX_SK, EMAIL_KEY, LOGIN_KEY,
+        PK,
+        SK,
+        DUE_PK,
+        DUE_SK,
+        OUTBOX_PK,
+        OUTBOX_SK,
+        EMAIL_KEY,
+        LOGIN_KEY,
+        ENTRA_USER_KEY,
     ]
     .iter()
     .map(|n| string_attr(n))
@@ -94,6 +106,7 @@ pub fn indexes() -> Vec<GlobalSecondaryIndex> {
         index(OUTBOX_INDEX, OUTBOX_PK, OUTBOX_SK),
         index(EMAIL_INDEX, EMAIL_KEY, PK),
         index(LOGIN_INDEX, LOGIN_KEY, PK),
+        index(ENTRA_USER_INDEX, ENTRA_USER_KEY, PK),
     ]
 }
 

@@ -12,6 +12,43 @@ pub const REFRESH_TOKEN_MONTHS: u32 = 6;
 /// How long relaunch details outlive the refresh token.
 pub const RELAUNCH_RETENTION_DAYS: i64 = 180;
 
+/// Where a grant's refresh token comes from, and so how it lives and dies (ARCHITECTURE.md,
+/// "Two kinds of grant, one lifecycle").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A SharePoint add-in launch: a context token from ACS; six months, never renewed on use.
+    Acs,
+    /// An Entra ID sign-in: 90 idle days, a new refresh token at every redemption.
+    Entra,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Acs => "acs",
+            Kind::Entra => "entra",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "acs" => Ok(Kind::Acs),
+            "entra" => Ok(Kind::Entra),
+            _ => Err(format!("unknown grant kind {s:?}")),
+        }
+    }
+}
+
 /// `grant_id` = lowercase hex of the first 16 bytes of SHA-256 over `{realm}\n{CacheKey}`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -20,6 +57,12 @@ pub struct GrantId(String);
 impl GrantId {
     pub fn derive(realm: &str, cache_key: &str) -> Self {
         let digest = Sha256::digest(format!("{realm}\n{cache_key}").as_bytes());
+        GrantId(hex::encode(&digest[..16]))
+    }
+
+    /// An Entra grant's id: the first 16 bytes of SHA-256 over `entra\n{tid}\n{oid}`.
+    pub fn entra(tid: &str, oid: &str) -> Self {
+        let digest = Sha256::digest(format!("entra\n{tid}\n{oid}").as_bytes());
         GrantId(hex::encode(&digest[..16]))
     }
 

@@ -54,6 +54,9 @@ pub struct User {
     pub title: String,
     pub email: String,
     pub login_name: String,
+    /// An Entra user's object id in the tenant (with the tenant id, who the user is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oid: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

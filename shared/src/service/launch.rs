@@ -11,7 +11,7 @@ use crate::clients::discover_realm;
 use crate::context::Context;
 use crate::core::context_token::{self, Expectations, TokenError};
 use crate::core::form_pairs;
-use crate::core::grant::{GrantId, LaunchPlan, Progress, plan_launch, refresh_token_expiry};
+use crate::core::grant::{GrantId, Kind, LaunchPlan, Progress, plan_launch, refresh_token_expiry};
 use crate::core::hosts::{HostError, SiteUrl};
 use crate::core::notice::{Notice, NoticeType};
 use crate::core::seal::{Place, SealError};
@@ -206,6 +206,7 @@ impl LaunchService {
         let rt_expires_at = refresh_token_expiry(ct.not_before);
         let incoming = GrantRecord {
             id: id.clone(),
+            kind: Kind::Acs,
             rev: 0,
             realm: ct.realm.clone(),
             site_url: site.as_str().to_string(),

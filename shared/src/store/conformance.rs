@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
-use crate::core::grant::{GrantId, Progress, Stage, refresh_token_expiry};
+use crate::core::grant::{GrantId, Kind, Progress, Stage, refresh_token_expiry};
 use crate::core::notice::{Notice, NoticeGrant, NoticeSubject, NoticeType, User};
 use crate::ports::{
     CachedToken, DueCursor, GrantRecord, GrantStore, StandardTokens, TokenCache, UserKey, Written,
@@ -28,6 +28,7 @@ pub fn record(key: &str, version: i64) -> GrantRecord {
     let expires = refresh_token_expiry(nbf);
     GrantRecord {
         id: GrantId::derive("11111111-2222-3333-4444-555555555555", key),
+        kind: Kind::Acs,
         rev: 0,
         realm: "11111111-2222-3333-4444-555555555555".into(),
         site_url: "https://contoso.sharepoint.com/sites/a".into(),
@@ -80,6 +81,7 @@ pub async fn run<S: GrantStore + TokenCache + ?Sized>(store: &S, probe: &dyn Not
     users_are_found_by_email_or_login_name_whatever_the_case(store).await;
     forget_erases_the_grant_its_tokens_and_its_queued_notices(store, probe).await;
     a_key_is_used_once(store).await;
+    an_entra_user_is_found_by_tenant_and_object_id(store).await;
     list_returns_every_grant(store).await;
 }
 
@@ -270,6 +272,7 @@ async fn set_user_keeps_the_revision<S: GrantStore + ?Sized>(s: &S) {
         title: "Megan Bowen".into(),
         email: "megan@contoso.com".into(),
         login_name: "i:0#.f|membership|megan@contoso.com".into(),
+        oid: None,
     };
     s.set_user(&g.id, &u).await.unwrap();
     let stored = s.load(&g.id).await.unwrap().unwrap().record;
@@ -391,6 +394,7 @@ async fn users_are_found_by_email_or_login_name_whatever_the_case<S: GrantStore 
         title: "Megan Bowen".into(),
         email: "Megan.Bowen@Contoso.com".into(),
         login_name: "i:0#.f|membership|megan.bowen@contoso.com".into(),
+        oid: None,
     };
     let mut g = record("lookup-a", 0);
     g.user = Some(megan.clone());
@@ -474,6 +478,7 @@ async fn forget_erases_the_grant_its_tokens_and_its_queued_notices<
         title: "Alex Wilber".into(),
         email: "alex@contoso.com".into(),
         login_name: "alex@contoso.com".into(),
+        oid: None,
     });
     s.put_grant(None, &g, "v1.k.rt", None).await.unwrap();
     s.put_access_token(
@@ -529,6 +534,42 @@ async fn forget_erases_the_grant_its_tokens_and_its_queued_notices<
         "the sweep never sees it again"
     );
     assert!(!s.forget(&g.id).await.unwrap(), "nothing left to forget");
+}
+
+async fn an_entra_user_is_found_by_tenant_and_object_id<S: GrantStore + ?Sized>(s: &S) {
+    let tid = "11111111-2222-3333-4444-555555555555";
+    let oid = "99999999-8888-7777-6666-555555555555";
+    assert_eq!(s.find_entra_user(tid, oid).await.unwrap(), None);
+    // An ACS grant migrated to Entra keeps its id: the user is found there.
+    let mut g = record("migrated", 0);
+    g.kind = Kind::Entra;
+    g.user = Some(User {
+        title: "Nestor Wilke".into(),
+        email: "nestor@contoso.com".into(),
+        login_name: "nestor@contoso.com".into(),
+        oid: Some(oid.into()),
+    });
+    s.put_grant(None, &g, "v2.k.rt", None).await.unwrap();
+    assert_eq!(
+        s.find_entra_user(tid, oid).await.unwrap(),
+        Some(g.id.clone())
+    );
+    let loaded = s.load(&g.id).await.unwrap().unwrap().record;
+    assert_eq!(loaded.kind, Kind::Entra);
+    assert_eq!(loaded.user.and_then(|u| u.oid).as_deref(), Some(oid));
+    // another tenant's user with the same object id is someone else
+    assert_eq!(
+        s.find_entra_user("22222222-2222-3333-4444-555555555555", oid)
+            .await
+            .unwrap(),
+        None
+    );
+    // an ACS grant is never found this way
+    assert_eq!(
+        record("create", 0).kind,
+        Kind::Acs,
+        "the conformance records are ACS grants"
+    );
 }
 
 async fn a_key_is_used_once<S: TokenCache + ?Sized>(s: &S) {

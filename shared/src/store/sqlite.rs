@@ -17,7 +17,8 @@ use crate::core::grant::{GrantId, Progress, relaunch_retention};
 use crate::core::notice::{Notice, User};
 use crate::ports::{
     CachedToken, DeliveryOutcome, DueCursor, DuePage, GrantRecord, GrantStore, Outbox, OutboxEntry,
-    StandardTokens, StoreError, StoredGrant, TokenCache, UserKey, Written, next_rev, user_index,
+    StandardTokens, StoreError, StoredGrant, TokenCache, UserKey, Written, entra_user_key,
+    next_rev, user_index,
 };
 
 /// The database file inside the data directory.
@@ -47,7 +48,9 @@ CREATE TABLE IF NOT EXISTS grants (
     updated_at        INTEGER NOT NULL,
     retain_until      INTEGER NOT NULL,
     email_lc          TEXT,
-    login_lc          TEXT
+    login_lc          TEXT,
+    kind              TEXT NOT NULL DEFAULT 'acs',
+    entra_user        TEXT
 );
 -- Partial index: only grants with a notice to come are in it, like the DynamoDB sparse GSI.
 CREATE INDEX IF NOT EXISTS grants_due ON grants(next_due_at, id) WHERE next_due_at IS NOT NULL;
@@ -95,6 +98,14 @@ CREATE TABLE IF NOT EXISTS markers (
 const MIGRATIONS: &[(&str, &str)] = &[
     ("email_lc", "ALTER TABLE grants ADD COLUMN email_lc TEXT"),
     ("login_lc", "ALTER TABLE grants ADD COLUMN login_lc TEXT"),
+    (
+        "kind",
+        "ALTER TABLE grants ADD COLUMN kind TEXT NOT NULL DEFAULT 'acs'",
+    ),
+    (
+        "entra_user",
+        "ALTER TABLE grants ADD COLUMN entra_user TEXT",
+    ),
 ];
 const LATE_SCHEMA: &str = r#"
 UPDATE grants SET
@@ -104,6 +115,8 @@ WHERE user_json IS NOT NULL AND email_lc IS NULL AND login_lc IS NULL;
 -- Partial indexes: only grants with a known user are in them (the lookup routes).
 CREATE INDEX IF NOT EXISTS grants_email ON grants(email_lc) WHERE email_lc IS NOT NULL;
 CREATE INDEX IF NOT EXISTS grants_login ON grants(login_lc) WHERE login_lc IS NOT NULL;
+-- An Entra user's grant, by tenant and object id (a migrated grant keeps its ACS id).
+CREATE UNIQUE INDEX IF NOT EXISTS grants_entra_user ON grants(entra_user) WHERE entra_user IS NOT NULL;
 "#;
 
 #[derive(Clone)]
@@ -211,7 +224,7 @@ fn sql(e: rusqlite::Error) -> StoreError {
 }
 
 const GRANT_COLUMNS: &str = "id, rev, realm, site_url, app_web_url, sp_language, sp_client_tag, sp_product_number, \
-     sts_uri, target_principal, user_json, rt_version, rt_expires_at, progress, next_due_at, created_at, updated_at";
+     sts_uri, target_principal, user_json, rt_version, rt_expires_at, progress, next_due_at, created_at, updated_at, kind";
 
 fn read_grant(row: &Row<'_>) -> rusqlite::Result<Result<GrantRecord, StoreError>> {
     let id: String = row.get(0)?;
@@ -219,9 +232,11 @@ fn read_grant(row: &Row<'_>) -> rusqlite::Result<Result<GrantRecord, StoreError>
     let user_json: Option<String> = row.get(10)?;
     let progress: String = row.get(13)?;
     let next_due: Option<i64> = row.get(14)?;
+    let kind: String = row.get(17)?;
     let record = (|| -> Result<GrantRecord, StoreError> {
         Ok(GrantRecord {
             id: GrantId::parse(&id).ok_or_else(|| corrupt("grant id"))?,
+            kind: kind.parse().map_err(StoreError::Corrupt)?,
             rev: u64::try_from(rev).map_err(|_| corrupt("revision"))?,
             realm: row.get(2).map_err(sql)?,
             site_url: row.get(3).map_err(sql)?,
@@ -290,7 +305,7 @@ impl GrantStore for SqliteStore {
                 .query_row(
                     &format!("SELECT {GRANT_COLUMNS}, refresh_token FROM grants WHERE id = ?1"),
                     params![id],
-                    |row| Ok((read_grant(row)?, row.get::<_, Option<String>>(17)?)),
+                    |row| Ok((read_grant(row)?, row.get::<_, Option<String>>(18)?)),
                 )
                 .optional()
                 .map_err(sql)?;
@@ -341,8 +356,8 @@ impl GrantStore for SqliteStore {
             tx.execute(
                 "INSERT OR REPLACE INTO grants (id, rev, realm, site_url, app_web_url, sp_language, sp_client_tag, \
                  sp_product_number, sts_uri, target_principal, user_json, rt_version, rt_expires_at, refresh_token, \
-                 progress, next_due_at, created_at, updated_at, retain_until, email_lc, login_lc) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                 progress, next_due_at, created_at, updated_at, retain_until, email_lc, login_lc, kind, entra_user) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
                 params![
                     g.id.as_str(),
                     new_rev,
@@ -365,6 +380,8 @@ impl GrantStore for SqliteStore {
                     ts(relaunch_retention(g.rt_expires_at)),
                     email_lc,
                     login_lc,
+                    g.kind.as_str(),
+                    entra_user_key(&g),
                 ],
             )
             .map_err(sql)?;
@@ -499,6 +516,24 @@ impl GrantStore for SqliteStore {
                 .map_err(sql)?;
             let rows = stmt.query_map(params![value], read_grant).map_err(sql)?;
             rows.map(|r| r.map_err(sql)?).collect()
+        })
+        .await
+    }
+
+    async fn find_entra_user(&self, tid: &str, oid: &str) -> Result<Option<GrantId>, StoreError> {
+        let key = format!("{tid}|{oid}");
+        self.call(move |c| {
+            let id: Option<String> = c
+                .query_row(
+                    "SELECT id FROM grants INDEXED BY grants_entra_user \
+                     WHERE entra_user IS NOT NULL AND entra_user = ?1",
+                    params![key],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(sql)?;
+            id.map(|i| GrantId::parse(&i).ok_or_else(|| corrupt("grant id")))
+                .transpose()
         })
         .await
     }
@@ -816,7 +851,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DB_FILE);
         {
-            // The previous release's grants table: no email_lc/login_lc.
+            // The previous release's grants table: no email_lc/login_lc, no kind/entra_user.
             let old = Connection::open(&path).unwrap();
             let before = SCHEMA
                 .replace(
@@ -824,12 +859,12 @@ mod tests {
                     "    retain_until      INTEGER NOT NULL\n",
                 )
                 .replace(
-                    "    email_lc          TEXT,\n    login_lc          TEXT\n",
+                    "    email_lc          TEXT,\n    login_lc          TEXT,\n    kind              TEXT NOT NULL DEFAULT 'acs',\n    entra_user        TEXT\n",
                     "",
                 );
             assert!(
-                !before.contains("email_lc"),
-                "the old schema has no index columns"
+                !before.contains("email_lc") && !before.contains("entra_user"),
+                "the old schema has none of the later columns"
             );
             old.execute_batch(&before).unwrap();
             let g = crate::store::conformance::record("old", 0);
