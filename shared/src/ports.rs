@@ -55,6 +55,8 @@ impl GrantRecord {
         NoticeSubject {
             grant: NoticeGrant {
                 id: self.id.clone(),
+                kind: self.kind,
+                tenant_id: (self.kind == Kind::Entra).then(|| self.realm.clone()),
                 realm: self.realm.clone(),
                 site_url: self.site_url.clone(),
                 user: self.user.clone(),

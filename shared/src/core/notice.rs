@@ -4,7 +4,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::grant::{GrantId, Stage, days_left};
+use super::grant::{GrantId, Kind, Stage, days_left};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum NoticeType {
@@ -18,15 +18,20 @@ pub enum NoticeType {
     Renewed,
     #[serde(rename = "client_secret.expiring")]
     ClientSecretExpiring,
+    /// ACS is gone for SharePoint Online: the user should sign in with the Entra app, through
+    /// the notice's link, which carries their grant over (`spkeeper migrate`).
+    #[serde(rename = "grant.migration_required")]
+    MigrationRequired,
 }
 
 impl NoticeType {
-    pub const ALL: [NoticeType; 5] = [
+    pub const ALL: [NoticeType; 6] = [
         NoticeType::Expiring,
         NoticeType::Expired,
         NoticeType::Revoked,
         NoticeType::Renewed,
         NoticeType::ClientSecretExpiring,
+        NoticeType::MigrationRequired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +41,7 @@ impl NoticeType {
             NoticeType::Revoked => "refresh_token.revoked",
             NoticeType::Renewed => "refresh_token.renewed",
             NoticeType::ClientSecretExpiring => "client_secret.expiring",
+            NoticeType::MigrationRequired => "grant.migration_required",
         }
     }
 }
@@ -62,9 +68,19 @@ pub struct User {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NoticeGrant {
     pub id: GrantId,
+    /// `acs` or `entra` (added to version 1; absent in notices queued before kinds existed).
+    #[serde(default = "acs")]
+    pub kind: Kind,
     pub realm: String,
+    /// An Entra grant's tenant id (the same as `realm`), for consumers that think in Entra terms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
     pub site_url: String,
     pub user: Option<User>,
+}
+
+fn acs() -> Kind {
+    Kind::Acs
 }
 
 /// A notice. Field order and names are the contract's; fields that do not apply to a type
@@ -83,6 +99,47 @@ pub struct Notice {
     /// Only on `client_secret.expiring`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub client_secret_expires_at: Option<String>,
+    /// Only on `refresh_token.revoked`: why (`inactive`, `revoked`, `sign_in_frequency`,
+    /// `mfa_required`, `consent`, `user_disabled`, `blocked`, `other`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    /// Only on `refresh_token.revoked`: the AADSTS number, or null.
+    #[serde(
+        skip_serializing_if = "is_not_revoked_code",
+        default,
+        rename = "error_code"
+    )]
+    pub error_code: RevokedCode,
+    /// Only on the `refresh_token.renewed` that carried an ACS grant over to Entra: `acs`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub migrated_from: Option<String>,
+}
+
+/// `error_code` of a `revoked` notice: present (a number or null) only on that type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RevokedCode {
+    #[default]
+    Absent,
+    Code(Option<u32>),
+}
+
+fn is_not_revoked_code(c: &RevokedCode) -> bool {
+    *c == RevokedCode::Absent
+}
+
+impl Serialize for RevokedCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RevokedCode::Code(Some(c)) => s.serialize_u32(*c),
+            _ => s.serialize_none(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RevokedCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(RevokedCode::Code(Option::<u32>::deserialize(d)?))
+    }
 }
 
 /// RFC 3339 in UTC with a `Z` and whole seconds, as every time in the contract.
@@ -126,6 +183,23 @@ impl Notice {
             days_left: days_left(s.rt_expires_at, now),
             renew_url: Some(s.renew_url.to_string()),
             client_secret_expires_at: None,
+            reason: None,
+            error_code: RevokedCode::Absent,
+            migrated_from: None,
+        }
+    }
+
+    /// `refresh_token.revoked`, with why (ENTRA.md §5's reason and the AADSTS code).
+    pub fn revoked(
+        reason: &str,
+        error_code: Option<u32>,
+        s: NoticeSubject<'_>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Notice {
+            reason: Some(reason.to_string()),
+            error_code: RevokedCode::Code(error_code),
+            ..Self::about_grant(NoticeType::Revoked, None, s, now)
         }
     }
 
@@ -155,6 +229,9 @@ impl Notice {
             days_left: days_left(expires_at, now),
             renew_url: None,
             client_secret_expires_at: Some(when),
+            reason: None,
+            error_code: RevokedCode::Absent,
+            migrated_from: None,
         }
     }
 
@@ -174,6 +251,8 @@ mod tests {
         NoticeSubject {
             grant: NoticeGrant {
                 id: GrantId::derive("r", "k"),
+                kind: Kind::Acs,
+                tenant_id: None,
                 realm: "r".into(),
                 site_url: "https://contoso.sharepoint.com/sites/a".into(),
                 user: None,

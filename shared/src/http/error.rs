@@ -18,6 +18,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub renew_url: Option<String>,
+    /// Why a relaunch is required (`409 relaunch_required`), when known.
+    pub reason: Option<&'static str>,
     pub retry_after: Option<u64>,
 }
 
@@ -28,6 +30,7 @@ impl ApiError {
             code,
             message: message.into(),
             renew_url: None,
+            reason: None,
             retry_after: None,
         }
     }
@@ -75,6 +78,9 @@ impl IntoResponse for ApiError {
         let mut body = json!({"error": self.code, "message": self.message});
         if let Some(u) = &self.renew_url {
             body["renew_url"] = json!(u);
+        }
+        if let Some(r) = self.reason {
+            body["reason"] = json!(r);
         }
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
@@ -188,8 +194,9 @@ pub fn exchange_error(e: &ExchangeError) -> ApiError {
             "host_not_allowed",
             "This host is not an allowed SharePoint host.",
         ),
-        ExchangeError::RelaunchRequired { renew_url } => ApiError {
+        ExchangeError::RelaunchRequired { renew_url, reason } => ApiError {
             renew_url: Some(renew_url.clone()),
+            reason: reason.map(|r| r.as_str()),
             ..ApiError::new(
                 StatusCode::CONFLICT,
                 "relaunch_required",

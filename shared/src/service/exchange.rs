@@ -13,11 +13,13 @@ use crate::clients::{AcsClient, RefreshRequest, RetryPolicy, current_user};
 use crate::context::Context;
 use crate::context::GrantView;
 use crate::core::acs::{AcsFailure, resource};
+use crate::core::entra::Reason;
 use crate::core::grant::{GrantId, Progress};
 use crate::core::hosts::SiteUrl;
 use crate::core::notice::{Notice, NoticeType};
 use crate::core::seal::{Place, SealError};
 use crate::ports::{CachedToken, StoreError, StoredGrant, Written};
+use crate::service::{aadsts_code, mark_revoked};
 
 /// A cached access token is used while more than this remains (Microsoft's helper renews
 /// 5 minutes before `expires_on`).
@@ -39,7 +41,11 @@ pub enum ExchangeError {
     #[error("the host is not an allowed SharePoint host")]
     HostNotAllowed,
     #[error("the refresh token is expired or revoked: the user must open the add-in again")]
-    RelaunchRequired { renew_url: String },
+    RelaunchRequired {
+        renew_url: String,
+        /// Why, when the token service said (ENTRA.md §5's reasons).
+        reason: Option<Reason>,
+    },
     #[error("ACS refused the add-in's client credentials")]
     StsRejectedClient,
     #[error("ACS is unavailable")]
@@ -149,6 +155,7 @@ impl TokenService {
         if status.needs_relaunch() || stored.sealed_refresh_token.is_none() {
             return Err(ExchangeError::RelaunchRequired {
                 renew_url: self.ctx.renew_url(id, now),
+                reason: None,
             });
         }
 
@@ -268,6 +275,7 @@ impl TokenService {
         let sealed = stored.sealed_refresh_token.as_deref().ok_or_else(|| {
             ExchangeError::RelaunchRequired {
                 renew_url: self.ctx.renew_url(id, now),
+                reason: None,
             }
         })?;
         let refresh_token = self.ctx.secrets.key_ring.open(
@@ -337,11 +345,18 @@ impl TokenService {
                 }
                 Ok(self.issue(stored, (at.token, at.expires_at, cached.resource), now))
             }
-            Err(AcsFailure::InvalidGrant(reason)) => {
-                tracing::warn!(grant_id = %id, outcome = "invalid_grant", %reason, elapsed_ms, "ACS refused the refresh token");
-                self.mark_revoked(stored, now).await?;
+            Err(AcsFailure::InvalidGrant(label)) => {
+                tracing::warn!(grant_id = %id, outcome = "invalid_grant", reason = %label, elapsed_ms, "ACS refused the refresh token");
+                let code = aadsts_code(&label);
+                // ACS's invalid_grant without a code: the refresh token was revoked.
+                let reason = match code {
+                    None => Reason::Revoked,
+                    c => Reason::of_code(c),
+                };
+                mark_revoked(&self.ctx, stored, reason, code, now).await?;
                 Err(ExchangeError::RelaunchRequired {
                     renew_url: self.ctx.renew_url(id, now),
+                    reason: Some(reason),
                 })
             }
             Err(AcsFailure::InvalidClient(reason)) => {
@@ -354,52 +369,6 @@ impl TokenService {
                 Err(ExchangeError::StsUnavailable)
             }
         }
-    }
-
-    /// ACS said `invalid_grant` before expiry: the refresh token is revoked. Send `revoked`
-    /// once, unless a newer refresh token arrived meanwhile.
-    async fn mark_revoked(
-        &self,
-        used: &StoredGrant,
-        now: DateTime<Utc>,
-    ) -> Result<(), ExchangeError> {
-        let id = &used.record.id;
-        for _ in 0..5 {
-            let Some(current) = self.ctx.grants.load(id).await? else {
-                return Ok(());
-            };
-            let rec = current.record;
-            if rec.rt_version != used.record.rt_version
-                || matches!(rec.progress, Progress::Revoked | Progress::Expired)
-                || now >= rec.rt_expires_at
-            {
-                return Ok(());
-            }
-            let renew_url = self.ctx.renew_url(id, now);
-            let notice = Notice::about_grant(
-                NoticeType::Revoked,
-                None,
-                rec.notice_subject(&renew_url),
-                now,
-            );
-            match self
-                .ctx
-                .grants
-                .advance(id, rec.rev, Progress::Revoked, None, Some(&notice), now)
-                .await?
-            {
-                Written::Done => {
-                    tracing::info!(grant_id = %id, notice_id = %notice.id, "grant revoked; notice queued");
-                    if let Err(e) = self.ctx.relay.relay_now(&notice, now).await {
-                        tracing::warn!(notice_id = %notice.id, error = %e, "notice stays queued for the next sweep");
-                    }
-                    return Ok(());
-                }
-                Written::Conflict => continue,
-            }
-        }
-        tracing::warn!(grant_id = %id, "could not record the revocation after 5 tries");
-        Ok(())
     }
 
     /// Best effort: who the user is, for notices.

@@ -122,6 +122,8 @@ async fn replace_is_conditional_on_the_revision_read<S: GrantStore + ?Sized>(
         NoticeSubject {
             grant: NoticeGrant {
                 id: newer.id.clone(),
+                kind: Kind::Acs,
+                tenant_id: None,
                 realm: newer.realm.clone(),
                 site_url: newer.site_url.clone(),
                 user: None,
