@@ -10,6 +10,7 @@
 //! implementation: each checker re-derives what must hold from the raw input with its own code.
 
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -915,6 +916,26 @@ pub fn assert_hosts_verdicts(list_text: &str, list: &HostAllowlist, raw: &str) {
     }
 }
 
+/// Known finding: an allowlist entry may hold `;`, quotes and the like, which break the CSP
+/// header its sources go into (SECURITY.md).
+pub const CSP_SOURCE: &str = "allowlist-csp-source";
+/// Known finding: `*.com.` passes as a wildcard of "two labels" (SECURITY.md).
+pub const WILDCARD_LABELS: &str = "allowlist-wildcard-labels";
+
+/// Whether the check of a reported finding is switched off for this process, so that a long
+/// fuzzing run can explore past it: `SPKEEPER_FUZZ_SKIP_KNOWN=id,id`. Never set by the tests:
+/// until the finding is fixed, its reproducer in `fuzz/regressions/` fails the replay.
+fn skipping(id: &str) -> bool {
+    static SKIP: OnceLock<Vec<String>> = OnceLock::new();
+    SKIP.get_or_init(|| {
+        std::env::var("SPKEEPER_FUZZ_SKIP_KNOWN")
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+            .unwrap_or_default()
+    })
+    .iter()
+    .any(|s| s == id)
+}
+
 /// The invariants of a parsed allowlist itself: wildcards only where allowed, each of at least
 /// two non-empty labels; CSP sources that cannot break out of the header.
 pub fn assert_allowlist_shape(list_text: &str, list: &HostAllowlist, wildcards: bool) {
@@ -931,9 +952,10 @@ pub fn assert_allowlist_shape(list_text: &str, list: &HostAllowlist, wildcards: 
     assert_eq!(sources.len(), entries.len(), "every entry is a host");
     for (source, entry) in sources.iter().zip(&entries) {
         assert!(
-            !source.chars().any(|c| c.is_whitespace()
-                || c.is_control()
-                || matches!(c, ';' | ',' | '\'' | '"')),
+            skipping(CSP_SOURCE)
+                || !source.chars().any(|c| c.is_whitespace()
+                    || c.is_control()
+                    || matches!(c, ';' | ',' | '\'' | '"')),
             "the CSP source {source:?} stays one source"
         );
         match entry {
@@ -941,7 +963,8 @@ pub fn assert_allowlist_shape(list_text: &str, list: &HostAllowlist, wildcards: 
                 assert!(wildcards, "wildcards only where allowed: {list_text:?}");
                 let labels: Vec<&str> = s[1..].split('.').collect();
                 assert!(
-                    labels.len() >= 2 && labels.iter().all(|l| !l.is_empty()),
+                    skipping(WILDCARD_LABELS)
+                        || labels.len() >= 2 && labels.iter().all(|l| !l.is_empty()),
                     "a wildcard covers a domain of at least two labels: *{s} from {list_text:?}"
                 );
                 assert_eq!(source, &format!("https://*{s}"));
@@ -997,12 +1020,13 @@ pub fn hosts(data: &[u8]) {
     } else {
         list_text
     };
-    let (list_text, list) = match HostAllowlist::parse(list_text, wildcards) {
-        Ok(l) => (list_text, l),
+    let (list_text, list, wildcards) = match HostAllowlist::parse(list_text, wildcards) {
+        Ok(l) => (list_text, l, wildcards),
+        // a list the parser refuses: check the URL against SP_HOSTS instead
         Err(_) => {
             let fixed = HostAllowlist::parse(SP_HOSTS, true)
                 .unwrap_or_else(|e| panic!("SP_HOSTS parses: {e}"));
-            (SP_HOSTS, fixed)
+            (SP_HOSTS, fixed, true)
         }
     };
     assert_allowlist_shape(list_text, &list, wildcards);
