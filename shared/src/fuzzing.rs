@@ -18,7 +18,6 @@ use chrono::{DateTime, Duration, Utc};
 use hmac::{Hmac, KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value, json};
 use sha2::{Sha256, Sha512};
 use url::{Host, Url};
@@ -1182,55 +1181,25 @@ fn acs_seconds(v: &Value) -> Option<i64> {
     }
 }
 
-/// The keys of a JSON object, duplicates kept (a `Value` keeps only the last).
-struct Keys(Vec<String>);
-
-impl<'de> Deserialize<'de> for Keys {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeysVisitor;
-        impl<'de> Visitor<'de> for KeysVisitor {
-            type Value = Keys;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
-                let mut keys = Vec::new();
-                while let Some((k, IgnoredAny)) = map.next_entry::<String, IgnoredAny>()? {
-                    keys.push(k);
-                }
-                Ok(Keys(keys))
-            }
-        }
-        d.deserialize_map(KeysVisitor)
-    }
+/// The two fields of an OAuth2 error body, read as any typed reader reads them (serde: unknown
+/// fields skipped unchecked, duplicates refused, a two-element array read by position). The
+/// invariants below are about the classification, not about JSON.
+#[derive(Deserialize)]
+struct OAuthError {
+    error: Option<String>,
+    error_description: Option<String>,
 }
 
-/// `error` and `error_description` of an OAuth2 error body, as a typed reader sees them: both
-/// empty unless the body is an object whose two fields are strings (or null/absent) and appear
-/// at most once, or an array of exactly two such values (serde reads a struct from a sequence
-/// by position).
+/// `error` and `error_description`, both empty when the body is not such an error.
 fn oauth_error_fields(body: &[u8]) -> (String, String) {
-    let text = |v: Option<&Value>| match v {
-        None | Some(Value::Null) => Some(String::new()),
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => None,
-    };
-    let fields = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(o)) => {
-            let keys = serde_json::from_slice::<Keys>(body)
-                .map(|k| k.0)
-                .unwrap_or_default();
-            let once = |name: &str| keys.iter().filter(|k| *k == name).count() <= 1;
-            if once("error") && once("error_description") {
-                text(o.get("error")).zip(text(o.get("error_description")))
-            } else {
-                None
-            }
-        }
-        Ok(Value::Array(a)) if a.len() == 2 => text(a.first()).zip(text(a.get(1))),
-        _ => None,
-    };
-    fields.unwrap_or_default()
+    serde_json::from_slice::<OAuthError>(body)
+        .map(|e| {
+            (
+                e.error.unwrap_or_default(),
+                e.error_description.unwrap_or_default(),
+            )
+        })
+        .unwrap_or_default()
 }
 
 /// A whole AADSTS code in a description (not a prefix of a longer number).
