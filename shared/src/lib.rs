@@ -9,6 +9,8 @@ pub mod clients;
 pub mod clock;
 pub mod config;
 pub mod context;
+#[cfg(any(test, feature = "testkit"))]
+pub mod fuzzing;
 pub mod http;
 pub mod logging;
 pub mod ports;

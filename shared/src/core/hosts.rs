@@ -224,6 +224,19 @@ impl HostAllowlist {
     }
 }
 
+/// A DNS name as the URL parser normalises it: labels of letters, digits and `-` (IDNA already
+/// turned into `xn--`), none empty. The parser lets `;`, quotes and the like through; none of
+/// them belongs in a host (and they would break the Content-Security-Policy built from the list).
+fn is_host_name(d: &str) -> bool {
+    !d.is_empty()
+        && d.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 fn parse_rule(entry: &str, allow_wildcards: bool) -> Result<Rule, String> {
     if let Some(suffix) = entry.strip_prefix("*.") {
         if !allow_wildcards {
@@ -232,7 +245,13 @@ fn parse_rule(entry: &str, allow_wildcards: bool) -> Result<Rule, String> {
         let url = Url::parse(&format!("https://{suffix}/"))
             .map_err(|_| format!("not a host name: {entry}"))?;
         match url.host() {
-            Some(Host::Domain(d)) if url.port().is_none() && d.contains('.') => {
+            // At least two labels, none empty: `*.com.` is one label and a dot, not a domain.
+            Some(Host::Domain(d))
+                if url.port().is_none()
+                    && url.path() == "/"
+                    && is_host_name(d)
+                    && d.split('.').count() >= 2 =>
+            {
                 Ok(Rule::Suffix(format!(".{d}")))
             }
             _ => Err(format!(
@@ -247,6 +266,9 @@ fn parse_rule(entry: &str, allow_wildcards: bool) -> Result<Rule, String> {
         }
         let host = match url.host() {
             Some(Host::Ipv6(a)) => format!("[{a}]"),
+            Some(Host::Domain(d)) if !is_host_name(d.trim_end_matches('.')) => {
+                return Err(format!("not a host name: {entry}"));
+            }
             Some(h) => h.to_string(),
             None => return Err(format!("not a host[:port]: {entry}")),
         };
@@ -455,6 +477,36 @@ mod tests {
         assert!(HostAllowlist::parse("", true).is_err());
         assert!(HostAllowlist::parse("https://x.com", true).is_err());
         assert!(HostAllowlist::parse("x.com/path", true).is_err());
+    }
+
+    #[test]
+    fn a_wildcard_of_one_label_and_a_trailing_dot_is_refused() {
+        // Found by the hosts fuzz target: `*.com.` passed the two-label rule.
+        for bad in ["*.com.", "*.sharepointcom.", "*..com", "*.a..com"] {
+            assert!(HostAllowlist::parse(bad, true).is_err(), "{bad}");
+        }
+        assert!(HostAllowlist::parse("*.sharepoint.com", true).is_ok());
+    }
+
+    #[test]
+    fn hosts_with_characters_no_host_name_has_are_refused() {
+        // Found by the hosts fuzz target: these reached the CSP header unchanged.
+        for bad in [
+            ";",
+            "contoso.sharepoint.com;fabrikam.sharepoint.com",
+            "a'b.com",
+            "a\"b.com",
+            "a`b.com",
+            "*.x;y.com",
+        ] {
+            assert!(HostAllowlist::parse(bad, true).is_err(), "{bad}");
+        }
+        let ok = HostAllowlist::parse(
+            "xn--bcher-kva.example, sp-1.contoso.com:8443, [::1]:8080, 127.0.0.1",
+            true,
+        )
+        .unwrap();
+        assert_eq!(ok.csp_sources().len(), 4);
     }
 
     #[test]

@@ -14,11 +14,10 @@ use crate::context::Context;
 use crate::context::GrantView;
 use crate::core::acs::{AcsFailure, resource};
 use crate::core::entra::Reason;
-use crate::core::grant::{GrantId, Progress};
+use crate::core::grant::GrantId;
 use crate::core::hosts::SiteUrl;
-use crate::core::notice::{Notice, NoticeType};
 use crate::core::seal::{Place, SealError};
-use crate::ports::{CachedToken, StoreError, StoredGrant, Written};
+use crate::ports::{CachedToken, StoreError, StoredGrant};
 use crate::service::{aadsts_code, mark_revoked};
 
 /// A cached access token is used while more than this remains (Microsoft's helper renews
