@@ -437,6 +437,10 @@ async fn every_aws_call_of_each_function_is_allowed_by_its_role_and_every_table_
     // page and renew link.
     let launch_ctx = w.context(Program::Launch).await;
     let tokens = Arc::new(TokenService::for_context(&launch_ctx));
+    let signin = Arc::new(spkeeper::service::signin::SignInService::new(
+        Arc::clone(&launch_ctx),
+        tokens.entra(),
+    ));
     let launch_app = serve(finish(
         Router::new()
             .merge(launch_router(Arc::new(LaunchService::new(
@@ -444,7 +448,8 @@ async fn every_aws_call_of_each_function_is_allowed_by_its_role_and_every_table_
                 tokens,
             ))))
             .merge(status_router(Arc::clone(&launch_ctx)))
-            .merge(renew_router(Arc::clone(&launch_ctx)))
+            .merge(renew_router(Arc::clone(&signin)))
+            .merge(spkeeper::http::signin_router(signin))
             .merge(health_router()),
         &launch_ctx.settings,
     ))

@@ -11,6 +11,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+pub mod entra;
+
 use crate::core::acs::{
     AccessToken, AcsFailure, TokenRequestForm, classify_failure, parse_success,
 };

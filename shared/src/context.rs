@@ -68,9 +68,21 @@ impl Context {
         grant::status(g.rt_expires_at, g.progress, now, &self.settings.notice_days)
     }
 
-    /// When the next notice falls due for this grant's state.
+    /// When the sweep should next look at this grant in this state: its next notice, or for an
+    /// Entra grant kept alive, its keep-alive redemption.
     pub fn next_due_at(&self, g: &GrantRecord, progress: grant::Progress) -> Option<DateTime<Utc>> {
-        grant::next_due_at(g.rt_expires_at, progress, &self.settings.notice_days)
+        grant::next_check(
+            g.kind,
+            g.rt_expires_at,
+            progress,
+            &self.settings.notice_days,
+            self.keepalive_days(),
+        )
+    }
+
+    /// `SPKEEPER_ENTRA_KEEPALIVE_DAYS` (0: off, or no Entra configured).
+    pub fn keepalive_days(&self) -> u32 {
+        self.settings.entra.as_ref().map_or(0, |e| e.keepalive_days)
     }
 
     pub fn grant_view(&self, g: &GrantRecord, now: DateTime<Utc>) -> GrantView {

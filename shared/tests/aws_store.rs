@@ -170,7 +170,7 @@ async fn fifty_concurrent_token_requests_across_instances_make_one_acs_call() {
             );
             let id = id.clone();
             tokio::spawn(async move {
-                svc.access_token(&id, Some("contoso.sharepoint.com"))
+                svc.access_token(&id, Some("contoso.sharepoint.com"), None)
                     .await
                     .map(|t| t.expires_at)
             })

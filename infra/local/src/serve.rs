@@ -11,13 +11,14 @@ use spkeeper::clients::WebhookSender;
 use spkeeper::config::TokenAuth;
 use spkeeper::http::{
     ApiKeyAuth, TokenAuthorizer, finish, grants_router, health_router, launch_router, renew_router,
-    status_router, token_router,
+    signin_router, status_router, token_router,
 };
 use spkeeper::ports::Outbox;
 use spkeeper::service::deliver::Deliverer;
 use spkeeper::service::exchange::TokenService;
 use spkeeper::service::grants::GrantsService;
 use spkeeper::service::launch::LaunchService;
+use spkeeper::service::signin::SignInService;
 use spkeeper::service::sweep::SweepService;
 
 use crate::Failure;
@@ -65,11 +66,13 @@ pub async fn run(addr: SocketAddr, dev: bool, sweep_interval: u64) -> Result<(),
     let tokens = Arc::new(TokenService::for_context(&ctx));
     let launch = Arc::new(LaunchService::new(Arc::clone(&ctx), Arc::clone(&tokens)));
     let sweep = Arc::new(SweepService::new(Arc::clone(&ctx)));
+    let signin = Arc::new(SignInService::new(Arc::clone(&ctx), tokens.entra()));
 
     let mut app = Router::new()
         .merge(launch_router(launch))
         .merge(status_router(Arc::clone(&ctx)))
-        .merge(renew_router(Arc::clone(&ctx)))
+        .merge(renew_router(Arc::clone(&signin)))
+        .merge(signin_router(signin))
         .merge(token_router(tokens, Arc::clone(&auth)))
         .merge(grants_router(
             Arc::new(GrantsService::new(Arc::clone(&ctx))),

@@ -342,6 +342,48 @@ pub fn next_due_at(
         .map(|s| stage_time(expires_at, s))
 }
 
+/// When an Entra grant is due for its keep-alive redemption: `keepalive_days` after its last
+/// redemption (its refresh token dies 90 days after that: `expires_at`).
+pub fn keepalive_due(expires_at: DateTime<Utc>, keepalive_days: u32) -> DateTime<Utc> {
+    plus_days(
+        expires_at,
+        -(crate::core::entra::INACTIVITY_DAYS - i64::from(keepalive_days)),
+    )
+}
+
+/// When the sweep should next look at a grant of this kind: the next notice stage, and for an
+/// Entra grant kept alive (`keepalive_days` > 0) its keep-alive redemption, whichever is first.
+pub fn next_check(
+    kind: Kind,
+    expires_at: DateTime<Utc>,
+    progress: Progress,
+    days: &NoticeDays,
+    keepalive_days: u32,
+) -> Option<DateTime<Utc>> {
+    let stage = next_due_at(expires_at, progress, days);
+    let alive = !matches!(progress, Progress::Expired | Progress::Revoked);
+    match kind {
+        Kind::Entra if keepalive_days > 0 && alive => {
+            let k = keepalive_due(expires_at, keepalive_days);
+            Some(stage.map_or(k, |s| s.min(k)))
+        }
+        _ => stage,
+    }
+}
+
+/// Is an Entra grant's keep-alive redemption due at `now`?
+pub fn keepalive_is_due(
+    expires_at: DateTime<Utc>,
+    progress: Progress,
+    now: DateTime<Utc>,
+    keepalive_days: u32,
+) -> bool {
+    keepalive_days > 0
+        && !matches!(progress, Progress::Expired | Progress::Revoked)
+        && now < expires_at
+        && now >= keepalive_due(expires_at, keepalive_days)
+}
+
 /// What a launch does to the grant it lands on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LaunchPlan {
@@ -379,6 +421,50 @@ mod tests {
 
     fn days(n: i64) -> Duration {
         Duration::days(n)
+    }
+
+    #[test]
+    fn an_entra_grant_kept_alive_is_due_for_its_redemption_before_any_notice() {
+        let d = NoticeDays::default();
+        let last = t(2026, 1, 1);
+        let exp = last + days(90);
+        // keep-alive after 30 idle days, long before the 30-day notice (60 days in)
+        assert_eq!(
+            next_check(Kind::Entra, exp, Progress::None, &d, 30),
+            Some(last + days(30))
+        );
+        assert!(!keepalive_is_due(exp, Progress::None, last + days(29), 30));
+        assert!(keepalive_is_due(exp, Progress::None, last + days(30), 30));
+        assert!(!keepalive_is_due(
+            exp,
+            Progress::Revoked,
+            last + days(31),
+            30
+        ));
+        assert!(
+            !keepalive_is_due(exp, Progress::None, exp, 30),
+            "too late: it is dead"
+        );
+        // keep-alive off: the stages before the 90-day mark, as for ACS
+        assert_eq!(
+            next_check(Kind::Entra, exp, Progress::None, &d, 0),
+            Some(exp - days(30))
+        );
+        assert!(!keepalive_is_due(exp, Progress::None, last + days(89), 0));
+        // a keep-alive later than the first stage gives way to it
+        assert_eq!(
+            next_check(Kind::Entra, exp, Progress::None, &d, 80),
+            Some(exp - days(30))
+        );
+        // and ACS grants never keep alive
+        assert_eq!(
+            next_check(Kind::Acs, exp, Progress::None, &d, 30),
+            Some(exp - days(30))
+        );
+        assert_eq!(
+            next_check(Kind::Entra, exp, Progress::Revoked, &d, 30),
+            None
+        );
     }
 
     #[test]

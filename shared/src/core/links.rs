@@ -29,6 +29,7 @@ pub const TICKET_SECONDS: i64 = 120;
 const RENEW_PURPOSE: &str = "spkeeper.renew.v1";
 const SESSION_PURPOSE: &str = "spkeeper.session.v1";
 const TICKET_PURPOSE: &str = "spkeeper.ticket.v1";
+const SIGNIN_PURPOSE: &str = "spkeeper.signin.v1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {
@@ -144,6 +145,45 @@ impl LinkSigner {
         let grant = GrantId::parse(g).ok_or(LinkError::BadSignature)?;
         self.verify(SESSION_PURPOSE, (&grant, exp, None), sig, now)?;
         Ok(grant)
+    }
+
+    /// Signs a sign-in's state for its short-lived cookie: `{base64url(payload)}.{exp}.{sig}`.
+    pub fn sign_in_cookie(&self, payload: &[u8], exp: i64) -> String {
+        let data = URL_SAFE_NO_PAD.encode(payload);
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(format!("{SIGNIN_PURPOSE}\n{data}\n{exp}").as_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{data}.{exp}.{sig}")
+    }
+
+    /// The payload of a genuine, current sign-in cookie.
+    pub fn verify_sign_in_cookie(
+        &self,
+        value: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<u8>, LinkError> {
+        let mut parts = value.split('.');
+        let (Some(data), Some(exp), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(LinkError::BadSignature);
+        };
+        let exp_secs: i64 = exp.parse().map_err(|_| LinkError::BadSignature)?;
+        let sig = URL_SAFE_NO_PAD
+            .decode(sig)
+            .map_err(|_| LinkError::BadSignature)?;
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(format!("{SIGNIN_PURPOSE}\n{data}\n{exp}").as_bytes());
+        mac.verify_slice(&sig)
+            .map_err(|_| LinkError::BadSignature)?;
+        if now.timestamp() >= exp_secs {
+            return Err(LinkError::Expired);
+        }
+        URL_SAFE_NO_PAD
+            .decode(data)
+            .map_err(|_| LinkError::BadSignature)
     }
 
     /// A hand-off ticket for the grant: `{grant_id}.{exp}.{nonce}.{sig}`, valid

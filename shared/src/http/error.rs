@@ -8,9 +8,10 @@ use serde_json::json;
 
 use crate::core::context_token::TokenError;
 use crate::core::links::LinkError;
-use crate::service::exchange::{ExchangeError, RETRY_AFTER_SECS};
+use crate::service::exchange::ExchangeError;
 use crate::service::grants::GrantsError;
 use crate::service::launch::LaunchError;
+use crate::service::signin::SignInError;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -206,16 +207,21 @@ pub fn exchange_error(e: &ExchangeError) -> ApiError {
         ExchangeError::StsRejectedClient => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "sts_rejected_client",
-            "ACS refused the add-in's client credentials; an operator must check the client secret.",
+            "The token service refused the app's client credentials; an operator must check the client secret or certificate.",
         ),
-        ExchangeError::StsUnavailable => ApiError {
-            retry_after: Some(RETRY_AFTER_SECS),
+        ExchangeError::StsUnavailable { retry_after } => ApiError {
+            retry_after: Some((*retry_after).max(1)),
             ..ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "sts_unavailable",
-                "ACS is not answering; try again shortly.",
+                "The token service is not answering; try again shortly.",
             )
         },
+        ExchangeError::BadScope(why) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("The scope is not one this grant can be asked for: {why}."),
+        ),
         ExchangeError::Store(_) | ExchangeError::Seal(_) => ApiError::internal(e),
     }
 }
@@ -243,6 +249,60 @@ pub fn grants_error(e: &GrantsError) -> ApiError {
             "This ticket was used already; a ticket works once.",
         ),
         GrantsError::Store(_) => ApiError::internal(e),
+    }
+}
+
+pub fn sign_in_error(e: &SignInError) -> ApiError {
+    match e {
+        SignInError::NotConfigured => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "entra_not_configured",
+            "Sign-in with Microsoft Entra ID is not configured here.",
+        ),
+        SignInError::MissingSite => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_site",
+            "Say which SharePoint site to connect: /connect?site=https://…",
+        ),
+        SignInError::HostNotAllowed => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "host_not_allowed",
+            "This SharePoint host is not allowed for this app.",
+        ),
+        SignInError::InvalidState => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_state",
+            "This sign-in is not one this browser started, or it was used or took too long. Start again.",
+        ),
+        SignInError::Declined => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "sign_in_declined",
+            "The sign-in was cancelled or the permissions were declined. Nothing was connected.",
+        ),
+        SignInError::StsError(_) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "sts_error",
+            "Microsoft Entra ID could not complete the sign-in. Try again, or ask your administrator.",
+        ),
+        SignInError::StsRejectedClient => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "sts_rejected_client",
+            "Microsoft Entra ID refused this app's credentials; an operator must check them.",
+        ),
+        SignInError::StsUnavailable { retry_after } => ApiError {
+            retry_after: Some((*retry_after).max(1)),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sts_unavailable",
+                "Microsoft Entra ID is not answering; try again shortly.",
+            )
+        },
+        SignInError::InvalidIdToken(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_id_token",
+            "The sign-in could not be verified.",
+        ),
+        SignInError::Store(_) | SignInError::Seal(_) => ApiError::internal(e),
     }
 }
 

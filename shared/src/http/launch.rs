@@ -12,6 +12,8 @@ use url::Url;
 use super::error::{ApiError, launch_error};
 use super::{into_response, media_type, read_body};
 use crate::config::Settings;
+use crate::context::Context;
+use crate::core::grant::GrantId;
 use crate::core::links::{SESSION_COOKIE, SESSION_HOURS};
 use crate::service::grants::handoff_location;
 use crate::service::launch::{LaunchInput, LaunchService};
@@ -68,33 +70,43 @@ async fn handle(svc: &LaunchService, req: Request) -> Result<Response, ApiError>
     let input = LaunchInput::parse(&bytes, parts.uri.query());
     let launched = svc.launch(&input).await.map_err(|e| launch_error(&e))?;
 
-    let ctx = svc.context();
-    let session = ctx
-        .secrets
-        .links
-        .session_value(&launched.grant_id, ctx.now());
+    signed_in_redirect(
+        svc.context(),
+        &launched.grant_id,
+        &launched.standard_tokens,
+        &[],
+    )
+}
+
+/// `303` to the hand-off (the app's `RETURN_URL` with a ticket, else `/status`) with the session
+/// cookie: how a launch and an Entra sign-in both end. `extra_cookies` are set too.
+pub(crate) fn signed_in_redirect(
+    ctx: &Context,
+    id: &GrantId,
+    standard_tokens: &[(&str, String)],
+    extra_cookies: &[String],
+) -> Result<Response, ApiError> {
+    let now = ctx.now();
+    let session = ctx.secrets.links.session_value(id, now);
     // SameSite=None: SharePoint may show the add-in in a frame of another site. Secure is kept
     // even on a loopback URL: browsers accept Secure cookies from http://localhost.
     let cookie = format!(
         "{SESSION_COOKIE}={session}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=None",
         SESSION_HOURS * 3600
     );
-    let location = handoff_location(
-        ctx,
-        &launched.grant_id,
-        &launched.standard_tokens,
-        ctx.now(),
-    );
+    let location = handoff_location(ctx, id, standard_tokens, now);
     let mut resp = StatusCode::SEE_OTHER.into_response();
     let h = resp.headers_mut();
     h.insert(
         header::LOCATION,
         HeaderValue::from_str(&location).map_err(|e| ApiError::internal(&e))?,
     );
-    h.insert(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal(&e))?,
-    );
+    for c in std::iter::once(&cookie).chain(extra_cookies) {
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_str(c).map_err(|e| ApiError::internal(&e))?,
+        );
+    }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
 }

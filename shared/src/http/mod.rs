@@ -9,6 +9,7 @@ pub mod pages;
 mod grants;
 mod launch;
 mod renew;
+mod signin;
 mod status;
 mod token;
 
@@ -22,6 +23,7 @@ use axum::routing::get;
 pub use grants::router as grants_router;
 pub use launch::router as launch_router;
 pub use renew::router as renew_router;
+pub use signin::router as signin_router;
 pub use status::router as status_router;
 pub use token::{ApiKeyAuth, TokenAuthorizer, router as token_router};
 

@@ -9,32 +9,36 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::error::{ApiError, link_error};
+use super::error::{ApiError, link_error, sign_in_error};
 use super::into_response;
-use crate::context::Context;
+use crate::config::RenewVia;
 use crate::core::form_pairs;
 use crate::core::grant::GrantId;
+use crate::core::grant::Kind;
 use crate::core::links::{LinkError, relaunch_url};
+use crate::service::signin::{SignInService, renew_begin};
 
-pub fn router(ctx: Arc<Context>) -> Router {
+/// The renew route needs sign-in for Entra grants (and for ACS grants migrating to Entra).
+pub fn router(svc: Arc<SignInService>) -> Router {
     Router::new()
         .route("/renew/{grant_id}", get(renew))
-        .with_state(ctx)
+        .with_state(svc)
 }
 
 async fn renew(
-    State(ctx): State<Arc<Context>>,
+    State(svc): State<Arc<SignInService>>,
     Path(raw_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let result = redirect(&ctx, &raw_id, query.as_deref().unwrap_or("")).await;
+    let result = redirect(&svc, &raw_id, query.as_deref().unwrap_or("")).await;
     if let Err(e) = &result {
         tracing::info!(error = e.code, "renew link refused");
     }
     into_response(result)
 }
 
-async fn redirect(ctx: &Context, raw_id: &str, query: &str) -> Result<Response, ApiError> {
+async fn redirect(svc: &SignInService, raw_id: &str, query: &str) -> Result<Response, ApiError> {
+    let ctx = svc.context();
     let now = ctx.now();
     let q = form_pairs(query.as_bytes());
     let get = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
@@ -71,15 +75,28 @@ async fn redirect(ctx: &Context, raw_id: &str, query: &str) -> Result<Response, 
                 "This SharePoint host is no longer allowed for this add-in.",
             )
         })?;
-    let client_id = ctx
-        .settings
-        .client_id
-        .as_deref()
-        .ok_or_else(ApiError::not_found)?;
-    let target = relaunch_url(&site, client_id, &ctx.settings.public_url);
-    tracing::info!(grant_id = %id, "renew link followed; relaunching through SharePoint");
-
+    let g = &stored.record;
+    let via_entra = g.kind == Kind::Entra || ctx.settings.renew_via == RenewVia::Entra;
     let mut resp = StatusCode::FOUND.into_response();
+    let target = if via_entra {
+        // Entra sign-in for the grant's site, the user and tenant hinted; for an ACS grant,
+        // the migration (its user's sign-in carries the grant over).
+        let begun = renew_begin(svc, g).map_err(|e| sign_in_error(&e))?;
+        resp.headers_mut().insert(
+            header::SET_COOKIE,
+            HeaderValue::from_str(&begun.cookie).map_err(|e| ApiError::internal(&e))?,
+        );
+        tracing::info!(grant_id = %id, kind = %g.kind, "renew link followed; signing in with Entra ID");
+        begun.location
+    } else {
+        let client_id = ctx
+            .settings
+            .client_id
+            .as_deref()
+            .ok_or_else(ApiError::not_found)?;
+        tracing::info!(grant_id = %id, "renew link followed; relaunching through SharePoint");
+        relaunch_url(&site, client_id, &ctx.settings.public_url)
+    };
     resp.headers_mut().insert(
         header::LOCATION,
         HeaderValue::from_str(&target).map_err(|e| ApiError::internal(&e))?,

@@ -78,6 +78,9 @@ struct TokenRequest {
     grant_id: String,
     #[serde(default)]
     host: Option<String>,
+    /// Entra grants: one resource's scope.
+    #[serde(default)]
+    scope: Option<String>,
 }
 
 fn bad_request(message: &str) -> ApiError {
@@ -108,7 +111,14 @@ async fn handle(st: &TokenState, req: Request) -> Result<Response, ApiError> {
 
     let issued = st
         .tokens
-        .access_token(&id, host)
+        .access_token(
+            &id,
+            host,
+            req.scope
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty()),
+        )
         .await
         .map_err(|e| exchange_error(&e))?;
     let body = json!({

@@ -1,6 +1,8 @@
-//! Access tokens on demand: from the cache while more than 5 minutes remain, else one ACS call
-//! per (grant, host) however many callers ask at once, in this process (a mutex per key) and
-//! across processes and Lambda instances (a lease in the store).
+//! Access tokens on demand: from the cache while more than 5 minutes remain, else one call to
+//! the token service however many callers ask at once, in this process (a mutex per key) and
+//! across processes and Lambda instances (a lease in the store). ACS grants: one call per
+//! (grant, host). Entra grants: one redemption per grant whatever the scope (each rotates the
+//! refresh token, which is stored before anyone is answered).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,15 +11,16 @@ use std::time::{Duration as StdDuration, Instant};
 use chrono::{DateTime, Duration, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::clients::entra::EntraClient;
 use crate::clients::{AcsClient, RefreshRequest, RetryPolicy, current_user};
 use crate::context::Context;
 use crate::context::GrantView;
 use crate::core::acs::{AcsFailure, resource};
-use crate::core::entra::Reason;
-use crate::core::grant::GrantId;
+use crate::core::entra::{EntraFailure, INACTIVITY_DAYS, Reason, default_scope};
+use crate::core::grant::{GrantId, Kind, Progress, keepalive_is_due, plus_days};
 use crate::core::hosts::SiteUrl;
 use crate::core::seal::{Place, SealError};
-use crate::ports::{CachedToken, StoreError, StoredGrant};
+use crate::ports::{CachedToken, GrantRecord, StoreError, StoredGrant, Written};
 use crate::service::{aadsts_code, mark_revoked};
 
 /// A cached access token is used while more than this remains (Microsoft's helper renews
@@ -32,6 +35,18 @@ const POLL: StdDuration = StdDuration::from_millis(100);
 const IDENTITY_TIMEOUT: StdDuration = StdDuration::from_secs(2);
 /// `Retry-After` on 503.
 pub const RETRY_AFTER_SECS: u64 = 5;
+/// A request's one quick retry of a transient Entra failure.
+const QUICK_RETRY: StdDuration = StdDuration::from_millis(500);
+
+/// The Entra client, when Entra is configured and this program holds its credential.
+fn entra_client(ctx: &Context) -> Option<Arc<EntraClient>> {
+    let (settings, credential) = (ctx.settings.entra.clone()?, ctx.secrets.entra.clone()?);
+    Some(Arc::new(EntraClient::new(
+        ctx.http.clone(),
+        settings,
+        credential,
+    )))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
@@ -45,10 +60,15 @@ pub enum ExchangeError {
         /// Why, when the token service said (ENTRA.md §5's reasons).
         reason: Option<Reason>,
     },
-    #[error("ACS refused the add-in's client credentials")]
+    #[error("the scope is not one this grant can be asked for: {0}")]
+    BadScope(&'static str),
+    #[error("the token service refused the app's client credentials")]
     StsRejectedClient,
-    #[error("ACS is unavailable")]
-    StsUnavailable,
+    #[error("the token service is unavailable")]
+    StsUnavailable {
+        /// Seconds for `Retry-After`.
+        retry_after: u64,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("a stored token could not be opened: {0}")]
@@ -74,9 +94,20 @@ impl std::fmt::Debug for IssuedToken {
     }
 }
 
+/// What one caller wants, and the keys that serialise it.
+struct Target {
+    /// The access-token cache's key: the host (ACS) or the scope (Entra).
+    cache_key: String,
+    /// The in-process lock and the cross-process lease.
+    lock_key: String,
+    lease_key: String,
+    kind: Kind,
+}
+
 pub struct TokenService {
     ctx: Arc<Context>,
     acs: AcsClient,
+    entra: Option<Arc<EntraClient>>,
     /// One lock per (grant, host) in this process.
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Names this process in leases.
@@ -106,9 +137,11 @@ fn lease_owner() -> String {
 
 impl TokenService {
     pub fn new(ctx: Arc<Context>, acs: AcsClient) -> Self {
+        let entra = entra_client(&ctx);
         TokenService {
             ctx,
             acs,
+            entra,
             inflight: Mutex::new(HashMap::new()),
             owner: lease_owner(),
         }
@@ -122,15 +155,22 @@ impl TokenService {
         )
     }
 
+    /// The Entra client this service redeems with (shared with sign-in: one JWKS cache).
+    pub fn entra(&self) -> Option<Arc<EntraClient>> {
+        self.entra.clone()
+    }
+
     pub fn context(&self) -> &Arc<Context> {
         &self.ctx
     }
 
-    /// An access token for the grant's user at `host` (default: the grant's host web).
+    /// An access token for the grant's user at `host` (default: the grant's host web), or, for
+    /// an Entra grant, for `scope` (default: `https://{host}/.default`).
     pub async fn access_token(
         &self,
         id: &GrantId,
         host: Option<&str>,
+        scope: Option<&str>,
     ) -> Result<IssuedToken, ExchangeError> {
         let now = self.ctx.now();
         let stored = self
@@ -149,6 +189,32 @@ impl TokenService {
                 .map_err(|_| ExchangeError::HostNotAllowed)?,
             None => self.allowed_site(&rec.site_url)?.authority(),
         };
+        let target = match rec.kind {
+            Kind::Acs => {
+                if scope.is_some() {
+                    return Err(ExchangeError::BadScope("scope is for Entra grants only"));
+                }
+                Target {
+                    cache_key: host.clone(),
+                    lock_key: format!("{id}|{host}"),
+                    lease_key: format!("acs|{id}|{host}"),
+                    kind: Kind::Acs,
+                }
+            }
+            Kind::Entra => {
+                let scope = match scope {
+                    Some(s) => self.checked_scope(s)?,
+                    None => default_scope(&host),
+                };
+                Target {
+                    cache_key: scope,
+                    // Every redemption rotates the one refresh token: one at a time per grant.
+                    lock_key: format!("{id}|entra"),
+                    lease_key: format!("entra|{id}"),
+                    kind: Kind::Entra,
+                }
+            }
+        };
 
         let status = self.ctx.status_of(rec, now);
         if status.needs_relaunch() || stored.sealed_refresh_token.is_none() {
@@ -158,18 +224,73 @@ impl TokenService {
             });
         }
 
-        if let Some(t) = self.fresh_cached(id, &host, now).await? {
-            return Ok(self.issue(&stored, t, now));
+        if let Some(t) = self.fresh_cached(id, &target.cache_key, now).await? {
+            return Ok(self.issue(&stored.record, t, now));
         }
 
-        let key = format!("{id}|{host}");
-        let lock = self.local_lock(&key);
+        let lock = self.local_lock(&target.lock_key);
         let result = {
             let _held = lock.lock().await;
-            self.exchange_single_flight(&stored, &host, &key).await
+            self.single_flight(&stored, &target, false).await
         };
-        self.forget_lock(&key, &lock);
+        self.forget_lock(&target.lock_key, &lock);
         result
+    }
+
+    /// The sweep's keep-alive: redeems an idle Entra grant once (storing the rotated refresh
+    /// token), unless someone redeemed it meanwhile.
+    pub async fn keep_alive(&self, id: &GrantId) -> Result<(), ExchangeError> {
+        let stored = self
+            .ctx
+            .grants
+            .load(id)
+            .await?
+            .ok_or(ExchangeError::UnknownGrant)?;
+        let scope = default_scope(&self.allowed_site(&stored.record.site_url)?.authority());
+        let target = Target {
+            cache_key: scope,
+            lock_key: format!("{id}|entra"),
+            lease_key: format!("entra|{id}"),
+            kind: Kind::Entra,
+        };
+        let lock = self.local_lock(&target.lock_key);
+        let result = {
+            let _held = lock.lock().await;
+            self.single_flight(&stored, &target, true).await
+        };
+        self.forget_lock(&target.lock_key, &lock);
+        result.map(|_| ())
+    }
+
+    /// A scope asked for an Entra grant: one resource's, on an allowed SharePoint host or
+    /// Microsoft Graph (ENTRA.md §3: one resource per request).
+    fn checked_scope(&self, scope: &str) -> Result<String, ExchangeError> {
+        const GRAPH: [&str; 4] = [
+            "graph.microsoft.com",
+            "graph.microsoft.us",
+            "dod-graph.microsoft.us",
+            "microsoftgraph.chinacloudapi.cn",
+        ];
+        let scope = scope.trim();
+        let url = url::Url::parse(scope)
+            .map_err(|_| ExchangeError::BadScope("not a resource scope URL"))?;
+        if scope.contains(char::is_whitespace) || url.scheme() != "https" {
+            return Err(ExchangeError::BadScope("one https resource scope"));
+        }
+        let host = crate::core::hosts::authority_of(&url);
+        let allowed = GRAPH.contains(&host.as_str())
+            || self
+                .ctx
+                .settings
+                .allowed_sp_hosts
+                .check_authority(&host)
+                .is_ok();
+        if !allowed {
+            return Err(ExchangeError::BadScope(
+                "the scope's host is neither an allowed SharePoint host nor Microsoft Graph",
+            ));
+        }
+        Ok(scope.to_string())
     }
 
     /// A stored site URL, checked against today's allowlist at the moment of use (stored
@@ -221,46 +342,247 @@ impl TokenService {
         }
     }
 
-    async fn exchange_single_flight(
+    /// Takes the lease for `target` (waiting for another holder to finish, and answering from
+    /// the cache it filled), then asks the token service once. `redeem_anyway`: the keep-alive,
+    /// which must redeem even when an access token is cached.
+    async fn single_flight(
         &self,
         stored: &StoredGrant,
-        host: &str,
-        key: &str,
+        target: &Target,
+        redeem_anyway: bool,
     ) -> Result<IssuedToken, ExchangeError> {
         let id = &stored.record.id;
-        let lease_key = format!("acs|{key}");
         let started = Instant::now();
         loop {
             let now = self.ctx.now();
-            if let Some(t) = self.fresh_cached(id, host, now).await? {
-                return Ok(self.issue(stored, t, now));
+            if !redeem_anyway && let Some(t) = self.fresh_cached(id, &target.cache_key, now).await?
+            {
+                return Ok(self.issue(&stored.record, t, now));
             }
             if self
                 .ctx
                 .cache
-                .try_lease(&lease_key, &self.owner, now, now + LEASE)
+                .try_lease(&target.lease_key, &self.owner, now, now + LEASE)
                 .await?
             {
                 break;
             }
             if started.elapsed() > WAIT_FOR_OTHERS {
-                return Err(ExchangeError::StsUnavailable);
+                return Err(ExchangeError::StsUnavailable {
+                    retry_after: RETRY_AFTER_SECS,
+                });
             }
             tokio::time::sleep(POLL).await;
         }
 
         // Whoever held the lease before us may have just cached a token (it writes the cache
-        // before it lets go): look once more before asking ACS.
+        // before it lets go): look once more before asking.
         let now = self.ctx.now();
-        let result = match self.fresh_cached(id, host, now).await {
-            Ok(Some(t)) => Ok(self.issue(stored, t, now)),
-            Ok(None) => self.exchange(stored, host).await,
+        let result = match self.fresh_cached(id, &target.cache_key, now).await {
+            Ok(Some(t)) if !redeem_anyway => Ok(self.issue(&stored.record, t, now)),
+            Ok(_) => match target.kind {
+                Kind::Acs => self.exchange(stored, &target.cache_key).await,
+                Kind::Entra => {
+                    self.entra_exchange(id, &target.cache_key, redeem_anyway)
+                        .await
+                }
+            },
             Err(e) => Err(e),
         };
-        if let Err(e) = self.ctx.cache.release_lease(&lease_key, &self.owner).await {
-            tracing::warn!(grant_id = %id, error = %e, "could not release the ACS lease; it will lapse");
+        if let Err(e) = self
+            .ctx
+            .cache
+            .release_lease(&target.lease_key, &self.owner)
+            .await
+        {
+            tracing::warn!(grant_id = %id, error = %e, "could not release the lease; it will lapse");
         }
         result
+    }
+
+    /// Redeems an Entra grant's refresh token for `scope`, under the grant's lease: reads the
+    /// grant afresh (the token may have rotated while we waited), stores the new refresh token
+    /// before answering, and classifies failures (ENTRA.md §5).
+    async fn entra_exchange(
+        &self,
+        id: &GrantId,
+        scope: &str,
+        keep_alive: bool,
+    ) -> Result<IssuedToken, ExchangeError> {
+        let client = self.entra.as_ref().ok_or_else(|| {
+            tracing::error!(grant_id = %id, event = "sts_rejected_client", "an Entra grant, but no Entra app is configured");
+            ExchangeError::StsRejectedClient
+        })?;
+        let now = self.ctx.now();
+        let stored = self
+            .ctx
+            .grants
+            .load(id)
+            .await?
+            .ok_or(ExchangeError::UnknownGrant)?;
+        let rec = &stored.record;
+        let relaunch = |reason| ExchangeError::RelaunchRequired {
+            renew_url: self.ctx.renew_url(id, now),
+            reason,
+        };
+        if self.ctx.status_of(rec, now).needs_relaunch() {
+            return Err(relaunch(None));
+        }
+        if keep_alive
+            && !keepalive_is_due(
+                rec.rt_expires_at,
+                rec.progress,
+                now,
+                self.ctx.keepalive_days(),
+            )
+        {
+            // Redeemed by someone else since the sweep read it.
+            return Ok(self.issue(
+                rec,
+                (SecretString::from(String::new()), now, String::new()),
+                now,
+            ));
+        }
+        let sealed = stored
+            .sealed_refresh_token
+            .as_deref()
+            .ok_or_else(|| relaunch(None))?;
+        let refresh_token = self.ctx.secrets.key_ring.open(
+            sealed,
+            &Place::RefreshToken {
+                grant: id.as_str(),
+                version: rec.rt_version,
+            },
+        )?;
+        let started = Instant::now();
+        let mut outcome = client.refresh(&refresh_token, scope, now).await;
+        // A request retries at most once, quickly; the sweep leaves retries to later sweeps.
+        if !keep_alive
+            && let Err(EntraFailure::Transient { retry_after, .. }) = &outcome
+            && *retry_after <= RETRY_AFTER_SECS
+        {
+            tokio::time::sleep(QUICK_RETRY).await;
+            outcome = client.refresh(&refresh_token, scope, self.ctx.now()).await;
+        }
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let why = if keep_alive { "keep-alive" } else { "token" };
+        match outcome {
+            Ok(tokens) => {
+                let updated = self
+                    .store_rotation(&stored, tokens.refresh_token.as_ref(), now)
+                    .await?;
+                tracing::info!(grant_id = %id, scope, outcome = "issued", rotated = tokens.refresh_token.is_some(), elapsed_ms, why, "redeemed the refresh token at Entra");
+                let sealed = self.ctx.secrets.key_ring.seal(
+                    tokens.access_token.expose_secret().as_bytes(),
+                    &Place::AccessToken {
+                        grant: id.as_str(),
+                        resource: scope,
+                    },
+                )?;
+                let cached = CachedToken {
+                    sealed,
+                    expires_at: tokens.expires_at,
+                    resource: scope.to_string(),
+                };
+                self.ctx.cache.put_access_token(id, scope, &cached).await?;
+                Ok(self.issue(
+                    updated.as_ref().unwrap_or(rec),
+                    (tokens.access_token, tokens.expires_at, scope.to_string()),
+                    now,
+                ))
+            }
+            Err(EntraFailure::Relaunch {
+                reason,
+                code,
+                error,
+            }) => {
+                tracing::warn!(grant_id = %id, outcome = "relaunch", %error, aadsts = ?code, %reason, elapsed_ms, why, "Entra refused the refresh token");
+                mark_revoked(&self.ctx, &stored, reason, code, now).await?;
+                Err(relaunch(Some(reason)))
+            }
+            Err(EntraFailure::Operator { code, error }) => {
+                // An operator problem: this event is what the alarm counts.
+                tracing::error!(grant_id = %id, event = "sts_rejected_client", outcome = "sts_rejected_client", %error, aadsts = ?code, elapsed_ms, why, "Entra refused the app's credentials or request");
+                Err(ExchangeError::StsRejectedClient)
+            }
+            Err(EntraFailure::Transient {
+                retry_after,
+                why: w,
+            }) => {
+                tracing::warn!(grant_id = %id, outcome = "sts_unavailable", error = %w, retry_after, elapsed_ms, why, "Entra is unavailable");
+                Err(ExchangeError::StsUnavailable { retry_after })
+            }
+            Err(EntraFailure::Unexpected(w)) => {
+                tracing::warn!(grant_id = %id, outcome = "sts_unavailable", error = %w, elapsed_ms, why, "Entra answered unexpectedly");
+                Err(ExchangeError::StsUnavailable {
+                    retry_after: RETRY_AFTER_SECS,
+                })
+            }
+        }
+    }
+
+    /// Stores what a redemption gave: the rotated refresh token (or the same one, when Entra
+    /// sent none), its 90 days restarted, before anyone is answered. Conditional on the
+    /// revision; a write that loses to another writer is tried again on the fresh record —
+    /// unless a newer refresh token (a sign-in) arrived meanwhile, which then stays. Returns the
+    /// record as stored.
+    async fn store_rotation(
+        &self,
+        used: &StoredGrant,
+        new_rt: Option<&SecretString>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<GrantRecord>, ExchangeError> {
+        let id = &used.record.id;
+        for _ in 0..5 {
+            let Some(current) = self.ctx.grants.load(id).await? else {
+                tracing::warn!(grant_id = %id, "the grant was erased during its redemption");
+                return Ok(None);
+            };
+            if current.record.rt_version != used.record.rt_version {
+                tracing::info!(grant_id = %id, "a newer refresh token arrived during the redemption; it stays");
+                return Ok(Some(current.record));
+            }
+            let mut rec = current.record.clone();
+            let sealed = match new_rt {
+                Some(rt) => {
+                    rec.rt_version = rec.rt_version.saturating_add(1).max(now.timestamp());
+                    self.ctx.secrets.key_ring.seal(
+                        rt.expose_secret().as_bytes(),
+                        &Place::RefreshToken {
+                            grant: id.as_str(),
+                            version: rec.rt_version,
+                        },
+                    )?
+                }
+                None => match current.sealed_refresh_token {
+                    Some(s) => s,
+                    None => return Ok(Some(current.record)),
+                },
+            };
+            rec.rt_expires_at = plus_days(now, INACTIVITY_DAYS);
+            rec.updated_at = now;
+            // A redemption restarts the 90 days: the notice stages start over.
+            if matches!(rec.progress, Progress::Expiring(_)) {
+                rec.progress = Progress::None;
+            }
+            rec.next_due_at = self.ctx.next_due_at(&rec, rec.progress);
+            match self
+                .ctx
+                .grants
+                .put_grant(Some(current.record.rev), &rec, &sealed, None)
+                .await?
+            {
+                Written::Done => {
+                    rec.rev = current.record.rev.saturating_add(1);
+                    return Ok(Some(rec));
+                }
+                Written::Conflict => continue,
+            }
+        }
+        tracing::error!(grant_id = %id, "could not store the rotated refresh token after 5 tries");
+        Err(ExchangeError::Store(StoreError::Corrupt(
+            "the grant kept changing during its redemption".into(),
+        )))
     }
 
     async fn exchange(
@@ -342,7 +664,7 @@ impl TokenService {
                 {
                     self.identify(id, &site, &at.token).await;
                 }
-                Ok(self.issue(stored, (at.token, at.expires_at, cached.resource), now))
+                Ok(self.issue(rec, (at.token, at.expires_at, cached.resource), now))
             }
             Err(AcsFailure::InvalidGrant(label)) => {
                 tracing::warn!(grant_id = %id, outcome = "invalid_grant", reason = %label, elapsed_ms, "ACS refused the refresh token");
@@ -365,7 +687,9 @@ impl TokenService {
             }
             Err(e) => {
                 tracing::warn!(grant_id = %id, outcome = "sts_unavailable", error = %e, elapsed_ms, "ACS exchange failed");
-                Err(ExchangeError::StsUnavailable)
+                Err(ExchangeError::StsUnavailable {
+                    retry_after: RETRY_AFTER_SECS,
+                })
             }
         }
     }
@@ -385,7 +709,7 @@ impl TokenService {
 
     fn issue(
         &self,
-        stored: &StoredGrant,
+        rec: &GrantRecord,
         (token, expires_at, resource): (SecretString, DateTime<Utc>, String),
         now: DateTime<Utc>,
     ) -> IssuedToken {
@@ -393,7 +717,7 @@ impl TokenService {
             access_token: token,
             expires_at,
             resource,
-            grant: self.ctx.grant_view(&stored.record, now),
+            grant: self.ctx.grant_view(rec, now),
         }
     }
 }

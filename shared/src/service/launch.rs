@@ -232,8 +232,11 @@ impl LaunchService {
 
         if plan != LaunchPlan::Stale {
             // Prime the access-token cache and learn who the user is; never fail the launch.
-            match tokio::time::timeout(IDENTIFY_AFTER_LAUNCH, self.tokens.access_token(&id, None))
-                .await
+            match tokio::time::timeout(
+                IDENTIFY_AFTER_LAUNCH,
+                self.tokens.access_token(&id, None, None),
+            )
+            .await
             {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {

@@ -4,6 +4,7 @@ pub mod deliver;
 pub mod exchange;
 pub mod grants;
 pub mod launch;
+pub mod signin;
 pub mod sweep;
 
 use chrono::{DateTime, Utc};

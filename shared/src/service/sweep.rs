@@ -10,13 +10,19 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::context::Context;
-use crate::core::grant::{Stage, days_left, due_stage, plus_days};
+use crate::core::entra::MIN_RETRY_SECONDS;
+use crate::core::grant::{
+    Kind, Stage, days_left, due_stage, keepalive_is_due, next_due_at, plus_days,
+};
 use crate::core::notice::{Notice, NoticeType, rfc3339};
 use crate::ports::{DueCursor, GrantRecord, StoreError, Written};
+use crate::service::exchange::{ExchangeError, TokenService};
 
 /// How far ahead operators hear that the client secret expires.
 pub const CLIENT_SECRET_WARNING_DAYS: i64 = 30;
 const PAGE: usize = 100;
+/// A keep-alive refused for an operator reason is tried again after this (the alarm fires).
+const KEEPALIVE_RETRY_SECS: u64 = 3600;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SweepSummary {
@@ -26,6 +32,10 @@ pub struct SweepSummary {
     pub notices: BTreeMap<&'static str, u64>,
     /// Grants whose refresh token was found past its expiry.
     pub expired: u64,
+    /// Entra grants redeemed to keep them alive (their new refresh tokens stored).
+    pub kept_alive: u64,
+    /// Keep-alive redemptions that failed for now (retried by later sweeps).
+    pub keepalive_failures: u64,
     /// Notices another writer (an overlapping sweep, a launch) got to first.
     pub conflicts: u64,
     /// Notices moved on to the delivery queue (SQS; the embedded outbox is the queue itself).
@@ -41,6 +51,8 @@ impl SweepSummary {
             examined: 0,
             notices: NoticeType::ALL.iter().map(|t| (t.as_str(), 0)).collect(),
             expired: 0,
+            kept_alive: 0,
+            keepalive_failures: 0,
             conflicts: 0,
             relayed: 0,
             elapsed_ms: 0,
@@ -59,11 +71,14 @@ impl SweepSummary {
 
 pub struct SweepService {
     ctx: Arc<Context>,
+    /// Redeems idle Entra grants (the keep-alive).
+    tokens: TokenService,
 }
 
 impl SweepService {
     pub fn new(ctx: Arc<Context>) -> Self {
-        SweepService { ctx }
+        let tokens = TokenService::for_context(&ctx);
+        SweepService { ctx, tokens }
     }
 
     pub async fn run(&self, now: DateTime<Utc>, dry_run: bool) -> Result<SweepSummary, StoreError> {
@@ -103,6 +118,42 @@ impl SweepService {
         summary: &mut SweepSummary,
     ) -> Result<(), StoreError> {
         summary.examined += 1;
+        // An idle Entra grant is redeemed first: its 90 days restart and no notice is due.
+        let mut retry_at = None;
+        if g.kind == Kind::Entra
+            && keepalive_is_due(g.rt_expires_at, g.progress, now, self.ctx.keepalive_days())
+        {
+            if dry_run {
+                summary.kept_alive += 1;
+                return Ok(());
+            }
+            match self.tokens.keep_alive(&g.id).await {
+                Ok(()) => {
+                    summary.kept_alive += 1;
+                    return Ok(());
+                }
+                // The revoked notice went out with the state change.
+                Err(ExchangeError::RelaunchRequired { .. }) => {
+                    summary.count(NoticeType::Revoked);
+                    return Ok(());
+                }
+                Err(ExchangeError::Store(e)) => return Err(e),
+                Err(e) => {
+                    // Later sweeps try again, no sooner than Entra asked (and never under 5 s);
+                    // if the grant nears its 90-day mark meanwhile, the stages below go out.
+                    summary.keepalive_failures += 1;
+                    let wait = match &e {
+                        ExchangeError::StsUnavailable { retry_after } => *retry_after,
+                        _ => KEEPALIVE_RETRY_SECS,
+                    }
+                    .max(MIN_RETRY_SECONDS);
+                    retry_at = now.checked_add_signed(chrono::Duration::seconds(
+                        i64::try_from(wait).unwrap_or(i64::MAX / 1000),
+                    ));
+                    tracing::warn!(grant_id = %g.id, error = %e, retry_in_s = wait, "keep-alive failed; a later sweep tries again");
+                }
+            }
+        }
         let stage = due_stage(
             g.rt_expires_at,
             g.progress,
@@ -118,7 +169,15 @@ impl SweepService {
             // In the index but nothing due (the notice days changed): re-index it.
             None => (g.progress, None),
         };
-        let next = self.ctx.next_due_at(&g, progress);
+        let next = match retry_at {
+            // The keep-alive's retry, or the next notice stage if that comes first.
+            Some(retry) => Some(
+                next_due_at(g.rt_expires_at, progress, &self.ctx.settings.notice_days)
+                    .filter(|stage| *stage > now)
+                    .map_or(retry, |stage| stage.min(retry)),
+            ),
+            None => self.ctx.next_due_at(&g, progress),
+        };
         if notice.is_none() && next == g.next_due_at {
             return Ok(());
         }

@@ -369,11 +369,16 @@ impl Harness {
             AcsClient::new(ctx.http.clone(), retry),
         ));
         let launch = Arc::new(LaunchService::new(Arc::clone(&ctx), Arc::clone(&tokens)));
+        let signin = Arc::new(spkeeper::service::signin::SignInService::new(
+            Arc::clone(&ctx),
+            tokens.entra(),
+        ));
         let app = finish(
             Router::new()
                 .merge(launch_router(launch))
                 .merge(status_router(Arc::clone(&ctx)))
-                .merge(renew_router(Arc::clone(&ctx)))
+                .merge(renew_router(Arc::clone(&signin)))
+                .merge(spkeeper::http::signin_router(signin))
                 .merge(token_router(
                     Arc::clone(&tokens),
                     Arc::new(ApiKeyAuth(api_key.clone())),

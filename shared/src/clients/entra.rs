@@ -1,0 +1,235 @@
+//! Entra ID's token endpoint and JWKS, over the one outbound HTTP client (timeouts, no
+//! redirects, capped answers). Holds the app's credential and the signing keys (fetched once,
+//! again on an unknown `kid`, at most once a minute, and daily).
+
+use std::time::{Duration as StdDuration, Instant};
+
+use chrono::{DateTime, Utc};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+use secrecy::SecretString;
+
+use super::{ReadError, describe, read_capped};
+use crate::config::{AssertionAlg, EntraCredential, EntraSettings};
+use crate::core::entra::{
+    ClientAuth, EntraFailure, EntraTokens, IdClaims, IdExpectations, IdTokenError, Jwks,
+    MIN_RETRY_SECONDS, Thumbprint, TokenForm, classify, client_assertion, parse_tokens,
+    validate_id_token,
+};
+
+/// Keys are refetched at least this often (Microsoft: cache for a day).
+const JWKS_TTL: StdDuration = StdDuration::from_secs(24 * 3600);
+/// An unknown `kid` refetches at most this often. ID tokens come from our own code redemption
+/// with Entra (never from the browser), so a new `kid` means a rotation: refetch promptly, but
+/// never in a tight loop.
+const JWKS_MIN_REFETCH: StdDuration = StdDuration::from_secs(1);
+
+/// Why an ID token could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum IdCheckError {
+    #[error(transparent)]
+    Token(#[from] IdTokenError),
+    #[error("Entra's signing keys could not be fetched: {0}")]
+    Keys(String),
+}
+
+struct KeyCache {
+    jwks: Jwks,
+    fetched: Option<Instant>,
+}
+
+pub struct EntraClient {
+    http: reqwest::Client,
+    settings: EntraSettings,
+    credential: EntraCredential,
+    keys: tokio::sync::Mutex<KeyCache>,
+}
+
+impl std::fmt::Debug for EntraClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntraClient")
+            .field("client_id", &self.settings.client_id)
+            .field("credential", &self.credential)
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 16];
+    let _ = getrandom::fill(&mut b);
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+impl EntraClient {
+    pub fn new(
+        http: reqwest::Client,
+        settings: EntraSettings,
+        credential: EntraCredential,
+    ) -> Self {
+        EntraClient {
+            http,
+            settings,
+            credential,
+            keys: tokio::sync::Mutex::new(KeyCache {
+                jwks: Jwks::default(),
+                fetched: None,
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &EntraSettings {
+        &self.settings
+    }
+
+    /// The credential as form fields: the secret, or a fresh client assertion.
+    fn auth(&self, now: DateTime<Utc>) -> Result<ClientAuth<'_>, EntraFailure> {
+        match &self.credential {
+            EntraCredential::Secret(s) => Ok(ClientAuth::Secret(s)),
+            EntraCredential::Certificate { key, x5t_s256, x5t } => {
+                let thumbprint = match self.settings.assertion_alg {
+                    AssertionAlg::Ps256 => Thumbprint::S256(x5t_s256),
+                    AssertionAlg::Rs256 => Thumbprint::Sha1(x5t),
+                };
+                client_assertion(
+                    key,
+                    thumbprint,
+                    &self.settings.client_id,
+                    &self.settings.token_endpoint(),
+                    &random_id(),
+                    now,
+                )
+                .map(ClientAuth::Assertion)
+                .map_err(|e| EntraFailure::Unexpected(e.to_string()))
+            }
+        }
+    }
+
+    async fn post(&self, form: TokenForm, now: DateTime<Utc>) -> Result<EntraTokens, EntraFailure> {
+        let transient = |why: String| EntraFailure::Transient {
+            retry_after: MIN_RETRY_SECONDS,
+            why,
+        };
+        let resp = self
+            .http
+            .post(self.settings.token_endpoint())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json")
+            .body(form.body().to_string())
+            .send()
+            .await
+            .map_err(|e| transient(describe(&e)))?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = read_capped(resp).await.map_err(|e| match e {
+            ReadError::TooLarge => EntraFailure::Unexpected("response too large".into()),
+            ReadError::Transport(e) => transient(describe(&e)),
+        })?;
+        if (200..300).contains(&status) {
+            parse_tokens(&body, now)
+        } else {
+            Err(classify(status, retry_after.as_deref(), &body))
+        }
+    }
+
+    /// Redeems a sign-in's code (with its PKCE verifier).
+    pub async fn redeem_code(
+        &self,
+        code: &SecretString,
+        redirect_uri: &str,
+        verifier: &SecretString,
+        now: DateTime<Utc>,
+    ) -> Result<EntraTokens, EntraFailure> {
+        let auth = self.auth(now)?;
+        let form = TokenForm::authorization_code(
+            &self.settings.client_id,
+            &auth,
+            code,
+            redirect_uri,
+            verifier,
+        );
+        self.post(form, now).await
+    }
+
+    /// Redeems a refresh token for one resource's scope.
+    pub async fn refresh(
+        &self,
+        refresh_token: &SecretString,
+        scope: &str,
+        now: DateTime<Utc>,
+    ) -> Result<EntraTokens, EntraFailure> {
+        let auth = self.auth(now)?;
+        let form = TokenForm::refresh_token(&self.settings.client_id, &auth, refresh_token, scope);
+        self.post(form, now).await
+    }
+
+    async fn fetch_keys(&self) -> Result<Jwks, IdCheckError> {
+        let resp = self
+            .http
+            .get(self.settings.jwks_uri())
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| IdCheckError::Keys(describe(&e)))?;
+        if !resp.status().is_success() {
+            return Err(IdCheckError::Keys(format!(
+                "HTTP {}",
+                resp.status().as_u16()
+            )));
+        }
+        let body = read_capped(resp)
+            .await
+            .map_err(|e| IdCheckError::Keys(e.to_string()))?;
+        Ok(Jwks::parse(&body)?)
+    }
+
+    /// Validates an ID token with the JWKS, fetched once per instance, again when a token
+    /// names an unknown `kid` (keys rotate), and daily.
+    pub async fn id_claims(
+        &self,
+        token: &str,
+        nonce: &str,
+        now: DateTime<Utc>,
+    ) -> Result<IdClaims, IdCheckError> {
+        let x = IdExpectations {
+            client_id: &self.settings.client_id,
+            tenant: &self.settings.tenant,
+            authority: &self.settings.authority,
+            nonce,
+            now,
+        };
+        let mut cache = self.keys.lock().await;
+        let stale = cache.fetched.is_none_or(|t| t.elapsed() > JWKS_TTL);
+        if stale {
+            cache.jwks = self.fetch_keys().await?;
+            cache.fetched = Some(Instant::now());
+        }
+        match validate_id_token(token, &cache.jwks, &x) {
+            Err(IdTokenError::UnknownKey(kid))
+                if cache
+                    .fetched
+                    .is_some_and(|t| t.elapsed() >= JWKS_MIN_REFETCH)
+                    || stale =>
+            {
+                if stale {
+                    return Err(IdTokenError::UnknownKey(kid).into());
+                }
+                tracing::info!(%kid, "ID token signed with a key not in the cached JWKS; fetching it again");
+                cache.jwks = self.fetch_keys().await?;
+                cache.fetched = Some(Instant::now());
+                Ok(validate_id_token(token, &cache.jwks, &x)?)
+            }
+            other => Ok(other?),
+        }
+    }
+}
