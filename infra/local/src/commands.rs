@@ -3,9 +3,12 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use spkeeper::core::grant::{GrantId, days_left};
+use spkeeper::config::RenewVia;
+use spkeeper::core::grant::{GrantId, Kind, days_left};
 use spkeeper::core::notice::rfc3339;
+use spkeeper::core::notice::{Notice, NoticeType};
 use spkeeper::ports::Outbox;
+use spkeeper::ports::Written;
 use spkeeper::service::grants::{GrantsError, GrantsService};
 use spkeeper::service::sweep::SweepService;
 
@@ -63,6 +66,7 @@ pub async fn grants(as_json: bool, dev: bool) -> Result<(), Failure> {
         .map(|g| {
             json!({
                 "id": g.id,
+                "kind": g.kind,
                 "realm": g.realm,
                 "site_url": g.site_url,
                 "user": g.user,
@@ -82,8 +86,8 @@ pub async fn grants(as_json: bool, dev: bool) -> Result<(), Failure> {
         return Ok(());
     }
     println!(
-        "{:<32}  {:<9}  {:<20}  {:>4}  {:<12}  {:<24}  SITE",
-        "GRANT", "STATUS", "EXPIRES", "DAYS", "NOTICES", "USER"
+        "{:<32}  {:<5}  {:<9}  {:<20}  {:>4}  {:<12}  {:<24}  SITE",
+        "GRANT", "KIND", "STATUS", "EXPIRES", "DAYS", "NOTICES", "USER"
     );
     for (g, r) in grants.iter().zip(&rows) {
         let user = g
@@ -98,8 +102,9 @@ pub async fn grants(as_json: bool, dev: bool) -> Result<(), Failure> {
             })
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:<32}  {:<9}  {:<20}  {:>4}  {:<12}  {:<24}  {}",
+            "{:<32}  {:<5}  {:<9}  {:<20}  {:>4}  {:<12}  {:<24}  {}",
             g.id,
+            g.kind.as_str(),
             r["status"].as_str().unwrap_or(""),
             r["refresh_token_expires_at"].as_str().unwrap_or(""),
             r["days_left"],
@@ -117,6 +122,56 @@ fn grant_id(raw: &str) -> Result<GrantId, Failure> {
             "{raw:?} is not a grant id (32 lowercase hex digits)"
         ))
     })
+}
+
+/// `spkeeper migrate`: one `grant.migration_required` notice per ACS grant, once each, whose
+/// link leads to Entra sign-in (which carries the grant over).
+pub async fn migrate(dry_run: bool, dev: bool) -> Result<(), Failure> {
+    let loaded = setup::load(mode(dev)).await?;
+    let ctx = &loaded.ctx;
+    if ctx.settings.renew_via != RenewVia::Entra {
+        return Err(Failure::Usage(
+            "SPKEEPER_RENEW_VIA: must be entra, so that the notices' links lead to Entra sign-in"
+                .into(),
+        ));
+    }
+    let now = ctx.now();
+    let (mut acs, mut queued, mut before) = (0u64, 0u64, 0u64);
+    for g in ctx.grants.list().await.map_err(runtime)? {
+        if g.kind != Kind::Acs {
+            continue;
+        }
+        acs += 1;
+        if dry_run {
+            continue;
+        }
+        let renew_url = ctx.renew_url(&g.id, now);
+        let notice = Notice::about_grant(
+            NoticeType::MigrationRequired,
+            None,
+            g.notice_subject(&renew_url),
+            now,
+        );
+        match ctx
+            .grants
+            .queue_once(&format!("migration_required|{}", g.id), &notice)
+            .await
+            .map_err(runtime)?
+        {
+            Written::Done => {
+                queued += 1;
+                if let Err(e) = ctx.relay.relay_now(&notice, now).await {
+                    tracing::warn!(notice_id = %notice.id, error = %e, "notice stays queued for the next sweep");
+                }
+            }
+            Written::Conflict => before += 1,
+        }
+    }
+    println!(
+        "{}",
+        json!({"acs_grants": acs, "queued": queued, "queued_before": before, "dry_run": dry_run})
+    );
+    Ok(())
 }
 
 /// `DELETE /grants/{id}` from the command line.

@@ -71,6 +71,16 @@ enum Command {
         #[arg(long)]
         dev: bool,
     },
+    /// Ask every ACS grant's user to sign in with the Entra app: one grant.migration_required
+    /// notice per grant, once (needs SPKEEPER_RENEW_VIA=entra).
+    Migrate {
+        /// Count what would be queued, queue nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Use the dev configuration made by `serve --dev`.
+        #[arg(long)]
+        dev: bool,
+    },
     /// Erase a grant: its refresh token, cached access tokens, details and queued notices.
     Forget {
         /// The grant id (32 lowercase hex digits).
@@ -133,6 +143,7 @@ fn main() -> ExitCode {
             Command::Grants { json, dev } => commands::grants(json, dev).await,
             Command::RenewLink { grant_id, dev } => commands::renew_link(&grant_id, dev).await,
             Command::Forget { grant_id, dev } => commands::forget(&grant_id, dev).await,
+            Command::Migrate { dry_run, dev } => commands::migrate(dry_run, dev).await,
             Command::Notices { json, dev } => commands::notices(json, dev).await,
         }
     });

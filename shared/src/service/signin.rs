@@ -309,13 +309,18 @@ impl SignInService {
         who: &IdClaims,
         migrate_from: Option<&GrantId>,
     ) -> Result<(GrantId, Outcome), SignInError> {
-        if let Some(id) = self.ctx.grants.find_entra_user(&who.tid, &who.oid).await? {
-            return Ok((id, Outcome::Stored));
-        }
-        let own = GrantId::entra(&who.tid, &who.oid);
+        // The user's own grant: wherever an earlier sign-in (or migration) put it.
+        let own = match self.ctx.grants.find_entra_user(&who.tid, &who.oid).await? {
+            Some(id) => id,
+            None => GrantId::entra(&who.tid, &who.oid),
+        };
         let Some(acs_id) = migrate_from else {
             return Ok((own, Outcome::Stored));
         };
+        if *acs_id == own {
+            // Their migration link, followed again after the migration.
+            return Ok((own, Outcome::Stored));
+        }
         let acs = self.ctx.grants.load(acs_id).await?;
         let same_person = acs.as_ref().is_some_and(|a| {
             a.record.kind == Kind::Acs
@@ -325,11 +330,16 @@ impl SignInService {
                     .as_ref()
                     .is_some_and(|u| same_user(u, &who.preferred_username))
         });
-        if same_person {
-            Ok((acs_id.clone(), Outcome::Migrated))
-        } else {
-            tracing::warn!(grant_id = %acs_id, "a migration link was followed by someone other than its grant's user");
-            Ok((own, Outcome::SomeoneElsesLink))
+        let has_own = self.ctx.grants.load(&own).await?.is_some();
+        match (same_person, has_own) {
+            // One grant per user and tenant: the ACS grant becomes theirs, unless they already
+            // have an Entra grant (which then gets the new token; the ACS grant stays).
+            (true, false) => Ok((acs_id.clone(), Outcome::Migrated)),
+            (true, true) => Ok((own, Outcome::Stored)),
+            (false, _) => {
+                tracing::warn!(grant_id = %acs_id, "a migration link was followed by someone other than its grant's user");
+                Ok((own, Outcome::SomeoneElsesLink))
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! `--dev`: a SharePoint and ACS simulator on the same server, and generated configuration.
 //! None of this exists without `--dev`, and none of it is in a Lambda binary.
 
+mod entra;
 mod page;
 mod sim;
 
@@ -44,6 +45,14 @@ pub struct DevValues {
     /// The simulator's time travel, shared by every command run on this data directory.
     #[serde(default)]
     pub clock_offset_seconds: i64,
+    /// The simulated Entra ID app (filled in on first use by an older dev.json).
+    #[serde(default)]
+    pub entra_client_id: String,
+    #[serde(default)]
+    pub entra_client_secret: String,
+    /// The simulated Entra's ID-token signing key (PKCS#8 PEM).
+    #[serde(default)]
+    pub entra_signing_key: String,
 }
 
 fn random(n: usize) -> Result<Vec<u8>, String> {
@@ -77,13 +86,34 @@ impl DevValues {
             sim_key: STANDARD.encode(random(32)?),
             public_url: public_url.to_string(),
             clock_offset_seconds: 0,
+            entra_client_id: String::new(),
+            entra_client_secret: String::new(),
+            entra_signing_key: String::new(),
         })
+        .and_then(Self::with_entra)
+    }
+
+    /// Fills in the simulated Entra app where this file has none (a dev.json from before).
+    fn with_entra(mut self) -> Result<Self, String> {
+        if self.entra_client_id.is_empty() {
+            self.entra_client_id = guid()?;
+        }
+        if self.entra_client_secret.is_empty() {
+            // Entra secrets look like this: not base64.
+            self.entra_client_secret = format!("dev~{}", hex::encode(random(20)?));
+        }
+        if self.entra_signing_key.is_empty() {
+            self.entra_signing_key = spkeeper::testkit::rsa::RsaKey::generate("dev-1")?.private_pem;
+        }
+        Ok(self)
     }
 
     pub fn load_or_create(dir: &Path, listening: &str) -> Result<Self, String> {
         let path = dir.join(DEV_FILE);
-        let mut values: DevValues = keys::load_or_create(&path, || Self::generate(listening))?;
-        if values.public_url != listening {
+        let loaded: DevValues = keys::load_or_create(&path, || Self::generate(listening))?;
+        let had_entra = !loaded.entra_signing_key.is_empty();
+        let mut values = loaded.with_entra()?;
+        if values.public_url != listening || !had_entra {
             values.public_url = listening.to_string();
             values.save(&path)?;
         }
@@ -148,6 +178,13 @@ impl DevValues {
             ("SPKEEPER_API_KEY", self.api_key.clone()),
             ("SPKEEPER_WEBHOOK_URL", format!("{base}/dev/webhook")),
             ("SPKEEPER_WEBHOOK_SECRET", self.webhook_secret.clone()),
+            // The simulated Entra ID: any work account of the simulated tenant.
+            ("SPKEEPER_ENTRA_CLIENT_ID", self.entra_client_id.clone()),
+            (
+                "SPKEEPER_ENTRA_CLIENT_SECRET",
+                self.entra_client_secret.clone(),
+            ),
+            ("SPKEEPER_ENTRA_AUTHORITY", format!("{base}/dev/entra")),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -170,6 +207,17 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/dev/clock", post(sim::set_clock))
         .route("/dev/sweep", post(sim::sweep_now))
         .route("/dev/webhook", post(sim::receive_webhook).get(sim::inbox))
+        .route(
+            "/dev/entra/{tenant}/oauth2/v2.0/authorize",
+            get(entra::authorize),
+        )
+        .route("/dev/entra/authorize/decide", post(entra::decide))
+        .route("/dev/entra/{tenant}/oauth2/v2.0/token", post(entra::token))
+        .route("/dev/entra/{tenant}/discovery/v2.0/keys", get(entra::keys))
+        .route("/dev/entra/fault", post(entra::set_fault))
+        .route("/dev/entra/rotate-keys", post(entra::rotate_keys))
+        .route("/dev/entra/revoke", post(entra::revoke_sessions))
+        .route("/dev/entra/stats", get(entra::stats))
         .with_state(sim)
         .layer(axum::middleware::map_response(simulated_pages_policy))
 }

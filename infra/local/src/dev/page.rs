@@ -166,11 +166,31 @@ pub async fn sharepoint(
     })
     .collect();
 
+    let entra_faults: String = super::entra::FAULT_CODES
+        .iter()
+        .map(|c| c.to_string())
+        .chain(["429".to_string(), "500".to_string()])
+        .map(|m| {
+            button(
+                "/dev/entra/fault",
+                &[("mode", &m), ("count", "1")],
+                &m,
+                true,
+            )
+        })
+        .collect();
+    let connect = format!(
+        "/connect?site={}",
+        url::form_urlencoded::byte_serialize(sim.site_url().as_bytes()).collect::<String>()
+    );
     let body = format!(
         "<header>Contoso · simulated SharePoint (spkeeper --dev)</header><main>\
         <section><h2>1 · Launch the add-in</h2>\
         <p>Signed in to SharePoint as: {users}</p>\
         {launch_form}\
+        <p>Or, as an Entra ID app does since ACS was switched off: \
+        <a class=\"button\" href=\"{connect}\">Sign in with Microsoft</a> \
+        (the simulated Entra ID: pick a user, consent or decline).</p>\
         <p class=\"muted\">The button posts a real context token (HS256, signed with the add-in's client secret) to \
         <code>{launch}</code>, as SharePoint's AppRedirect.aspx does. Client id <code>{client}</code>, tenant <code>{realm}</code>.</p></section>\
         <section><h2>2 · Travel in time</h2><p>Simulated now: <b>{now}</b> ({offset:+.1} days from real time)</p>\
@@ -181,7 +201,23 @@ pub async fn sharepoint(
         <section><h2>4 · Webhook inbox</h2><table><tr><th>received</th><th>type</th><th>grant</th><th>days left</th><th>signature</th></tr>{inbox_rows}</table></section>\
         <section><h2>5 · Make ACS misbehave</h2><p>The next token request gets: {fault_buttons} {clear}</p>\
         <p class=\"muted\">Queued: {faults} · token requests so far: {requests}</p></section>\
+        <section><h2>6 · Make Entra ID misbehave</h2><p>The next Entra token request gets (AADSTS code): {entra_faults} {entra_clear}</p>\
+        <p>{rotate} {revoke}</p></section>\
         </main>",
+        connect = attr(&connect),
+        entra_clear = button("/dev/entra/fault", &[("mode", "clear")], "clear", false),
+        rotate = button(
+            "/dev/entra/rotate-keys",
+            &[],
+            "rotate Entra's signing key",
+            true
+        ),
+        revoke = button(
+            "/dev/entra/revoke",
+            &[("user", "megan")],
+            "revoke Megan's sessions",
+            true
+        ),
         launch = text(&sim.ctx.settings.launch_url()),
         client = text(sim.acs_client_id()),
         realm = text(&sim.values.realm),

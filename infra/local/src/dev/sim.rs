@@ -79,6 +79,8 @@ pub struct Sim {
     faults: Mutex<VecDeque<Fault>>,
     token_requests: AtomicU64,
     inbox: Mutex<VecDeque<InboxEntry>>,
+    /// The simulated Entra ID.
+    pub entra: super::entra::EntraSim,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -136,7 +138,14 @@ impl Sim {
         let sim_key = STANDARD
             .decode(&values.sim_key)
             .map_err(|_| "dev.json: sim_key is not base64".to_string())?;
+        let entra = super::entra::EntraSim::new(
+            &values.entra_signing_key,
+            &values.entra_client_secret,
+            ctx.secrets.entra.as_ref(),
+            &spkeeper::config::Env,
+        )?;
         Ok(Sim {
+            entra,
             ctx,
             clock,
             values,
