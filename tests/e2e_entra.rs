@@ -577,8 +577,23 @@ async fn an_entra_life_kept_alive_then_revoked_then_renewed() {
         200
     );
 
-    // 31 idle days: the sweep redeems it once, silently; its 90 days start over
+    // 31 idle days: the keep-alive is due, but Entra throttles (429, Retry-After 7): the sweep
+    // backs off — the next sweep a moment later does not hammer Entra
+    dev.fault("429").await;
     let s = dev.travel(31).await;
+    assert_eq!(
+        (s["kept_alive"].as_u64(), s["keepalive_failures"].as_u64()),
+        (Some(0), Some(1)),
+        "{s}"
+    );
+    let s = dev.travel(0).await;
+    assert_eq!(
+        (s["kept_alive"].as_u64(), s["keepalive_failures"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    // a day later the sweep redeems it once, silently; its 90 days start over
+    let s = dev.travel(1).await;
     assert_eq!(s["kept_alive"], 1, "{s}");
     assert_eq!(s["notices"]["refresh_token.expiring"], 0);
     assert_eq!(entra_grant(&dev, "megan")["days_left"], 90);
@@ -587,11 +602,17 @@ async fn an_entra_life_kept_alive_then_revoked_then_renewed() {
         0,
         "once, not every sweep"
     );
+    // months of it: each 31 idle days, one more redemption, each rotating the token
+    for _ in 0..3 {
+        assert_eq!(dev.travel(31).await["kept_alive"], 1);
+    }
     let st = dev.stats().await;
     assert_eq!(
         (st["refreshes"].as_u64(), st["stale_refreshes"].as_u64()),
-        (Some(1), Some(0))
+        (Some(4), Some(0)),
+        "{st}"
     );
+    assert_eq!(st["live_refresh_tokens"], 1);
 
     // the administrator revokes her sessions: the next keep-alive finds it, one revoked notice
     dev.post_json_form("/dev/entra/revoke", &[("user", "megan")])
@@ -638,6 +659,12 @@ async fn an_entra_life_kept_alive_then_revoked_then_renewed() {
             .as_u16(),
         200
     );
+
+    let mut dev = dev;
+    let logs = dev.logs();
+    for needle in ["sim-rt-", "sim-at-", "sim-code-", "eyJ", "dev~", API_KEY] {
+        assert!(!logs.contains(needle), "{needle} reached the logs");
+    }
 }
 
 #[tokio::test]
@@ -837,4 +864,210 @@ impl Dev {
             .unwrap();
         assert!(r.status().is_success(), "{path}: {}", r.status());
     }
+}
+
+/// `openapi.yaml`'s answer for (path, method, status), checked with the jsonschema crate.
+fn check_openapi(path: &str, method: &str, status: u16, body: Option<&Value>) {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../openapi.yaml"))
+        .unwrap();
+    let doc: Value = serde_norway::from_str(&text).unwrap();
+    let resolve = |v: &Value| -> Value {
+        match v.get("$ref").and_then(Value::as_str) {
+            Some(r) => doc
+                .pointer(r.trim_start_matches('#'))
+                .cloned()
+                .unwrap_or(Value::Null),
+            None => v.clone(),
+        }
+    };
+    let resp = resolve(&doc["paths"][path][method]["responses"][status.to_string()]);
+    assert!(
+        resp.is_object(),
+        "{method} {path} answered {status}, undocumented"
+    );
+    if let Some(body) = body {
+        let mut schema = resolve(&resp["content"]["application/json"]["schema"]);
+        assert!(
+            schema.is_object(),
+            "{method} {path} {status}: no JSON schema"
+        );
+        schema["components"] = doc["components"].clone();
+        let v = jsonschema::draft202012::new(&schema).unwrap();
+        let errors: Vec<String> = v.iter_errors(body).map(|e| e.to_string()).collect();
+        assert!(
+            errors.is_empty(),
+            "{method} {path} {status}: {body}: {errors:?}"
+        );
+    }
+}
+
+async fn answered(path: &str, method: &str, r: reqwest::Response, seen: &mut Vec<u16>) -> u16 {
+    let status = r.status().as_u16();
+    let json = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    let text = r.text().await.unwrap();
+    let body = json.then(|| serde_json::from_str::<Value>(&text).unwrap());
+    check_openapi(path, method, status, body.as_ref());
+    seen.push(status);
+    status
+}
+
+#[tokio::test]
+async fn every_documented_sign_in_answer_is_given_and_matches_openapi_yaml() {
+    let dev = start(&[("SPKEEPER_RENEW_VIA", "entra")]).await;
+    let (mut connect, mut callback) = (Vec::new(), Vec::new());
+    let get = |p: String| async move { client().get(p).send().await.unwrap() };
+    answered(
+        "/connect",
+        "get",
+        get(connect_url(&dev)).await,
+        &mut connect,
+    )
+    .await;
+    answered(
+        "/connect",
+        "get",
+        get(format!("{}/connect", dev.base)).await,
+        &mut connect,
+    )
+    .await;
+    answered(
+        "/connect",
+        "get",
+        get(format!(
+            "{}/connect?site=https://evil.example.com",
+            dev.base
+        ))
+        .await,
+        &mut connect,
+    )
+    .await;
+
+    let post = |si: &SignIn, fields: Vec<(String, String)>| {
+        let cookie = si.cookie.clone();
+        let base = dev.base.clone();
+        async move {
+            client()
+                .post(format!("{base}/callback"))
+                .header("cookie", cookie)
+                .form_of(&fields)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let si = begin(&dev, &connect_url(&dev)).await;
+    let fields = si.decide(&dev, "megan", "consent").await;
+    answered(
+        "/callback",
+        "post",
+        post(&si, fields.clone()).await,
+        &mut callback,
+    )
+    .await;
+    answered("/callback", "post", post(&si, fields).await, &mut callback).await;
+    for (fault, user) in [("id_token", "alex"), ("7000222", "alex"), ("500", "alex")] {
+        dev.fault(fault).await;
+        let si = begin(&dev, &connect_url(&dev)).await;
+        let fields = si.decide(&dev, user, "consent").await;
+        answered("/callback", "post", post(&si, fields).await, &mut callback).await;
+    }
+    let r = client()
+        .post(format!("{}/callback", dev.base))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    answered("/callback", "post", r, &mut callback).await;
+    // someone else's migration link: 200, a page
+    acs_launch(&dev, "nestor").await;
+    let nestor = dev
+        .grants()
+        .into_iter()
+        .find(|g| g["kind"] == "acs")
+        .unwrap();
+    let renew = client()
+        .get(format!(
+            "{}/renew/{}",
+            dev.base,
+            nestor["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        renew.status().as_u16(),
+        403,
+        "an unsigned renew link is refused"
+    );
+    let link = dev.cli(&["renew-link", nestor["id"].as_str().unwrap()]);
+    let si = begin(&dev, link.trim()).await;
+    let fields = si.decide(&dev, "alex", "consent").await;
+    answered("/callback", "post", post(&si, fields).await, &mut callback).await;
+    // the query form of the callback
+    let si = begin(&dev, &connect_url(&dev)).await;
+    let fields = si.decide(&dev, "megan", "consent").await;
+    let q = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(&fields)
+        .finish();
+    let r = client()
+        .get(format!("{}/callback?{q}", dev.base))
+        .header("cookie", &si.cookie)
+        .send()
+        .await
+        .unwrap();
+    let mut get_seen = Vec::new();
+    assert_eq!(answered("/callback", "get", r, &mut get_seen).await, 303);
+
+    // a deployment without Entra: 404 on both
+    let dir = tempfile::tempdir().unwrap();
+    let acs_only = vars(
+        &dir.path().join("data"),
+        &[
+            ("SPKEEPER_CLIENT_ID", "6f1a8d2c-3b4e-4f5a-9b8c-7d6e5f4a3b2c"),
+            (
+                "SPKEEPER_CLIENT_SECRET",
+                "c2VjcmV0LWZvci1lMmUtdGVzdHMtb25seS0wMTIzNDU2Nzg5",
+            ),
+            ("SPKEEPER_PUBLIC_URL", "http://127.0.0.1:1"),
+            ("SPKEEPER_ALLOWED_SP_HOSTS", "contoso.sharepoint.com"),
+        ],
+    );
+    let mut plain = Proc::spawn(
+        &bin(),
+        &["serve", "--addr", "127.0.0.1:0"],
+        &acs_only,
+        dir.path(),
+        "plain",
+    );
+    let base = plain.wait_for_line("spkeeper listening on ", Duration::from_secs(30));
+    answered(
+        "/connect",
+        "get",
+        get(format!(
+            "{base}/connect?site=https://contoso.sharepoint.com"
+        ))
+        .await,
+        &mut connect,
+    )
+    .await;
+    let r = client()
+        .post(format!("{base}/callback"))
+        .form_of(&[("state", "x"), ("code", "y")])
+        .send()
+        .await
+        .unwrap();
+    answered("/callback", "post", r, &mut callback).await;
+    plain.stop();
+
+    connect.sort_unstable();
+    connect.dedup();
+    callback.sort_unstable();
+    callback.dedup();
+    assert_eq!(connect, [302, 400, 403, 404]);
+    assert_eq!(callback, [200, 303, 401, 403, 404, 415, 502, 503]);
 }

@@ -406,7 +406,14 @@ async fn every_documented_answer_is_given_and_matches_openapi_yaml() {
         .await;
 
     let seen = spec.seen.lock().unwrap().clone();
-    let missing: Vec<_> = spec.documented().difference(&seen).cloned().collect();
+    // The Entra sign-in routes need the simulated Entra ID: tests/e2e_entra.rs checks their
+    // answers against this document through the real binary.
+    let missing: Vec<_> = spec
+        .documented()
+        .difference(&seen)
+        .filter(|(path, _, _)| path != "/connect" && path != "/callback")
+        .cloned()
+        .collect();
     assert!(
         missing.is_empty(),
         "documented but never produced by this test: {missing:?}"
