@@ -14,6 +14,32 @@ use spkeeper_e2e::*;
 
 const API_KEY: &str = "entra-e2e-api-key-0123456789";
 
+/// A plain `serve` of an ACS-only deployment (no Entra configured): (process, base URL, its dir).
+fn acs_only_server() -> (Proc, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let acs_only = vars(
+        &dir.path().join("data"),
+        &[
+            ("SPKEEPER_CLIENT_ID", "6f1a8d2c-3b4e-4f5a-9b8c-7d6e5f4a3b2c"),
+            (
+                "SPKEEPER_CLIENT_SECRET",
+                "c2VjcmV0LWZvci1lMmUtdGVzdHMtb25seS0wMTIzNDU2Nzg5",
+            ),
+            ("SPKEEPER_PUBLIC_URL", "http://127.0.0.1:1"),
+            ("SPKEEPER_ALLOWED_SP_HOSTS", "contoso.sharepoint.com"),
+        ],
+    );
+    let mut plain = Proc::spawn(
+        &bin(),
+        &["serve", "--addr", "127.0.0.1:0"],
+        &acs_only,
+        dir.path(),
+        "plain",
+    );
+    let base = plain.wait_for_line("spkeeper listening on ", Duration::from_secs(30));
+    (plain, base, dir)
+}
+
 /// A form post (reqwest's `form` feature is not on).
 trait Form {
     fn form_of<K: AsRef<str>, V: AsRef<str>>(self, pairs: &[(K, V)]) -> Self;
@@ -465,27 +491,7 @@ async fn every_sign_in_refusal_has_its_code_and_nothing_is_stored() {
     assert_eq!(dev.grants(), first, "no refused sign-in stored anything");
 
     // a deployment without Entra
-    let dir = tempfile::tempdir().unwrap();
-    let acs_only = vars(
-        &dir.path().join("data"),
-        &[
-            ("SPKEEPER_CLIENT_ID", "6f1a8d2c-3b4e-4f5a-9b8c-7d6e5f4a3b2c"),
-            (
-                "SPKEEPER_CLIENT_SECRET",
-                "c2VjcmV0LWZvci1lMmUtdGVzdHMtb25seS0wMTIzNDU2Nzg5",
-            ),
-            ("SPKEEPER_PUBLIC_URL", "http://127.0.0.1:1"),
-            ("SPKEEPER_ALLOWED_SP_HOSTS", "contoso.sharepoint.com"),
-        ],
-    );
-    let mut plain = Proc::spawn(
-        &bin(),
-        &["serve", "--addr", "127.0.0.1:0"],
-        &acs_only,
-        dir.path(),
-        "plain",
-    );
-    let base = plain.wait_for_line("spkeeper listening on ", Duration::from_secs(30));
+    let (mut plain, base, _dir) = acs_only_server();
     assert_code(
         get(format!(
             "{base}/connect?site=https://contoso.sharepoint.com"
@@ -1024,27 +1030,7 @@ async fn every_documented_sign_in_answer_is_given_and_matches_openapi_yaml() {
     assert_eq!(answered("/callback", "get", r, &mut get_seen).await, 303);
 
     // a deployment without Entra: 404 on both
-    let dir = tempfile::tempdir().unwrap();
-    let acs_only = vars(
-        &dir.path().join("data"),
-        &[
-            ("SPKEEPER_CLIENT_ID", "6f1a8d2c-3b4e-4f5a-9b8c-7d6e5f4a3b2c"),
-            (
-                "SPKEEPER_CLIENT_SECRET",
-                "c2VjcmV0LWZvci1lMmUtdGVzdHMtb25seS0wMTIzNDU2Nzg5",
-            ),
-            ("SPKEEPER_PUBLIC_URL", "http://127.0.0.1:1"),
-            ("SPKEEPER_ALLOWED_SP_HOSTS", "contoso.sharepoint.com"),
-        ],
-    );
-    let mut plain = Proc::spawn(
-        &bin(),
-        &["serve", "--addr", "127.0.0.1:0"],
-        &acs_only,
-        dir.path(),
-        "plain",
-    );
-    let base = plain.wait_for_line("spkeeper listening on ", Duration::from_secs(30));
+    let (mut plain, base, _dir) = acs_only_server();
     answered(
         "/connect",
         "get",

@@ -536,6 +536,29 @@ impl DynamoStore {
     }
 }
 
+/// Every grant item of a paged Scan or Query (`page` reads one page from a start key), in the
+/// order `spkeeper grants` and the lookups show them.
+async fn grants_of_pages<F, Fut>(mut page: F) -> Result<Vec<GrantRecord>, StoreError>
+where
+    F: FnMut(Option<Item>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<Item>, Option<Item>), StoreError>>,
+{
+    let mut out = Vec::new();
+    let mut start = None;
+    loop {
+        let (items, next) = page(start).await?;
+        for item in &items {
+            out.push(read_grant(item)?);
+        }
+        match next {
+            Some(k) => start = Some(k),
+            None => break,
+        }
+    }
+    out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    Ok(out)
+}
+
 fn encode_cursor(shard: u8, key: Option<&Item>) -> DueCursor {
     let key: HashMap<&str, &str> = key
         .into_iter()
@@ -770,9 +793,7 @@ impl GrantStore for DynamoStore {
     /// Operators only (`spkeeper grants`): a paginated Scan of the grant items. The sweep
     /// never calls it, and no Lambda role may Scan.
     async fn list(&self) -> Result<Vec<GrantRecord>, StoreError> {
-        let mut out = Vec::new();
-        let mut start = None;
-        loop {
+        grants_of_pages(|start| async move {
             let page = self
                 .client
                 .scan()
@@ -783,16 +804,9 @@ impl GrantStore for DynamoStore {
                 .send()
                 .await
                 .map_err(sdk)?;
-            for item in page.items() {
-                out.push(read_grant(item)?);
-            }
-            match page.last_evaluated_key {
-                Some(k) => start = Some(k),
-                None => break,
-            }
-        }
-        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        Ok(out)
+            Ok((page.items.unwrap_or_default(), page.last_evaluated_key))
+        })
+        .await
     }
 
     async fn find_by_user(&self, key: &UserKey) -> Result<Vec<GrantRecord>, StoreError> {
@@ -800,9 +814,7 @@ impl GrantStore for DynamoStore {
             UserKey::Email(_) => (EMAIL_INDEX, EMAIL_KEY),
             UserKey::LoginName(_) => (LOGIN_INDEX, LOGIN_KEY),
         };
-        let mut out = Vec::new();
-        let mut start = None;
-        loop {
+        grants_of_pages(|start| async move {
             let page = self
                 .client
                 .query()
@@ -815,16 +827,9 @@ impl GrantStore for DynamoStore {
                 .send()
                 .await
                 .map_err(sdk)?;
-            for item in page.items() {
-                out.push(read_grant(item)?);
-            }
-            match page.last_evaluated_key {
-                Some(k) => start = Some(k),
-                None => break,
-            }
-        }
-        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        Ok(out)
+            Ok((page.items.unwrap_or_default(), page.last_evaluated_key))
+        })
+        .await
     }
 
     async fn find_entra_user(&self, tid: &str, oid: &str) -> Result<Option<GrantId>, StoreError> {

@@ -173,12 +173,7 @@ impl TokenService {
         scope: Option<&str>,
     ) -> Result<IssuedToken, ExchangeError> {
         let now = self.ctx.now();
-        let stored = self
-            .ctx
-            .grants
-            .load(id)
-            .await?
-            .ok_or(ExchangeError::UnknownGrant)?;
+        let stored = self.load(id).await?;
         let rec = &stored.record;
         let host = match host {
             Some(h) => self
@@ -228,24 +223,13 @@ impl TokenService {
             return Ok(self.issue(&stored.record, t, now));
         }
 
-        let lock = self.local_lock(&target.lock_key);
-        let result = {
-            let _held = lock.lock().await;
-            self.single_flight(&stored, &target, false).await
-        };
-        self.forget_lock(&target.lock_key, &lock);
-        result
+        self.serialised(&stored, &target, false).await
     }
 
     /// The sweep's keep-alive: redeems an idle Entra grant once (storing the rotated refresh
     /// token), unless someone redeemed it meanwhile.
     pub async fn keep_alive(&self, id: &GrantId) -> Result<(), ExchangeError> {
-        let stored = self
-            .ctx
-            .grants
-            .load(id)
-            .await?
-            .ok_or(ExchangeError::UnknownGrant)?;
+        let stored = self.load(id).await?;
         let scope = default_scope(&self.allowed_site(&stored.record.site_url)?.authority());
         let target = Target {
             cache_key: scope,
@@ -253,13 +237,31 @@ impl TokenService {
             lease_key: format!("entra|{id}"),
             kind: Kind::Entra,
         };
+        self.serialised(&stored, &target, true).await.map(|_| ())
+    }
+
+    async fn load(&self, id: &GrantId) -> Result<StoredGrant, ExchangeError> {
+        self.ctx
+            .grants
+            .load(id)
+            .await?
+            .ok_or(ExchangeError::UnknownGrant)
+    }
+
+    /// [`Self::single_flight`] under this process's lock for the target.
+    async fn serialised(
+        &self,
+        stored: &StoredGrant,
+        target: &Target,
+        redeem_anyway: bool,
+    ) -> Result<IssuedToken, ExchangeError> {
         let lock = self.local_lock(&target.lock_key);
         let result = {
             let _held = lock.lock().await;
-            self.single_flight(&stored, &target, true).await
+            self.single_flight(stored, target, redeem_anyway).await
         };
         self.forget_lock(&target.lock_key, &lock);
-        result.map(|_| ())
+        result
     }
 
     /// A scope asked for an Entra grant: one resource's, on an allowed SharePoint host or
@@ -414,12 +416,7 @@ impl TokenService {
             ExchangeError::StsRejectedClient
         })?;
         let now = self.ctx.now();
-        let stored = self
-            .ctx
-            .grants
-            .load(id)
-            .await?
-            .ok_or(ExchangeError::UnknownGrant)?;
+        let stored = self.load(id).await?;
         let rec = &stored.record;
         let relaunch = |reason| ExchangeError::RelaunchRequired {
             renew_url: self.ctx.renew_url(id, now),
