@@ -1057,3 +1057,30 @@ async fn every_documented_sign_in_answer_is_given_and_matches_openapi_yaml() {
     assert_eq!(connect, [302, 400, 403, 404]);
     assert_eq!(callback, [200, 303, 401, 403, 404, 415, 502, 503]);
 }
+
+#[tokio::test]
+async fn when_the_keep_alive_keeps_failing_the_stages_go_out_before_the_inactivity_mark() {
+    let dev = start(&[]).await;
+    assert_eq!(sign_in(&dev, "nestor").await.status().as_u16(), 303);
+    // Entra keeps failing (500) through day 61: the keep-alive never succeeds...
+    dev.post_json("/dev/entra/fault", json!({"mode": "500", "count": 100}))
+        .await;
+    let s = dev.travel(61).await;
+    assert_eq!(s["kept_alive"], 0, "{s}");
+    assert_eq!(s["keepalive_failures"], 1, "{s}");
+    // ...so the 30-day notice goes out, as for a grant without keep-alive
+    assert_eq!(s["notices"]["refresh_token.expiring"], 1, "{s}");
+    let inbox = dev.inbox(1).await;
+    assert_eq!(inbox[0]["notice"]["days_left"], 29);
+    assert_eq!(entra_grant(&dev, "nestor")["status"], "expiring");
+    // Entra comes back: the next sweep's keep-alive succeeds and the 90 days start over
+    dev.post_json("/dev/entra/fault", json!({"mode": "clear"}))
+        .await;
+    let s = dev.travel(1).await;
+    assert_eq!(s["kept_alive"], 1, "{s}");
+    let g = entra_grant(&dev, "nestor");
+    assert_eq!(
+        (g["status"].as_str(), g["days_left"].as_i64()),
+        (Some("active"), Some(90))
+    );
+}
