@@ -787,8 +787,12 @@ async fn a_migration_carries_an_acs_grant_over_only_for_its_own_user() {
     let inbox = dev.inbox(3).await;
     assert_eq!(inbox[2]["notice"]["type"], "refresh_token.renewed");
     assert_eq!(inbox[2]["notice"]["migrated_from"], "acs");
-    // her later sign-ins find that grant
+    // her later sign-ins find that grant, and an ACS launch never takes it back
     assert_eq!(sign_in(&dev, "megan").await.status().as_u16(), 303);
+    acs_launch(&dev, "megan").await;
+    let g = entra_grant(&dev, "megan");
+    assert_eq!(g["id"], megan_acs["id"]);
+    assert_eq!(g["kind"], "entra");
     assert_eq!(
         dev.grants().iter().filter(|g| g["kind"] == "entra").count(),
         1
@@ -1082,5 +1086,206 @@ async fn when_the_keep_alive_keeps_failing_the_stages_go_out_before_the_inactivi
     assert_eq!(
         (g["status"].as_str(), g["days_left"].as_i64()),
         (Some("active"), Some(90))
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_for_one_extra_scope_leaves_the_grant_alive() {
+    let dev = start(&[]).await;
+    assert_eq!(sign_in(&dev, "alex").await.status().as_u16(), 303);
+    let id = entra_grant(&dev, "alex")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // the app asks Graph for a permission the user never consented to
+    dev.fault("65001").await;
+    let r = dev
+        .token(json!({"grant_id": id, "scope": "https://graph.microsoft.com/Mail.Send"}))
+        .await;
+    let body = assert_code(r, 409, "relaunch_required").await;
+    assert_eq!(body["reason"], "consent");
+    // the grant itself is fine: still active, its own scope still served, no notice
+    assert_eq!(entra_grant(&dev, "alex")["status"], "active");
+    assert_eq!(
+        dev.token(json!({"grant_id": id})).await.status().as_u16(),
+        200
+    );
+    let s = dev.travel(0).await;
+    assert_eq!(s["notices"]["refresh_token.revoked"], 0, "{s}");
+    let inbox: Value = get_json(&format!("{}/dev/webhook", dev.base)).await;
+    assert_eq!(inbox, json!([]));
+    // but consent removed for the grant's own scope is a revocation
+    dev.post_json("/dev/entra/fault", json!({"mode": "65001"}))
+        .await;
+    let host = dev.base.trim_start_matches("http://").to_string();
+    let r = dev
+        .token(json!({"grant_id": id, "scope": format!("https://{host}/AllSites.Read")}))
+        .await;
+    assert_code(r, 409, "relaunch_required").await;
+    assert_eq!(
+        entra_grant(&dev, "alex")["status"],
+        "active",
+        "AllSites.Read is not the default scope"
+    );
+    dev.post_json("/dev/entra/fault", json!({"mode": "65001"}))
+        .await;
+    let r = dev
+        .token(json!({"grant_id": id, "scope": format!("https://{host}/.default")}))
+        .await;
+    assert_eq!(r.status().as_u16(), 200, "cached: no redemption was needed");
+}
+
+#[tokio::test]
+async fn a_scope_is_one_plainly_written_resource_and_its_spellings_share_one_cache_entry() {
+    let dev = start(&[]).await;
+    assert_eq!(sign_in(&dev, "megan").await.status().as_u16(), 303);
+    let id = entra_grant(&dev, "megan")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for bad in [
+        "https://evil.com@graph.microsoft.com/.default",
+        "https://graph.microsoft.com\\.evil.com/.default",
+        "https://graph.microsoft.com/.default?x=https://evil.com",
+        "https://graph.microsoft.com/.default#x",
+        "https://graph.microsoft.com/.default%20offline_access",
+        "https://graph.microsoft.com/.default offline_access",
+        "https://graph.microsoft.com/.default\u{0}",
+        "http://graph.microsoft.com/.default",
+        "https://graph.microsoft.com",
+    ] {
+        assert_code(
+            dev.token(json!({"grant_id": id, "scope": bad})).await,
+            400,
+            "bad_request",
+        )
+        .await;
+    }
+    for spelling in [
+        "https://graph.microsoft.com/.default",
+        "https://GRAPH.microsoft.com/.default",
+        "https://graph.microsoft.com:443/.default",
+    ] {
+        let r = dev.token(json!({"grant_id": id, "scope": spelling})).await;
+        assert_eq!(r.status().as_u16(), 200, "{spelling}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["resource"], "https://graph.microsoft.com/.default");
+    }
+    assert_eq!(
+        dev.stats().await["refreshes"],
+        1,
+        "one redemption for one scope"
+    );
+}
+
+#[tokio::test]
+async fn a_grant_erased_while_entra_answers_gets_no_token_back() {
+    let dev = start(&[]).await;
+    assert_eq!(sign_in(&dev, "megan").await.status().as_u16(), 303);
+    let id = entra_grant(&dev, "megan")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Entra fails once (the request retries after 500 ms); the grant is erased meanwhile
+    dev.fault("500").await;
+    let (base, gid) = (dev.base.clone(), id.clone());
+    let in_flight = tokio::spawn(async move {
+        client()
+            .post(format!("{base}/token"))
+            .bearer_auth(API_KEY)
+            .json(&json!({"grant_id": gid, "scope": "https://graph.microsoft.com/.default"}))
+            .send()
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let erased = client()
+        .delete(format!("{}/grants/{id}", dev.base))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status().as_u16(), 204);
+    assert_code(in_flight.await.unwrap(), 404, "unknown_grant").await;
+    assert!(dev.grants().is_empty());
+}
+
+#[tokio::test]
+async fn a_sign_in_is_never_stored_against_another_tenants_site() {
+    // B is another tenant's SharePoint (its simulator answers for another realm).
+    let b = start(&[]).await;
+    let b_host = b.base.trim_start_matches("http://").to_string();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let hosts = format!("127.0.0.1:{port},{b_host},*.sharepoint.com");
+    let mut v = vars(
+        &dir.path().join("data"),
+        &[("SPKEEPER_ALLOWED_SP_HOSTS", hosts.as_str())],
+    );
+    v.insert(
+        "SPKEEPER_PUBLIC_URL".into(),
+        format!("http://127.0.0.1:{port}"),
+    );
+    let mut proc = Proc::spawn(
+        &bin(),
+        &["serve", "--dev", "--addr", &format!("127.0.0.1:{port}")],
+        &v,
+        &logs,
+        "a",
+    );
+    let base = proc.wait_for_line("spkeeper listening on ", Duration::from_secs(30));
+    let a = Dev {
+        proc,
+        base,
+        vars: v,
+        logs,
+        _dir: Some(dir),
+    };
+    let connect = |site: &str| {
+        format!(
+            "{}/connect?site={}",
+            a.base,
+            url::form_urlencoded::byte_serialize(site.as_bytes()).collect::<String>()
+        )
+    };
+    let r = begin(&a, &connect(&b.base))
+        .await
+        .complete(&a, "megan")
+        .await;
+    assert_code(r, 403, "host_realm_mismatch").await;
+    let r = begin(
+        &a,
+        &connect("https://fabrikam.sharepoint.com/sites/finance"),
+    )
+    .await
+    .complete(&a, "megan")
+    .await;
+    assert_code(r, 502, "sharepoint_unreachable").await;
+    assert!(a.grants().is_empty(), "nothing stored");
+    // its own tenant's site is fine
+    assert_eq!(sign_in(&a, "megan").await.status().as_u16(), 303);
+}
+
+#[tokio::test]
+async fn an_error_from_entra_cannot_forge_a_log_line() {
+    let mut dev = start(&[]).await;
+    let si = begin(&dev, &connect_url(&dev)).await;
+    let fields = vec![
+        ("state".to_string(), si.q()["state"].clone()),
+        (
+            "error".to_string(),
+            "server_error\nFORGED event=\"sts_rejected_client\"".to_string(),
+        ),
+    ];
+    assert_code(si.callback(&dev, &fields, true).await, 502, "sts_error").await;
+    let logs = dev.logs();
+    assert!(
+        logs.lines().all(|l| !l.starts_with("FORGED")),
+        "a forged line"
     );
 }

@@ -321,3 +321,27 @@ async fn erasure_removes_the_grant_its_tokens_and_its_notices_at_once() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_path_that_is_not_utf8_is_the_contracts_error_after_the_caller_is_authorized() {
+    let h = Harness::new().await;
+    let unauth = Request::get("/grants/%ff")
+        .header("authorization", "Bearer wrong-key-0123456789")
+        .body(Body::empty())
+        .unwrap();
+    assert_error(h.send(unauth).await, 401, "unauthorized").await;
+    for method in ["GET", "DELETE"] {
+        assert_error(
+            h.send(req(method, "/grants/%ff", None)).await,
+            400,
+            "bad_request",
+        )
+        .await;
+    }
+    assert_error(
+        h.get("/renew/%ff?exp=1&sig=x", &[]).await,
+        403,
+        "invalid_link",
+    )
+    .await;
+}

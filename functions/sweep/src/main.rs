@@ -3,11 +3,16 @@
 //! twice at once: every notice is a conditional write.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use spkeeper::config::Program;
 use spkeeper::service::sweep::{SweepService, SweepSummary};
+
+/// Left for what is in flight (a keep-alive redemption takes at most a few seconds) and the
+/// relay to SQS after the last visit.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(15);
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -30,8 +35,15 @@ async fn run(
     event: LambdaEvent<EventBridgeEvent<serde_json::Value>>,
 ) -> Result<SweepSummary, Error> {
     tracing::info!(scheduled = ?event.payload.time, "sweeping");
+    // Stop cleanly before Lambda's deadline: what is left stays due for the next run.
+    let remaining_ms = event
+        .context
+        .deadline
+        .saturating_sub(u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0));
+    let deadline =
+        Instant::now() + Duration::from_millis(remaining_ms).saturating_sub(DEADLINE_MARGIN);
     let summary = sweep
-        .run(chrono::Utc::now(), false)
+        .run_until(chrono::Utc::now(), false, Some(deadline))
         .await
         .inspect_err(|e| tracing::error!(error = %e, "sweep failed"))?;
     tracing::info!(summary = %serde_json::to_string(&summary).unwrap_or_default(), "sweep done");

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::core::context_token::TokenError;
 use crate::core::links::LinkError;
+use crate::service::RealmError;
 use crate::service::exchange::ExchangeError;
 use crate::service::grants::GrantsError;
 use crate::service::launch::LaunchError;
@@ -161,16 +162,7 @@ pub fn launch_error(e: &LaunchError) -> ApiError {
             "host_not_allowed",
             "This SharePoint host is not allowed for this add-in.",
         ),
-        LaunchError::HostRealmMismatch => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "host_realm_mismatch",
-            "The SharePoint site belongs to another tenant than the one that launched the add-in.",
-        ),
-        LaunchError::SharePointUnreachable(_) => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "sharepoint_unreachable",
-            "The SharePoint site could not be reached to confirm its tenant; try again shortly.",
-        ),
+        LaunchError::Realm(r) => realm_error(r),
         LaunchError::Token(t) => token_error(t),
         LaunchError::AcsNotConfigured => ApiError::new(
             StatusCode::NOT_FOUND,
@@ -201,7 +193,7 @@ pub fn exchange_error(e: &ExchangeError) -> ApiError {
             ..ApiError::new(
                 StatusCode::CONFLICT,
                 "relaunch_required",
-                "The user's refresh token is expired or revoked; they must open the add-in from SharePoint again.",
+                "The user's refresh token is expired or revoked; they must sign in again (open the add-in, or follow the renew link).",
             )
         },
         ExchangeError::StsRejectedClient => ApiError::new(
@@ -252,8 +244,25 @@ pub fn grants_error(e: &GrantsError) -> ApiError {
     }
 }
 
+pub fn realm_error(e: &RealmError) -> ApiError {
+    match e {
+        RealmError::Mismatch => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "host_realm_mismatch",
+            "The SharePoint site belongs to another tenant than the one that signed in.",
+        ),
+        RealmError::Unreachable(_) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "sharepoint_unreachable",
+            "The SharePoint site could not be reached to confirm its tenant; try again shortly.",
+        ),
+        RealmError::Store(_) => ApiError::internal(e),
+    }
+}
+
 pub fn sign_in_error(e: &SignInError) -> ApiError {
     match e {
+        SignInError::Realm(r) => realm_error(r),
         SignInError::NotConfigured => ApiError::new(
             StatusCode::NOT_FOUND,
             "entra_not_configured",

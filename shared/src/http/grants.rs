@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -57,8 +58,12 @@ fn logged(route: &'static str, result: Result<Response, ApiError>) -> Response {
     into_response(result.map(no_store))
 }
 
-fn grant_id(raw: &str) -> Result<GrantId, ApiError> {
-    GrantId::parse(raw).ok_or_else(|| bad_request("grant_id must be 32 lowercase hex digits."))
+/// The path's grant id; anything else (not UTF-8 either) is the contract's 400, after the
+/// caller was authorized.
+fn grant_id(raw: RawId) -> Result<GrantId, ApiError> {
+    raw.ok()
+        .and_then(|Path(raw)| GrantId::parse(raw.as_str()))
+        .ok_or_else(|| bad_request("grant_id must be 32 lowercase hex digits."))
 }
 
 #[derive(Deserialize)]
@@ -84,12 +89,14 @@ async fn handoff(State(st): State<GrantsState>, req: Request) -> Response {
     logged("handoff", result)
 }
 
-async fn one(State(st): State<GrantsState>, Path(raw): Path<String>, parts: Parts) -> Response {
+type RawId = Result<Path<String>, PathRejection>;
+
+async fn one(State(st): State<GrantsState>, raw: RawId, parts: Parts) -> Response {
     let result = async {
         require(st.auth.as_ref(), &parts)?;
         let grant = st
             .grants
-            .get(&grant_id(&raw)?)
+            .get(&grant_id(raw)?)
             .await
             .map_err(|e| grants_error(&e))?;
         Ok(axum::Json(json!({ "grant": grant })).into_response())
@@ -98,11 +105,11 @@ async fn one(State(st): State<GrantsState>, Path(raw): Path<String>, parts: Part
     logged("grants", result)
 }
 
-async fn forget(State(st): State<GrantsState>, Path(raw): Path<String>, parts: Parts) -> Response {
+async fn forget(State(st): State<GrantsState>, raw: RawId, parts: Parts) -> Response {
     let result = async {
         require(st.auth.as_ref(), &parts)?;
         st.grants
-            .forget(&grant_id(&raw)?)
+            .forget(&grant_id(raw)?)
             .await
             .map_err(|e| grants_error(&e))?;
         Ok(StatusCode::NO_CONTENT.into_response())

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -27,9 +28,11 @@ pub fn router(svc: Arc<SignInService>) -> Router {
 
 async fn renew(
     State(svc): State<Arc<SignInService>>,
-    Path(raw_id): Path<String>,
+    raw_id: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
 ) -> Response {
+    // A path that is not even UTF-8 is a bad link like any other.
+    let raw_id = raw_id.map(|Path(p)| p).unwrap_or_default();
     let result = redirect(&svc, &raw_id, query.as_deref().unwrap_or("")).await;
     if let Err(e) = &result {
         tracing::info!(error = e.code, "renew link refused");

@@ -265,7 +265,8 @@ impl TokenService {
     }
 
     /// A scope asked for an Entra grant: one resource's, on an allowed SharePoint host or
-    /// Microsoft Graph (ENTRA.md §3: one resource per request).
+    /// Microsoft Graph (ENTRA.md §3: one resource per request). Returned in one canonical form
+    /// (what Entra is sent, and the cache's key), so spellings of one scope are one scope.
     fn checked_scope(&self, scope: &str) -> Result<String, ExchangeError> {
         const GRAPH: [&str; 4] = [
             "graph.microsoft.com",
@@ -274,9 +275,21 @@ impl TokenService {
             "microsoftgraph.chinacloudapi.cn",
         ];
         let scope = scope.trim();
+        // Letters, digits and what a scope URL needs: no space (a second scope), no user info,
+        // query, fragment, backslash, percent-escape or control character.
+        if scope.is_empty()
+            || scope.len() > 512
+            || !scope
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"./:-_".contains(&b))
+        {
+            return Err(ExchangeError::BadScope(
+                "one https resource scope, plainly written",
+            ));
+        }
         let url = url::Url::parse(scope)
             .map_err(|_| ExchangeError::BadScope("not a resource scope URL"))?;
-        if scope.contains(char::is_whitespace) || url.scheme() != "https" {
+        if url.scheme() != "https" || url.host().is_none() || url.path().len() < 2 {
             return Err(ExchangeError::BadScope("one https resource scope"));
         }
         let host = crate::core::hosts::authority_of(&url);
@@ -292,7 +305,7 @@ impl TokenService {
                 "the scope's host is neither an allowed SharePoint host nor Microsoft Graph",
             ));
         }
-        Ok(scope.to_string())
+        Ok(format!("https://{host}{}", url.path()))
     }
 
     /// A stored site URL, checked against today's allowlist at the moment of use (stored
@@ -465,9 +478,11 @@ impl TokenService {
         let why = if keep_alive { "keep-alive" } else { "token" };
         match outcome {
             Ok(tokens) => {
+                // Erased while Entra answered: nothing of it is kept, nothing is handed out.
                 let updated = self
                     .store_rotation(&stored, tokens.refresh_token.as_ref(), now)
-                    .await?;
+                    .await?
+                    .ok_or(ExchangeError::UnknownGrant)?;
                 tracing::info!(grant_id = %id, scope, outcome = "issued", rotated = tokens.refresh_token.is_some(), elapsed_ms, why, "redeemed the refresh token at Entra");
                 let sealed = self.ctx.secrets.key_ring.seal(
                     tokens.access_token.expose_secret().as_bytes(),
@@ -483,7 +498,7 @@ impl TokenService {
                 };
                 self.ctx.cache.put_access_token(id, scope, &cached).await?;
                 Ok(self.issue(
-                    updated.as_ref().unwrap_or(rec),
+                    &updated,
                     (tokens.access_token, tokens.expires_at, scope.to_string()),
                     now,
                 ))
@@ -493,13 +508,27 @@ impl TokenService {
                 code,
                 error,
             }) => {
-                tracing::warn!(grant_id = %id, outcome = "relaunch", %error, aadsts = ?code, %reason, elapsed_ms, why, "Entra refused the refresh token");
-                mark_revoked(&self.ctx, &stored, reason, code, now).await?;
+                let aadsts = code.unwrap_or(0);
+                // Consent, MFA or a Conditional Access block for one extra resource says
+                // nothing of the refresh token: the grant stays alive for its own scope.
+                let own_scope = self
+                    .allowed_site(&rec.site_url)
+                    .map(|s| default_scope(&s.authority()))
+                    .is_ok_and(|d| d == scope);
+                let scope_only = !own_scope
+                    && matches!(
+                        reason,
+                        Reason::Consent | Reason::MfaRequired | Reason::Blocked
+                    );
+                tracing::warn!(grant_id = %id, outcome = "relaunch", error = %error, aadsts, %reason, scope_only, elapsed_ms, why, "Entra refused the refresh token for this scope");
+                if !scope_only {
+                    mark_revoked(&self.ctx, &stored, reason, code, now).await?;
+                }
                 Err(relaunch(Some(reason)))
             }
             Err(EntraFailure::Operator { code, error }) => {
                 // An operator problem: this event is what the alarm counts.
-                tracing::error!(grant_id = %id, event = "sts_rejected_client", outcome = "sts_rejected_client", %error, aadsts = ?code, elapsed_ms, why, "Entra refused the app's credentials or request");
+                tracing::error!(grant_id = %id, event = "sts_rejected_client", outcome = "sts_rejected_client", %error, aadsts = code.unwrap_or(0), elapsed_ms, why, "Entra refused the app's credentials or request");
                 Err(ExchangeError::StsRejectedClient)
             }
             Err(EntraFailure::Transient {

@@ -7,16 +7,16 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 
-use crate::clients::discover_realm;
 use crate::context::Context;
 use crate::core::context_token::{self, Expectations, TokenError};
 use crate::core::form_pairs;
 use crate::core::grant::{GrantId, Kind, LaunchPlan, Progress, plan_launch, refresh_token_expiry};
-use crate::core::hosts::{HostError, SiteUrl};
+use crate::core::hosts::HostError;
 use crate::core::notice::{Notice, NoticeType};
 use crate::core::seal::{Place, SealError};
 use crate::ports::{GrantRecord, StandardTokens, StoreError, Written};
 use crate::service::exchange::TokenService;
+use crate::service::{RealmError, check_site_realm};
 
 /// Names under which Microsoft's helper accepts the context token (form first, then query).
 pub const TOKEN_PARAMS: [&str; 4] = ["SPAppToken", "AppContext", "AppContextToken", "AccessToken"];
@@ -24,10 +24,6 @@ pub const TOKEN_PARAMS: [&str; 4] = ["SPAppToken", "AppContext", "AppContextToke
 const IDENTIFY_AFTER_LAUNCH: StdDuration = StdDuration::from_secs(3);
 /// SharePoint's error text is logged (never shown: anyone can post it), this much at most.
 const MAX_SP_ERROR_CHARS: usize = 500;
-/// How long a discovered host realm is trusted before it is discovered again.
-pub const HOST_REALM_TTL: chrono::Duration = chrono::Duration::hours(24);
-/// Realm discovery never holds a launch longer than this.
-const REALM_DISCOVERY_TIMEOUT: StdDuration = StdDuration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -39,10 +35,8 @@ pub enum LaunchError {
     SharePoint { correlation_id: String },
     #[error("the SharePoint host is not allowed")]
     HostNotAllowed,
-    #[error("the SharePoint host answers for another realm than the context token's")]
-    HostRealmMismatch,
-    #[error("the SharePoint host's realm could not be discovered: {0}")]
-    SharePointUnreachable(String),
+    #[error(transparent)]
+    Realm(#[from] RealmError),
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error(transparent)]
@@ -189,9 +183,9 @@ impl LaunchService {
 
         // The host web (and the app web) must answer for the token's realm: a token of one
         // tenant is never stored against another tenant's site.
-        self.check_realm(&site, &ct.realm, now).await?;
+        check_site_realm(&self.ctx, &site, &ct.realm, now).await?;
         if let Some(app_web) = &app_web {
-            self.check_realm(app_web, &ct.realm, now).await?;
+            check_site_realm(&self.ctx, app_web, &ct.realm, now).await?;
         }
 
         let id = GrantId::derive(&ct.realm, &ct.cache_key);
@@ -268,47 +262,6 @@ impl LaunchService {
         })
     }
 
-    /// The site's realm (cached per host, else discovered) must be `realm`.
-    async fn check_realm(
-        &self,
-        site: &SiteUrl,
-        realm: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), LaunchError> {
-        let host = site.authority();
-        let known = match self.ctx.cache.get_host_realm(&host, now).await? {
-            Some(known) => known,
-            None => {
-                let discovery = discover_realm(&self.ctx.http, site);
-                let discovered =
-                    match tokio::time::timeout(REALM_DISCOVERY_TIMEOUT, discovery).await {
-                        Ok(Ok(realm)) => realm,
-                        failed => {
-                            let why = match failed {
-                                Ok(Err(e)) => e.to_string(),
-                                _ => "timed out".to_string(),
-                            };
-                            tracing::warn!(host = %host, error = %why, "realm discovery failed");
-                            return Err(LaunchError::SharePointUnreachable(why));
-                        }
-                    };
-                let until = now.checked_add_signed(HOST_REALM_TTL).unwrap_or(now);
-                self.ctx
-                    .cache
-                    .put_host_realm(&host, &discovered, until)
-                    .await?;
-                tracing::info!(host = %host, realm = %discovered, "host realm discovered");
-                discovered
-            }
-        };
-        if known.eq_ignore_ascii_case(realm) {
-            Ok(())
-        } else {
-            tracing::warn!(host = %host, host_realm = %known, token_realm = %realm, "launch refused: the host answers for another realm");
-            Err(LaunchError::HostRealmMismatch)
-        }
-    }
-
     async fn relay_now(&self, n: &Notice, now: DateTime<Utc>) {
         if let Err(e) = self.ctx.relay.relay_now(n, now).await {
             tracing::warn!(notice_id = %n.id, error = %e, "notice stays queued for the next sweep");
@@ -324,6 +277,15 @@ impl LaunchService {
     ) -> Result<LaunchPlan, LaunchError> {
         for _ in 0..5 {
             let stored = self.ctx.grants.load(&incoming.id).await?;
+            if stored
+                .as_ref()
+                .is_some_and(|s| s.record.kind == Kind::Entra)
+            {
+                // The user's grant moved to Entra (a migration): an ACS launch never takes it
+                // back; the Entra refresh token stays.
+                tracing::info!(grant_id = %incoming.id, "an ACS launch for a grant migrated to Entra: kept as it is");
+                return Ok(LaunchPlan::Stale);
+            }
             let plan = plan_launch(
                 stored
                     .as_ref()

@@ -23,6 +23,7 @@ use crate::core::hosts::{HostError, SiteUrl};
 use crate::core::notice::{Notice, NoticeType, User};
 use crate::core::seal::{Place, SealError};
 use crate::ports::{CachedToken, GrantRecord, StandardTokens, StoreError, StoredGrant, Written};
+use crate::service::{RealmError, check_site_realm};
 
 /// The sign-in cookie: `__Host-`, so no sibling subdomain can set it.
 pub const SIGNIN_COOKIE: &str = "__Host-spkeeper_signin";
@@ -49,6 +50,8 @@ pub enum SignInError {
     StsUnavailable { retry_after: u64 },
     #[error("the ID token is not valid: {0}")]
     InvalidIdToken(String),
+    #[error(transparent)]
+    Realm(#[from] RealmError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the refresh token could not be sealed: {0}")]
@@ -226,7 +229,12 @@ impl SignInService {
                 .take(300)
                 .flat_map(char::escape_default)
                 .collect();
-            tracing::warn!(%error, description = %described, "Entra answered the sign-in with an error");
+            let error_text: String = error
+                .chars()
+                .take(64)
+                .flat_map(char::escape_default)
+                .collect();
+            tracing::warn!(error = %error_text, description = %described, "Entra answered the sign-in with an error");
             return Err(if error == "access_denied" {
                 SignInError::Declined
             } else {
@@ -265,6 +273,9 @@ impl SignInService {
             })?;
 
         let site = self.site(Some(&st.site))?;
+        // The site must belong to the signed-in user's tenant, as a launch's must belong to
+        // its token's: a user of one tenant is never stored against another's site.
+        check_site_realm(&self.ctx, &site, &who.tid, now).await?;
         let migrate_from = st.migrate_from.as_deref().and_then(GrantId::parse);
         let (target, outcome) = self.target(&who, migrate_from.as_ref()).await?;
         self.store(&target, outcome, &who, &site, &refresh_token, now)
@@ -450,7 +461,7 @@ fn same_user(acs_user: &User, preferred_username: &str) -> bool {
 fn redemption_error(e: &EntraFailure) -> SignInError {
     match e {
         EntraFailure::Operator { code, error } => {
-            tracing::error!(event = "sts_rejected_client", %error, aadsts = ?code, "Entra refused the app's credentials or request");
+            tracing::error!(event = "sts_rejected_client", %error, aadsts = code.unwrap_or(0), "Entra refused the app's credentials or request");
             SignInError::StsRejectedClient
         }
         EntraFailure::Transient { retry_after, why } => {
@@ -460,7 +471,7 @@ fn redemption_error(e: &EntraFailure) -> SignInError {
             }
         }
         EntraFailure::Relaunch { error, code, .. } => {
-            tracing::warn!(%error, aadsts = ?code, "Entra refused the code");
+            tracing::warn!(%error, aadsts = code.unwrap_or(0), "Entra refused the code");
             SignInError::StsError(error.clone())
         }
         EntraFailure::Unexpected(why) => SignInError::StsError(why.clone()),

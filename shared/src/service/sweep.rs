@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
+use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 
 use crate::context::Context;
@@ -21,6 +22,8 @@ use crate::service::exchange::{ExchangeError, TokenService};
 /// How far ahead operators hear that the client secret expires.
 pub const CLIENT_SECRET_WARNING_DAYS: i64 = 30;
 const PAGE: usize = 100;
+/// Due grants visited at once: the writes (and keep-alive redemptions) overlap, bounded.
+pub const CONCURRENCY: usize = 16;
 /// A keep-alive refused for an operator reason is tried again after this (the alarm fires).
 const KEEPALIVE_RETRY_SECS: u64 = 3600;
 
@@ -43,6 +46,9 @@ pub struct SweepSummary {
     pub elapsed_ms: u64,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// The sweep ran out of time: the rest stays due for the next run.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stopped_early: bool,
 }
 
 impl SweepSummary {
@@ -57,7 +63,20 @@ impl SweepSummary {
             relayed: 0,
             elapsed_ms: 0,
             dry_run,
+            stopped_early: false,
         }
+    }
+
+    /// Adds one visit's counts.
+    fn add(&mut self, one: &SweepSummary) {
+        self.examined += one.examined;
+        for (t, n) in &one.notices {
+            *self.notices.entry(t).or_default() += n;
+        }
+        self.expired += one.expired;
+        self.kept_alive += one.kept_alive;
+        self.keepalive_failures += one.keepalive_failures;
+        self.conflicts += one.conflicts;
     }
 
     fn count(&mut self, t: NoticeType) {
@@ -82,18 +101,58 @@ impl SweepService {
     }
 
     pub async fn run(&self, now: DateTime<Utc>, dry_run: bool) -> Result<SweepSummary, StoreError> {
+        self.run_until(now, dry_run, None).await
+    }
+
+    /// One sweep that stops cleanly before `deadline` (a Lambda's remaining time, less a
+    /// margin): what it did not reach stays due, for the next run — nothing is lost, and
+    /// nothing is sent twice (every notice is a conditional write). Due grants are visited
+    /// [`CONCURRENCY`] at a time.
+    pub async fn run_until(
+        &self,
+        now: DateTime<Utc>,
+        dry_run: bool,
+        deadline: Option<Instant>,
+    ) -> Result<SweepSummary, StoreError> {
         let started = Instant::now();
         let mut summary = SweepSummary::new(dry_run);
         let mut cursor: Option<DueCursor> = None;
+        let out_of_time = || deadline.is_some_and(|d| Instant::now() >= d);
         loop {
+            if out_of_time() {
+                summary.stopped_early = true;
+                break;
+            }
             let page = self.ctx.grants.due(now, cursor.as_ref(), PAGE).await?;
-            for g in page.grants {
-                self.visit(g, now, dry_run, &mut summary).await?;
+            let visits: Vec<Result<Option<SweepSummary>, StoreError>> = stream::iter(page.grants)
+                .map(|g| async move {
+                    if out_of_time() {
+                        return Ok(None);
+                    }
+                    let mut one = SweepSummary::new(dry_run);
+                    self.visit(g, now, dry_run, &mut one)
+                        .await
+                        .map(|()| Some(one))
+                })
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            for v in visits {
+                match v? {
+                    Some(one) => summary.add(&one),
+                    None => summary.stopped_early = true,
+                }
             }
             match page.next {
-                Some(next) => cursor = Some(next),
-                None => break,
+                Some(next) if !summary.stopped_early => cursor = Some(next),
+                _ => break,
             }
+        }
+        if summary.stopped_early {
+            tracing::warn!(
+                examined = summary.examined,
+                "the sweep stopped before its deadline; the next run picks up what is left"
+            );
         }
 
         self.client_secret_warning(now, dry_run, &mut summary)
@@ -103,7 +162,9 @@ impl SweepService {
             // what an earlier run (or a crashed launch) left behind.
             let relay = self.ctx.relay.relay_pending(now).await?;
             summary.relayed = relay.relayed;
-            self.ctx.grants.purge(now).await?;
+            if !summary.stopped_early {
+                self.ctx.grants.purge(now).await?;
+            }
         }
         summary.elapsed_ms = started.elapsed().as_millis() as u64;
         Ok(summary)
