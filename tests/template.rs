@@ -1074,3 +1074,13 @@ fn exchange_without_reserved_concurrency_is_reported() {
         "ExchangeFunction: ReservedConcurrentExecutions",
     );
 }
+
+#[test]
+fn the_template_trusts_the_same_token_services_as_the_code() {
+    let t = iam::template();
+    assert_eq!(
+        t["Parameters"]["StsHosts"]["Default"].as_str(),
+        Some(spkeeper::core::hosts::DEFAULT_STS_HOSTS),
+        "login.microsoftonline.de (Microsoft Cloud Deutschland) closed in 2021"
+    );
+}
