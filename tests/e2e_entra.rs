@@ -506,19 +506,32 @@ async fn every_sign_in_refusal_has_its_code_and_nothing_is_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_token_calls_across_two_scopes_and_two_processes_keep_the_newest_refresh_token() {
+    fifty_calls(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_token_calls_across_two_processes_on_dynamodb_keep_the_newest_refresh_token() {
+    let (env, _) = moto_env().await;
+    fifty_calls(
+        &env.iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+}
+
+async fn fifty_calls(extra: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let data = dir.path().join("data");
-    let a = start_with(vars(&data, &[]), &logs, "a").await;
+    let a = start_with(vars(&data, extra), &logs, "a").await;
     // B shares A's store and A's simulated Entra (and A's public URL).
-    let b_vars = vars(
-        &data,
-        &[
-            ("SPKEEPER_PUBLIC_URL", a.base.as_str()),
-            ("SPKEEPER_ENTRA_AUTHORITY", &format!("{}/dev/entra", a.base)),
-        ],
-    );
+    let authority = format!("{}/dev/entra", a.base);
+    let mut b_extra = extra.to_vec();
+    b_extra.push(("SPKEEPER_PUBLIC_URL", a.base.as_str()));
+    b_extra.push(("SPKEEPER_ENTRA_AUTHORITY", &authority));
+    let b_vars = vars(&data, &b_extra);
     let b = start_with(b_vars, &logs, "b").await;
     assert_eq!(sign_in(&a, "megan").await.status().as_u16(), 303);
     let id = entra_grant(&a, "megan")["id"].as_str().unwrap().to_string();
@@ -574,7 +587,41 @@ async fn fifty_token_calls_across_two_scopes_and_two_processes_keep_the_newest_r
 
 #[tokio::test]
 async fn an_entra_life_kept_alive_then_revoked_then_renewed() {
-    let dev = start(&[]).await;
+    entra_life(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_entra_life_on_dynamodb_and_sqs() {
+    let (env, _keep) = moto_env().await;
+    entra_life(
+        &env.iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+}
+
+/// DynamoDB and SQS on moto for a server: a fresh table and queue.
+async fn moto_env() -> (Vec<(&'static str, String)>, ()) {
+    let sdk = spkeeper::testkit::moto::sdk_config().await;
+    let (table, queue) = spkeeper::testkit::moto::fresh(&sdk, "entra").await;
+    (
+        vec![
+            ("SPKEEPER_STORE", "dynamodb".to_string()),
+            ("SPKEEPER_TABLE", table),
+            ("SPKEEPER_QUEUE_URL", queue),
+            ("AWS_ENDPOINT_URL", spkeeper::testkit::moto::url()),
+            ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+        ],
+        (),
+    )
+}
+
+async fn entra_life(extra: &[(&str, &str)]) {
+    let dev = start(extra).await;
     assert_eq!(sign_in(&dev, "megan").await.status().as_u16(), 303);
     let g = entra_grant(&dev, "megan");
     let id = g["id"].as_str().unwrap().to_string();
@@ -737,7 +784,24 @@ async fn acs_launch(dev: &Dev, user: &str) {
 
 #[tokio::test]
 async fn a_migration_carries_an_acs_grant_over_only_for_its_own_user() {
-    let dev = start(&[("SPKEEPER_RENEW_VIA", "entra")]).await;
+    migration(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_migration_on_dynamodb_and_sqs() {
+    let (env, _) = moto_env().await;
+    migration(
+        &env.iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+}
+
+async fn migration(extra: &[(&str, &str)]) {
+    let mut env = extra.to_vec();
+    env.push(("SPKEEPER_RENEW_VIA", "entra"));
+    let dev = start(&env).await;
     acs_launch(&dev, "megan").await;
     acs_launch(&dev, "alex").await;
     let acs: Vec<Value> = dev

@@ -158,14 +158,15 @@ pub async fn migrate(dry_run: bool, dev: bool) -> Result<(), Failure> {
             .await
             .map_err(runtime)?
         {
-            Written::Done => {
-                queued += 1;
-                if let Err(e) = ctx.relay.relay_now(&notice, now).await {
-                    tracing::warn!(notice_id = %notice.id, error = %e, "notice stays queued for the next sweep");
-                }
-            }
+            Written::Done => queued += 1,
             Written::Conflict => before += 1,
         }
+    }
+    // On DynamoDB, to SQS now (each waits in its own marker item): not at the next sweep.
+    if queued > 0
+        && let Err(e) = ctx.relay.relay_pending(now).await
+    {
+        tracing::warn!(error = %e, "the notices stay queued for the next sweep");
     }
     println!(
         "{}",
