@@ -242,6 +242,9 @@ pub const REALM: &str = "040f2415-e6e3-4480-96ce-26ef73275f73";
 pub const CLIENT_SECRET: &str = "bGFtYmRhLXRlc3QtY2xpZW50LXNlY3JldC0wMTIzNDU2";
 pub const API_KEY: &str = "lambda-test-api-key-0123456789";
 pub const WEBHOOK_SECRET: &str = "whsec_bGFtYmRhLXdlYmhvb2stc2VjcmV0LTAxMjM0";
+pub const ENTRA_CLIENT_ID: &str = "b3f1c0de-0000-4000-8000-00000000c0de";
+pub const ENTRA_SECRET: &str = "lambda~entra-secret-0123456789";
+pub const ENTRA_OID: &str = "0b1d0000-0000-4000-8000-000000000001";
 
 /// moto's table, queue and secrets for one test, and the environment a function gets.
 pub struct AwsFixture {
@@ -265,6 +268,7 @@ impl AwsFixture {
             "client_secret": CLIENT_SECRET,
             "api_key": API_KEY,
             "webhook_secret": WEBHOOK_SECRET,
+            "entra_client_secret": ENTRA_SECRET,
         });
         for (k, v) in keys.as_object().unwrap() {
             secret[k] = v.clone();
@@ -410,5 +414,146 @@ impl AcsStub {
 
     pub fn sts_uri(&self) -> String {
         format!("http://{}/tokens/OAuth/2", self.addr)
+    }
+}
+
+/// A stand-in for Entra ID (token endpoint, JWKS) and for a SharePoint site's realm
+/// challenge, for the functions' Entra routes: it issues one expected code, rotates refresh
+/// tokens (`entra-rt-0`, `entra-rt-1`, …) and refuses any but the newest.
+#[derive(Clone)]
+pub struct EntraStub {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<EntraState>>,
+}
+
+struct EntraState {
+    key: spkeeper::testkit::rsa::RsaKey,
+    /// (code, PKCE challenge, nonce) a sign-in may redeem.
+    expected: Option<(String, String, String)>,
+    current: u32,
+    refreshes: u32,
+    authority: String,
+}
+
+async fn entra_token(State(st): State<Arc<Mutex<EntraState>>>, body: Bytes) -> Response {
+    let f: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let bad = |code: u32, error: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": error, "error_description": format!("AADSTS{code}: refused"), "error_codes": [code]})),
+        )
+            .into_response()
+    };
+    if f.get("client_id").map(String::as_str) != Some(ENTRA_CLIENT_ID)
+        || f.get("client_secret").map(String::as_str) != Some(ENTRA_SECRET)
+    {
+        return bad(7000215, "invalid_client");
+    }
+    let mut st = st.lock().unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let mut answer = json!({"token_type": "Bearer", "expires_in": 3599, "scope": f.get("scope").cloned().unwrap_or_default()});
+    match f.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => {
+            let Some((code, challenge, nonce)) = st.expected.take() else {
+                return bad(70008, "invalid_grant");
+            };
+            let verifier = f.get("code_verifier").cloned().unwrap_or_default();
+            if f.get("code") != Some(&code)
+                || spkeeper::core::entra::pkce_challenge(&verifier) != challenge
+            {
+                return bad(501481, "invalid_grant");
+            }
+            answer["id_token"] = json!(st.key.sign(&json!({
+                "aud": ENTRA_CLIENT_ID, "tid": REALM, "oid": ENTRA_OID, "nonce": nonce,
+                "iss": format!("{}/{REALM}/v2.0", st.authority),
+                "preferred_username": "megan@contoso.com", "name": "Megan Bowen",
+                "iat": now, "nbf": now, "exp": now + 3600,
+            })));
+        }
+        Some("refresh_token") => {
+            if f.get("refresh_token") != Some(&format!("entra-rt-{}", st.current)) {
+                return bad(70008, "invalid_grant");
+            }
+            st.current += 1;
+            st.refreshes += 1;
+        }
+        _ => return bad(70003, "unsupported_grant_type"),
+    }
+    answer["access_token"] = json!(format!("entra-at-{}", st.current));
+    answer["refresh_token"] = json!(format!("entra-rt-{}", st.current));
+    axum::Json(answer).into_response()
+}
+
+impl EntraStub {
+    pub async fn start() -> EntraStub {
+        let state = Arc::new(Mutex::new(EntraState {
+            key: spkeeper::testkit::rsa::RsaKey::generate("lambda-1").unwrap(),
+            expected: None,
+            current: 0,
+            refreshes: 0,
+            authority: String::new(),
+        }));
+        let jwks_state = Arc::clone(&state);
+        let app = Router::new()
+            .route("/{tenant}/oauth2/v2.0/token", post(entra_token))
+            .route(
+                "/{tenant}/discovery/v2.0/keys",
+                get(move || {
+                    let st = Arc::clone(&jwks_state);
+                    async move {
+                        let st = st.lock().unwrap();
+                        axum::Json(spkeeper::testkit::rsa::jwks(&[&st.key]))
+                    }
+                }),
+            )
+            .route(
+                "/sites/a/_vti_bin/client.svc",
+                get(|| async {
+                    (
+                        StatusCode::UNAUTHORIZED,
+                        [("www-authenticate", format!("Bearer realm=\"{REALM}\",client_id=\"00000003-0000-0ff1-ce00-000000000000\""))],
+                    )
+                }),
+            )
+            .with_state(Arc::clone(&state));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        state.lock().unwrap().authority = format!("http://{addr}");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        EntraStub { addr, state }
+    }
+
+    pub fn authority(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn site_url(&self) -> String {
+        format!("http://{}/sites/a", self.addr)
+    }
+
+    /// The next sign-in may redeem `code`, for this PKCE challenge and nonce.
+    pub fn expect(&self, code: &str, challenge: &str, nonce: &str) {
+        self.state.lock().unwrap().expected = Some((code.into(), challenge.into(), nonce.into()));
+    }
+
+    /// Starts the refresh-token chain at `entra-rt-{n}` (a seeded grant's).
+    pub fn current(&self) -> u32 {
+        self.state.lock().unwrap().current
+    }
+
+    pub fn refreshes(&self) -> u32 {
+        self.state.lock().unwrap().refreshes
+    }
+
+    /// The environment that points a function at this stand-in.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("SPKEEPER_ENTRA_CLIENT_ID".into(), ENTRA_CLIENT_ID.into()),
+            ("SPKEEPER_ENTRA_AUTHORITY".into(), self.authority()),
+            (
+                "SPKEEPER_ALLOWED_SP_HOSTS".into(),
+                format!("*.sharepoint.com,{}", self.addr),
+            ),
+        ]
     }
 }

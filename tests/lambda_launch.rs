@@ -241,3 +241,105 @@ async fn launch_function_refuses_to_start_without_its_secret() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_function_signs_users_in_with_entra_from_the_fixtures() {
+    let entra = EntraStub::start().await;
+    let extra = entra.env();
+    let fx = AwsFixture::new(
+        &extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let rt = RuntimeApi::start().await;
+    let logs = tempfile::tempdir().unwrap();
+    let proc = Proc::spawn(
+        &bin(),
+        &[],
+        &fx.env_for(&rt, "launch"),
+        logs.path(),
+        "launch",
+    );
+
+    // The fixtures as recorded: /connect for a SharePoint Online site...
+    let r = rt
+        .invoke(fixture("apigw-http-connect.json"))
+        .await
+        .1
+        .response();
+    assert_eq!(r["statusCode"], 302, "{r}");
+    let location = r["headers"]["location"].as_str().unwrap();
+    assert!(
+        location.starts_with(&format!(
+            "{}/organizations/oauth2/v2.0/authorize?",
+            entra.authority()
+        )),
+        "{location}"
+    );
+    assert!(
+        r["cookies"].to_string().contains("__Host-spkeeper_signin="),
+        "{r}"
+    );
+    // ...and a callback whose state this function never issued: refused, as a page.
+    let r = rt
+        .invoke(fixture("apigw-http-callback.json"))
+        .await
+        .1
+        .response();
+    assert_eq!(r["statusCode"], 403, "{r}");
+    assert!(r["body"].as_str().unwrap().contains("invalid_state"));
+
+    // A whole sign-in for the stand-in's site.
+    let mut connect = fixture("apigw-http-connect.json");
+    let site = entra.site_url();
+    connect["rawQueryString"] = Value::String(format!(
+        "site={}",
+        url::form_urlencoded::byte_serialize(site.as_bytes()).collect::<String>()
+    ));
+    connect["queryStringParameters"] = serde_json::json!({ "site": site });
+    let r = rt.invoke(connect).await.1.response();
+    assert_eq!(r["statusCode"], 302, "{r}");
+    let q: std::collections::BTreeMap<String, String> =
+        url::Url::parse(r["headers"]["location"].as_str().unwrap())
+            .unwrap()
+            .query_pairs()
+            .into_owned()
+            .collect();
+    let cookie = r["cookies"][0]
+        .as_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    entra.expect("lambda-code", &q["code_challenge"], &q["nonce"]);
+    let mut callback = fixture("apigw-http-callback.json");
+    callback["body"] = Value::String(format!("code=lambda-code&state={}", q["state"]));
+    callback["cookies"] = serde_json::json!([cookie]);
+    let r = rt.invoke(callback).await.1.response();
+    assert_eq!(r["statusCode"], 303, "{r}");
+    assert_eq!(r["headers"]["location"], "https://addin.example.com/status");
+    assert!(
+        r["cookies"]
+            .to_string()
+            .contains("__Host-spkeeper_session="),
+        "{r}"
+    );
+
+    let id = GrantId::entra(REALM, ENTRA_OID);
+    let stored = fx.aws().dynamo.load(&id).await.unwrap().expect("stored");
+    assert_eq!(stored.record.kind, spkeeper::core::grant::Kind::Entra);
+    assert_eq!(stored.record.site_url, site);
+    drop(proc);
+    let out = std::fs::read_to_string(logs.path().join("launch.stdout")).unwrap();
+    assert_no_secrets(
+        &out,
+        &[
+            ENTRA_SECRET.into(),
+            "entra-rt-0".into(),
+            "lambda-code".into(),
+        ],
+    );
+}
