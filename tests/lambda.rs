@@ -545,6 +545,61 @@ impl EntraStub {
         self.state.lock().unwrap().refreshes
     }
 
+    /// Stores an Entra grant for this stand-in's site as a sign-in `idle_days` ago would have,
+    /// with refresh token `entra-rt-0` sealed by the functions' keys.
+    pub async fn seed_grant(
+        &self,
+        ctx: &spkeeper::context::Context,
+        idle_days: i64,
+    ) -> spkeeper::core::grant::GrantId {
+        use spkeeper::core::seal::Place;
+        let redeemed = chrono::Utc::now() - chrono::Duration::days(idle_days);
+        let expires = redeemed + chrono::Duration::days(spkeeper::core::entra::INACTIVITY_DAYS);
+        let id = spkeeper::core::grant::GrantId::entra(REALM, ENTRA_OID);
+        let mut record = grant_record("unused", "https://unused", redeemed, expires);
+        record.id = id.clone();
+        record.kind = spkeeper::core::grant::Kind::Entra;
+        record.site_url = self.site_url();
+        record.next_due_at = ctx.next_due_at(&record, record.progress);
+        let sealed = ctx
+            .secrets
+            .key_ring
+            .seal(
+                b"entra-rt-0",
+                &Place::RefreshToken {
+                    grant: id.as_str(),
+                    version: record.rt_version,
+                },
+            )
+            .unwrap();
+        ctx.grants
+            .put_grant(None, &record, &sealed, None)
+            .await
+            .unwrap();
+        id
+    }
+
+    /// The refresh token stored for `id`, opened with the functions' keys.
+    pub async fn stored_refresh_token(
+        ctx: &spkeeper::context::Context,
+        id: &spkeeper::core::grant::GrantId,
+    ) -> String {
+        use spkeeper::core::seal::Place;
+        let g = ctx.grants.load(id).await.unwrap().unwrap();
+        let rt = ctx
+            .secrets
+            .key_ring
+            .open(
+                g.sealed_refresh_token.as_deref().unwrap(),
+                &Place::RefreshToken {
+                    grant: id.as_str(),
+                    version: g.record.rt_version,
+                },
+            )
+            .unwrap();
+        secrecy::ExposeSecret::expose_secret(&rt).to_string()
+    }
+
     /// The environment that points a function at this stand-in.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![

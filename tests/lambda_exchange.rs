@@ -189,7 +189,6 @@ async fn exchange_function_logs_the_event_the_sts_rejected_client_alarm_counts()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exchange_function_redeems_entra_grants_per_scope_and_stores_each_rotation() {
-    use spkeeper::core::seal::Place;
     let entra = EntraStub::start().await;
     let mut extra = entra.env();
     extra.push(("SPKEEPER_TOKEN_AUTH".into(), "iam".into()));
@@ -202,29 +201,7 @@ async fn exchange_function_redeems_entra_grants_per_scope_and_stores_each_rotati
     .await;
     // An Entra grant as a sign-in stored it: refresh token entra-rt-0.
     let ctx = fx.context();
-    let now = Utc::now();
-    let id = GrantId::entra(REALM, ENTRA_OID);
-    let mut record = grant_record("unused", "https://unused", now, now + Duration::days(90));
-    record.id = id.clone();
-    record.kind = spkeeper::core::grant::Kind::Entra;
-    record.site_url = entra.site_url();
-    record.rt_version = now.timestamp();
-    let seal = |rt: &str, version| {
-        ctx.secrets
-            .key_ring
-            .seal(
-                rt.as_bytes(),
-                &Place::RefreshToken {
-                    grant: id.as_str(),
-                    version,
-                },
-            )
-            .unwrap()
-    };
-    ctx.grants
-        .put_grant(None, &record, &seal("entra-rt-0", record.rt_version), None)
-        .await
-        .unwrap();
+    let id = entra.seed_grant(&ctx, 0).await;
     let rt = RuntimeApi::start().await;
     let logs = tempfile::tempdir().unwrap();
     let _proc = Proc::spawn(
@@ -235,21 +212,6 @@ async fn exchange_function_redeems_entra_grants_per_scope_and_stores_each_rotati
         "exchange",
     );
 
-    let stored_rt = || async {
-        let g = ctx.grants.load(&id).await.unwrap().unwrap();
-        let rt = ctx
-            .secrets
-            .key_ring
-            .open(
-                g.sealed_refresh_token.as_deref().unwrap(),
-                &Place::RefreshToken {
-                    grant: id.as_str(),
-                    version: g.record.rt_version,
-                },
-            )
-            .unwrap();
-        secrecy::ExposeSecret::expose_secret(&rt).to_string()
-    };
     for (n, scope) in [
         (1, "https://graph.microsoft.com/.default"),
         (2, "https://graph.microsoft.com/User.Read"),
@@ -263,7 +225,10 @@ async fn exchange_function_redeems_entra_grants_per_scope_and_stores_each_rotati
         assert_eq!(body["grant"]["kind"], "entra");
         // the rotated refresh token was stored before the answer
         assert_eq!(entra.current(), n);
-        assert_eq!(stored_rt().await, format!("entra-rt-{n}"));
+        assert_eq!(
+            EntraStub::stored_refresh_token(&ctx, &id).await,
+            format!("entra-rt-{n}")
+        );
     }
     assert_eq!(entra.refreshes(), 2);
 }

@@ -124,3 +124,66 @@ async fn sweep_function_given_every_secret_warns_and_uses_only_the_link_key() {
         &[CLIENT_SECRET.into(), API_KEY.into(), WEBHOOK_SECRET.into()],
     );
 }
+
+/// An Entra grant idle for 40 days (keep-alive after 30 by default): the scheduled sweep
+/// redeems it with Entra, stores the new refresh token (its 90 days start over) and queues no
+/// notice; the next run finds nothing due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_function_keeps_idle_entra_grants_alive_and_stores_the_rotation() {
+    let entra = EntraStub::start().await;
+    let extra = entra.env();
+    let fx = AwsFixture::new(
+        &extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    // With the keep-alive on, the sweep reads the Entra credential and the token keys too.
+    let arns = fx.secrets_arn_for("sweep");
+    for part in [Part::LinkKey, Part::TokenKeys, Part::EntraCredential] {
+        assert!(arns.contains(&fx.secret_arns[&part]), "{part:?} in {arns}");
+    }
+    let ctx = fx.context();
+    let id = entra.seed_grant(&ctx, 40).await;
+
+    let rt = RuntimeApi::start().await;
+    let logs = tempfile::tempdir().unwrap();
+    let mut proc = Proc::spawn(&bin(), &[], &fx.env_for(&rt, "sweep"), logs.path(), "sweep");
+    let summary = rt
+        .invoke(fixture("eventbridge-scheduled.json"))
+        .await
+        .1
+        .response();
+    assert_eq!(
+        (summary["examined"].as_u64(), summary["kept_alive"].as_u64()),
+        (Some(1), Some(1)),
+        "{summary}"
+    );
+    assert_eq!(entra.refreshes(), 1);
+    assert_eq!(
+        EntraStub::stored_refresh_token(&ctx, &id).await,
+        "entra-rt-1"
+    );
+    let g = ctx.grants.load(&id).await.unwrap().unwrap().record;
+    let left = g.rt_expires_at - Utc::now();
+    assert!(left > Duration::days(89), "{left}");
+
+    let again = rt
+        .invoke(fixture("eventbridge-scheduled.json"))
+        .await
+        .1
+        .response();
+    assert_eq!(again["examined"], 0, "{again}");
+    assert_eq!(entra.refreshes(), 1);
+    assert!(moto::drain(&fx.sdk, &fx.queue_url).await.is_empty());
+    proc.stop();
+    assert_no_secrets(
+        &proc.output(),
+        &[
+            ENTRA_SECRET.into(),
+            "entra-rt-0".into(),
+            "entra-rt-1".into(),
+        ],
+    );
+}

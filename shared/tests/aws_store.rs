@@ -463,3 +463,67 @@ async fn two_concurrent_redemptions_of_one_ticket_on_dynamodb_make_exactly_one_w
     statuses.sort_unstable();
     assert_eq!(statuses, vec![200, 409]);
 }
+
+/// DynamoDB lets go of an Entra grant's refresh token 90 days after its last redemption (the
+/// item's TTL is the grant's `rt_expires_at`), and of its details 180 days after that (the
+/// relaunch retention, as for ACS); a rotation moves both.
+#[tokio::test]
+async fn an_entra_refresh_token_item_expires_90_days_after_its_last_redemption() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use spkeeper::core::entra::INACTIVITY_DAYS;
+    use spkeeper::core::grant::{Kind, relaunch_retention};
+    use spkeeper::ports::GrantStore;
+    let (aws, sdk) = moto_backend(None).await;
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    let ttl_of = |pk: String, sk: &'static str| {
+        let client = client.clone();
+        let table = aws.dynamo.table().to_string();
+        async move {
+            let item = client
+                .get_item()
+                .table_name(table)
+                .key("pk", AttributeValue::S(pk))
+                .key("sk", AttributeValue::S(sk.into()))
+                .send()
+                .await
+                .unwrap()
+                .item
+                .expect("the item exists");
+            item["ttl"].as_n().unwrap().parse::<i64>().unwrap()
+        }
+    };
+    let mut g = conformance::record("entra-ttl", 0);
+    g.kind = Kind::Entra;
+    let signed_in = conformance::t0();
+    g.rt_expires_at = signed_in + Duration::days(INACTIVITY_DAYS);
+    aws.dynamo
+        .put_grant(None, &g, "v2.k.rt0", None)
+        .await
+        .unwrap();
+    let (rt_key, details_key) = (format!("RT#{}", g.id), format!("G#{}", g.id));
+    assert_eq!(
+        ttl_of(rt_key.clone(), "RT").await,
+        g.rt_expires_at.timestamp()
+    );
+    assert_eq!(
+        ttl_of(details_key.clone(), "G").await,
+        relaunch_retention(g.rt_expires_at).timestamp()
+    );
+
+    // Redeemed 40 days later: the rotation's write moves both.
+    let mut rotated = g.clone();
+    rotated.rt_version += 1;
+    rotated.rt_expires_at = signed_in + Duration::days(40 + INACTIVITY_DAYS);
+    aws.dynamo
+        .put_grant(Some(1), &rotated, "v2.k.rt1", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        ttl_of(rt_key, "RT").await,
+        rotated.rt_expires_at.timestamp()
+    );
+    assert_eq!(
+        ttl_of(details_key, "G").await,
+        relaunch_retention(rotated.rt_expires_at).timestamp()
+    );
+}

@@ -82,6 +82,7 @@ pub async fn run<S: GrantStore + TokenCache + ?Sized>(store: &S, probe: &dyn Not
     forget_erases_the_grant_its_tokens_and_its_queued_notices(store, probe).await;
     a_key_is_used_once(store).await;
     an_entra_user_is_found_by_tenant_and_object_id(store).await;
+    a_migration_is_one_conditional_write_and_racing_rotations_keep_one_refresh_token(store).await;
     list_returns_every_grant(store).await;
 }
 
@@ -571,6 +572,142 @@ async fn an_entra_user_is_found_by_tenant_and_object_id<S: GrantStore + ?Sized>(
         record("create", 0).kind,
         Kind::Acs,
         "the conformance records are ACS grants"
+    );
+}
+
+/// The Entra operations on the store: an ACS grant becomes an Entra grant under its id in one
+/// write conditional on the revision read; its keep-alive date is in the due index; of
+/// rotations racing from one revision exactly one lands, and an older token never replaces it.
+async fn a_migration_is_one_conditional_write_and_racing_rotations_keep_one_refresh_token<
+    S: GrantStore + ?Sized,
+>(
+    s: &S,
+) {
+    let tid = "11111111-2222-3333-4444-555555555555";
+    let oid = "77777777-8888-7777-6666-555555555555";
+    let user = User {
+        title: "Megan Bowen".into(),
+        email: "megan@contoso.com".into(),
+        login_name: "i:0#.f|membership|megan@contoso.com".into(),
+        oid: None,
+    };
+    let mut acs = record("migrate", 0);
+    acs.user = Some(user.clone());
+    s.put_grant(None, &acs, "v2.k.acs", None).await.unwrap();
+
+    // A distinct time range from the other checks' grants.
+    let signed_in = Utc
+        .with_ymd_and_hms(2033, 6, 1, 0, 0, 0)
+        .single()
+        .unwrap_or_default();
+    let keepalive_at = signed_in + Duration::days(30);
+    let mut entra = acs.clone();
+    entra.kind = Kind::Entra;
+    entra.user = Some(User {
+        oid: Some(oid.into()),
+        ..user
+    });
+    entra.rt_version = signed_in.timestamp();
+    entra.rt_expires_at = signed_in + Duration::days(crate::core::entra::INACTIVITY_DAYS);
+    entra.progress = Progress::None;
+    entra.next_due_at = Some(keepalive_at);
+    entra.updated_at = signed_in;
+    // from a revision that is not the one stored: nothing changes
+    assert_eq!(
+        s.put_grant(Some(9), &entra, "v2.k.entra", None)
+            .await
+            .unwrap(),
+        Written::Conflict
+    );
+    assert_eq!(s.find_entra_user(tid, oid).await.unwrap(), None);
+    assert_eq!(
+        s.put_grant(Some(1), &entra, "v2.k.entra", None)
+            .await
+            .unwrap(),
+        Written::Done
+    );
+    let stored = s.load(&acs.id).await.unwrap().unwrap();
+    assert_eq!(stored.record.kind, Kind::Entra);
+    assert_eq!(stored.record.rev, 2);
+    assert_eq!(stored.sealed_refresh_token.as_deref(), Some("v2.k.entra"));
+    assert_eq!(
+        s.find_entra_user(tid, oid).await.unwrap(),
+        Some(acs.id.clone())
+    );
+    assert!(
+        s.find_by_user(&UserKey::email("MEGAN@contoso.com"))
+            .await
+            .unwrap()
+            .iter()
+            .any(|g| g.id == acs.id && g.kind == Kind::Entra),
+        "the user's lookup follows the migration"
+    );
+
+    // the keep-alive date is read from the due index, not before
+    let due_ids = |now| async move {
+        all_due(s, now)
+            .await
+            .into_iter()
+            .map(|g| g.id)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        !due_ids(keepalive_at - Duration::seconds(1))
+            .await
+            .contains(&acs.id)
+    );
+    assert!(due_ids(keepalive_at).await.contains(&acs.id));
+
+    // eight rotations race from revision 2: one lands, the rest lose and change nothing
+    let mut rotations = Vec::new();
+    for i in 1..=8_i64 {
+        let mut r = entra.clone();
+        r.rt_version = entra.rt_version + i;
+        r.rt_expires_at = entra.rt_expires_at + Duration::seconds(i);
+        rotations.push((r, format!("v2.k.rotated-{i}")));
+    }
+    let outcomes = futures_util::future::join_all(
+        rotations
+            .iter()
+            .map(|(r, sealed)| s.put_grant(Some(2), r, sealed, None)),
+    )
+    .await;
+    let winners: Vec<usize> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| matches!(w, Ok(Written::Done)))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(winners.len(), 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|w| matches!(w, Ok(Written::Done | Written::Conflict))),
+        "{outcomes:?}"
+    );
+    let (won, won_sealed) = &rotations[winners[0]];
+    let stored = s.load(&acs.id).await.unwrap().unwrap();
+    assert_eq!(stored.record.rev, 3);
+    assert_eq!(stored.record.rt_version, won.rt_version);
+    assert_eq!(
+        stored.sealed_refresh_token.as_deref(),
+        Some(won_sealed.as_str())
+    );
+    // the token the sign-in stored (older) cannot come back from the revision it was read at
+    assert_eq!(
+        s.put_grant(Some(2), &entra, "v2.k.entra", None)
+            .await
+            .unwrap(),
+        Written::Conflict
+    );
+    assert_eq!(
+        s.load(&acs.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .sealed_refresh_token
+            .as_deref(),
+        Some(won_sealed.as_str())
     );
 }
 
