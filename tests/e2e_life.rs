@@ -824,6 +824,42 @@ async fn a_plain_command_never_uses_a_dev_configuration_beside_it() {
     plain.stop();
 }
 
+/// Against DynamoDB the CLI uses the functions' keys (Secrets Manager) or none: it never makes
+/// a local key file that would print renew links production rejects.
+#[test]
+fn the_cli_on_dynamodb_without_the_secrets_arn_refuses_and_makes_no_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut env = production_env(&data.display().to_string());
+    for (k, v) in [
+        ("SPKEEPER_STORE", "dynamodb"),
+        ("SPKEEPER_TABLE", "spkeeper"),
+        (
+            "SPKEEPER_QUEUE_URL",
+            "https://sqs.us-east-1.amazonaws.com/1/q",
+        ),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ] {
+        env.insert(k.into(), v.into());
+    }
+    for args in [
+        &["renew-link", "0123456789abcdef0123456789abcdef"][..],
+        &["sweep"],
+        &["grants"],
+        &["serve", "--addr", "127.0.0.1:0"],
+    ] {
+        let (code, out, err) = run(&bin(), args, &env);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(
+            err.contains("SPKEEPER_SECRETS_ARN") && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+        assert!(!out.contains("https://"), "{args:?}: {out}");
+    }
+    assert!(!data.exists(), "a key file was made in {}", data.display());
+}
+
 #[test]
 fn a_sweep_in_the_future_outside_dev_needs_dry_run_or_force() {
     let dir = tempfile::tempdir().unwrap();
@@ -843,4 +879,56 @@ fn a_sweep_in_the_future_outside_dev_needs_dry_run_or_force() {
     // The past (or now) needs neither.
     let past = (Utc::now() - chrono::Duration::days(1)).to_rfc3339();
     assert_eq!(run(&bin(), &["sweep", "--now", &past], &env).0, 0);
+}
+
+/// `-h` and `--help` print the same, every option has a line of help, and the completions
+/// command prints a script for each shell that names every command.
+#[test]
+fn help_is_the_same_either_way_and_completions_cover_every_command() {
+    let env = BTreeMap::new();
+    let commands = [
+        "serve",
+        "sweep",
+        "grants",
+        "renew-link",
+        "migrate",
+        "forget",
+        "completions",
+        "notices",
+    ];
+    for args in std::iter::once(vec![]).chain(commands.iter().map(|c| vec![*c])) {
+        let short: Vec<&str> = args.iter().copied().chain(["-h"]).collect();
+        let long: Vec<&str> = args.iter().copied().chain(["--help"]).collect();
+        let (code_s, out_s, _) = run(&bin(), &short, &env);
+        let (code_l, out_l, _) = run(&bin(), &long, &env);
+        assert_eq!((code_s, code_l), (0, 0), "{args:?}");
+        assert_eq!(out_s, out_l, "{args:?}: -h and --help differ");
+        // every option line carries its help text
+        // (on the same line, or indented on the next)
+        let lines: Vec<&str> = out_l.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let opt = line.trim_start();
+            if !opt.starts_with('-') {
+                continue;
+            }
+            let indent = line.len() - opt.len();
+            let same_line = opt
+                .split_once("  ")
+                .is_some_and(|(_, t)| !t.trim().is_empty());
+            let next_line = lines.get(i + 1).is_some_and(|n| {
+                let t = n.trim_start();
+                !t.is_empty() && !t.starts_with('-') && n.len() - t.len() > indent
+            });
+            assert!(same_line || next_line, "{args:?}: no help for {line:?}");
+        }
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = run(&bin(), &["completions", shell], &env);
+        assert_eq!(code, 0, "{shell}: {err}");
+        for c in commands {
+            assert!(out.contains(c), "{shell}: {c} missing");
+        }
+    }
+    let (code, _, err) = run(&bin(), &["completions", "cmd.exe"], &env);
+    assert_eq!(code, 2, "{err}");
 }

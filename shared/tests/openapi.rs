@@ -1,7 +1,8 @@
 //! `openapi.yaml` and `schemas/notice.schema.json` against the real thing: every route's real
 //! answers (every documented status) validate against the document with a JSON Schema
 //! validator (the `jsonschema` crate), real notices of every type validate against the notice
-//! schema, and `template.yaml`'s routes are exactly the document's paths.
+//! schema, and `template.yaml`'s routes are exactly the document's paths. (Also: the LICENSE
+//! file is the license Cargo.toml names.)
 
 mod common;
 
@@ -542,4 +543,16 @@ fn template_routes_and_openapi_paths_agree() {
         }
     }
     assert_eq!(routed, documented);
+}
+
+#[test]
+fn the_license_file_is_the_license_cargo_toml_names() {
+    let manifest = repo_file("Cargo.toml");
+    assert!(
+        manifest.contains("license = \"MIT\""),
+        "Cargo.toml names MIT"
+    );
+    let license = repo_file("LICENSE");
+    assert!(license.starts_with("MIT License"), "{license}");
+    assert!(license.contains("Permission is hereby granted, free of charge"));
 }

@@ -18,8 +18,11 @@ use clap::{Parser, Subcommand};
 /// Configuration comes from SPKEEPER_* environment variables (see the README); secrets are
 /// never printed.
 #[derive(Parser)]
-#[command(name = "spkeeper", version, about)]
+#[command(name = "spkeeper", version, about, disable_help_flag = true)]
 struct Cli {
+    /// Print help (-h and --help print the same).
+    #[arg(short, long, action = clap::ArgAction::HelpLong, global = true)]
+    help: Option<bool>,
     #[command(subcommand)]
     command: Command,
 }
@@ -89,6 +92,15 @@ enum Command {
         #[arg(long)]
         dev: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish).
+    ///
+    /// bash: `spkeeper completions bash > /etc/bash_completion.d/spkeeper`; zsh: save it as
+    /// `_spkeeper` in a directory on $fpath; fish: save it as
+    /// ~/.config/fish/completions/spkeeper.fish.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Notices queued and not yet delivered (embedded store).
     Notices {
         /// One JSON array instead of a table.
@@ -116,6 +128,16 @@ pub enum Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "spkeeper",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
     spkeeper::logging::init_cli();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -145,6 +167,7 @@ fn main() -> ExitCode {
             Command::Forget { grant_id, dev } => commands::forget(&grant_id, dev).await,
             Command::Migrate { dry_run, dev } => commands::migrate(dry_run, dev).await,
             Command::Notices { json, dev } => commands::notices(json, dev).await,
+            Command::Completions { .. } => Ok(()),
         }
     });
     match result {

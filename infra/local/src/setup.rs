@@ -118,6 +118,19 @@ pub async fn load(mode: Mode) -> Result<Loaded, Failure> {
             (Backend::Aws(Box::new(aws)), parts.0, parts.1, parts.2)
         }
     };
+    // Against DynamoDB the keys are the functions' own, from Secrets Manager: a local key file
+    // would seal and sign with keys production rejects. Only --dev (a stand-in for AWS, e.g. on
+    // moto) keeps its keys in the data directory.
+    if matches!(settings.store, StoreChoice::DynamoDb { .. })
+        && matches!(mode, Mode::Plain)
+        && Env.get("SPKEEPER_SECRETS_ARN").is_none()
+    {
+        return Err(Failure::Usage(
+            "SPKEEPER_SECRETS_ARN is required with SPKEEPER_STORE=dynamodb: the keys are the \
+             functions' own (the stack's secret ARNs, comma-separated), never a local key file"
+                .into(),
+        ));
+    }
     let key_dir = match &settings.store {
         StoreChoice::Sqlite { data_dir } => data_dir.clone(),
         StoreChoice::DynamoDb { .. } => dir,
