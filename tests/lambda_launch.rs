@@ -290,6 +290,8 @@ async fn launch_function_signs_users_in_with_entra_from_the_fixtures() {
         .response();
     assert_eq!(r["statusCode"], 403, "{r}");
     assert!(r["body"].as_str().unwrap().contains("invalid_state"));
+    // the id to quote to support is API Gateway's, as in its access log
+    assert_eq!(r["headers"]["x-request-id"], "Fq4xWhz9DoEEMkE=", "{r}");
 
     // A whole sign-in for the stand-in's site.
     let mut connect = fixture("apigw-http-connect.json");

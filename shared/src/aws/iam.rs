@@ -26,3 +26,11 @@ impl TokenAuthorizer for IamAuth {
             })
     }
 }
+
+/// API Gateway's id for this request (the `requestId` its access log records), if it is one.
+pub fn apigw_request_id(extensions: &http::Extensions) -> Option<String> {
+    let Some(RequestContext::ApiGatewayV2(ctx)) = extensions.get::<RequestContext>() else {
+        return None;
+    };
+    ctx.request_id.clone()
+}

@@ -67,8 +67,9 @@ impl SafeHeaders {
     }
 }
 
-/// Adds the contract's 404/405 errors, HTML error pages for browsers, and safe headers
-/// (`nosniff`, no referrer, a Content-Security-Policy on every page, HSTS over https).
+/// Adds the contract's 404/405 errors, HTML error pages for browsers, a request id (the
+/// `x-request-id` header, on error pages and on every log line the request writes), and safe
+/// headers (`nosniff`, no referrer, a Content-Security-Policy on every page, HSTS over https).
 pub fn finish(router: Router, settings: &Settings) -> Router {
     router
         .fallback(|| async { ApiError::not_found() })
@@ -94,10 +95,16 @@ fn wants_html(headers: &HeaderMap) -> bool {
 
 /// A browser (`Accept: text/html`) gets an error as a small page with the same status.
 async fn negotiate(State(safe): State<SafeHeaders>, req: Request, next: Next) -> Response {
+    use tracing::Instrument;
     let html = wants_html(req.headers());
-    let mut resp = next.run(req).await;
+    let id = request_id(req.extensions());
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut resp = next.run(req).instrument(span).await;
     if html && let Some(ErrorDetails(e)) = resp.extensions().get::<ErrorDetails>() {
-        resp = pages::error_page(e);
+        resp = pages::error_page(e, &id);
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
     }
     let is_page = resp
         .headers()
@@ -117,6 +124,33 @@ async fn negotiate(State(safe): State<SafeHeaders>, req: Request, next: Next) ->
     );
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     resp
+}
+
+/// The id to quote to support for one request: API Gateway's (so it matches the access log)
+/// in Lambda, else a fresh random one. Never taken from the caller's headers.
+fn request_id(extensions: &axum::http::Extensions) -> String {
+    #[cfg(feature = "aws")]
+    if let Some(id) =
+        crate::aws::iam::apigw_request_id(extensions).filter(|id| plain_request_id(id))
+    {
+        return id;
+    }
+    #[cfg(not(feature = "aws"))]
+    let _ = extensions;
+    let mut bytes = [0u8; 12];
+    if getrandom::fill(&mut bytes).is_err() {
+        return "unknown".into();
+    }
+    hex::encode(bytes)
+}
+
+/// An id fit for a header, a log line and a page: 1–64 letters, digits, `-`, `_` or `=`.
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
+fn plain_request_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'='))
 }
 
 /// Reads a request body of at most [`BODY_LIMIT`] bytes.

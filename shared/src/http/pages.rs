@@ -32,13 +32,16 @@ pub fn html(status: StatusCode, title: &str, body: &str) -> Response {
 }
 
 /// The page a browser gets for an API error: the same status, code and sentence.
-pub fn error_page(e: &ApiError) -> Response {
+/// `request_id` is printed for the user to quote to support (it is on the log lines too).
+pub fn error_page(e: &ApiError, request_id: &str) -> Response {
     let title = e.status.canonical_reason().unwrap_or("Error");
     let mut body = format!(
-        "<h1>{}</h1><p>{}</p><p class=\"muted\">Error code: <code>{}</code></p>",
+        "<h1>{}</h1><p>{}</p><p class=\"muted\">Error code: <code>{}</code> · Request id: \
+         <code>{}</code></p>",
         text(title),
         text(&e.message),
-        text(e.code)
+        text(e.code),
+        text(request_id)
     );
     if let Some(u) = &e.renew_url {
         body.push_str(&format!(
