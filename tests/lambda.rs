@@ -330,6 +330,15 @@ impl AwsFixture {
         Aws::new(&self.sdk, &self.table, &self.queue_url)
     }
 
+    /// A fixture whose functions use `entra` as their Entra ID, with `extra` settings.
+    pub async fn with_entra(entra: &EntraStub, extra: &[(&str, &str)]) -> AwsFixture {
+        let env = entra.env();
+        let mut all: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        all.extend_from_slice(extra);
+        AwsFixture::new(&all).await
+    }
+
     /// The same context a function builds, for seeding and inspecting.
     pub fn context(&self) -> Arc<spkeeper::context::Context> {
         let settings = Settings::from_source(&self.env).unwrap();

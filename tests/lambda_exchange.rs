@@ -190,15 +190,7 @@ async fn exchange_function_logs_the_event_the_sts_rejected_client_alarm_counts()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exchange_function_redeems_entra_grants_per_scope_and_stores_each_rotation() {
     let entra = EntraStub::start().await;
-    let mut extra = entra.env();
-    extra.push(("SPKEEPER_TOKEN_AUTH".into(), "iam".into()));
-    let fx = AwsFixture::new(
-        &extra
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect::<Vec<_>>(),
-    )
-    .await;
+    let fx = AwsFixture::with_entra(&entra, &[("SPKEEPER_TOKEN_AUTH", "iam")]).await;
     // An Entra grant as a sign-in stored it: refresh token entra-rt-0.
     let ctx = fx.context();
     let id = entra.seed_grant(&ctx, 0).await;

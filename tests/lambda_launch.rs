@@ -245,14 +245,7 @@ async fn launch_function_refuses_to_start_without_its_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn launch_function_signs_users_in_with_entra_from_the_fixtures() {
     let entra = EntraStub::start().await;
-    let extra = entra.env();
-    let fx = AwsFixture::new(
-        &extra
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect::<Vec<_>>(),
-    )
-    .await;
+    let fx = AwsFixture::with_entra(&entra, &[]).await;
     let rt = RuntimeApi::start().await;
     let logs = tempfile::tempdir().unwrap();
     let proc = Proc::spawn(

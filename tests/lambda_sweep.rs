@@ -131,14 +131,7 @@ async fn sweep_function_given_every_secret_warns_and_uses_only_the_link_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_function_keeps_idle_entra_grants_alive_and_stores_the_rotation() {
     let entra = EntraStub::start().await;
-    let extra = entra.env();
-    let fx = AwsFixture::new(
-        &extra
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect::<Vec<_>>(),
-    )
-    .await;
+    let fx = AwsFixture::with_entra(&entra, &[]).await;
     // With the keep-alive on, the sweep reads the Entra credential and the token keys too.
     let arns = fx.secrets_arn_for("sweep");
     for part in [Part::LinkKey, Part::TokenKeys, Part::EntraCredential] {

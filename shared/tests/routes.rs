@@ -349,7 +349,10 @@ async fn every_answer_has_a_request_id_shown_on_error_pages_and_in_its_log_lines
     let resp = h
         .get(
             "/renew/0123456789abcdef0123456789abcdef?exp=1&sig=abc",
-            &[("accept", "text/html"), ("x-request-id", "forged-by-the-caller")],
+            &[
+                ("accept", "text/html"),
+                ("x-request-id", "forged-by-the-caller"),
+            ],
         )
         .await;
     assert_eq!(resp.status().as_u16(), 403);

@@ -381,6 +381,19 @@ impl DynamoStore {
         &self.client
     }
 
+    /// Writes `item` unless an item with its key exists (`Conflict` then).
+    async fn put_new(&self, item: Item) -> Result<Written, StoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        written(result, condition_failed)
+    }
+
     pub fn table(&self) -> &str {
         &self.table
     }
@@ -911,15 +924,7 @@ impl GrantStore for DynamoStore {
         );
         item.insert(OUTBOX_PK.into(), s(OUTBOX_PARTITION));
         item.insert(OUTBOX_SK.into(), s(outbox_sort_key(notice, &pk)));
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        written(result, condition_failed)
+        self.put_new(item).await
     }
 
     /// DynamoDB's TTL lets go of expired items by itself.
@@ -992,15 +997,7 @@ impl TokenCache for DynamoStore {
     async fn use_once(&self, key: &str, until: DateTime<Utc>) -> Result<Written, StoreError> {
         let mut item = used_key(key);
         item.insert(TTL.into(), n(until.timestamp()));
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        written(result, condition_failed)
+        self.put_new(item).await
     }
 
     async fn get_host_realm(
