@@ -4,18 +4,28 @@
 //! Manager, table actions limited by key prefix, no Scan, no wildcard actions), limits
 //! (access logs, throttling, reserved concurrency), and agreement with the code (each
 //! function's binary exists; the table is the DynamoDB adapter's; each function is given
-//! exactly the secrets its code needs). Each rule also has a test that breaks it and expects
+//! exactly the secrets its code needs; the alarms count the lines the code logs).
+//!
+//! A deployment serves ACS launches, Entra sign-ins or both, with or without the Entra
+//! keep-alive: the rules that depend on it are checked on the template as CloudFormation
+//! would deploy it for each kind of deployment (conditions decided, `AWS::NoValue` gone), with
+//! each function's environment evaluated and read by the program's own configuration code
+//! (`Settings`, `Needs::of`). The template's `Rules` are checked against the program too: they
+//! refuse a deployment exactly when a function would not start with it (or a secret would
+//! be deployed that no function reads). Each rule also has a test that breaks it and expects
 //! the checker to say so.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use std::collections::BTreeMap;
+
 use serde_norway::Value;
 use spkeeper::aws::sqs::retry_delay;
-use spkeeper::config::{Needs, Part, Program, TokenAuth};
+use spkeeper::config::{AssertionAlg, Needs, Part, Program, RenewVia, Settings};
 use spkeeper_e2e::iam::{
-    self, actions, leading_keys, part_of_parameter, readable_secrets, refs, statements,
-    table_grants, target, template,
+    self, actions, filter_matches, leading_keys, part_of_parameter, readable_secrets, refs,
+    statements, table_grants, target, template,
 };
 
 fn root() -> &'static Path {
@@ -264,16 +274,25 @@ fn check(t: &Value) -> Vec<String> {
             }
         }
     }
-    v.extend(check_secrets(t));
-    v.extend(check_table_access(t));
     v.extend(check_limits(t));
+    // The rules over every combination of kinds: check_rules (its own tests; it takes a while).
+    for d in deployments() {
+        v.extend(
+            check_deployment(t, &d.params())
+                .into_iter()
+                .map(|x| format!("{}: {x}", d.name)),
+        );
+    }
 
     // Secrets come from Secrets Manager, never as parameters or plain environment.
     for (p, _) in t["Parameters"].as_mapping().into_iter().flatten() {
         let p = p.as_str().unwrap_or("");
         if p.contains("Secret")
             && part_of_parameter(p).is_none()
-            && !matches!(p, "SecretsKmsKeyArn" | "ClientSecretExpiresAt")
+            && !matches!(
+                p,
+                "SecretsKmsKeyArn" | "ClientSecretExpiresAt" | "EntraSecretExpiresAt"
+            )
         {
             v.push(format!("parameter {p} looks like a secret"));
         }
@@ -281,8 +300,12 @@ fn check(t: &Value) -> Vec<String> {
     let env = &t["Globals"]["Function"]["Environment"]["Variables"];
     for secret in [
         "SPKEEPER_CLIENT_SECRET",
+        "SPKEEPER_CLIENT_SECRET_SECONDARY",
         "SPKEEPER_API_KEY",
         "SPKEEPER_WEBHOOK_SECRET",
+        "SPKEEPER_ENTRA_CLIENT_SECRET",
+        "SPKEEPER_ENTRA_CERTIFICATE",
+        "SPKEEPER_ENTRA_PRIVATE_KEY",
     ] {
         if !env[secret].is_null() {
             v.push(format!(
@@ -324,6 +347,7 @@ fn check(t: &Value) -> Vec<String> {
         "SweepDeadLetterQueue",
         "StsRejectedClient",
         "ClientSecretExpiring",
+        "EntraSecretExpired",
     ] {
         if !watched.contains(q) {
             v.push(format!("no alarm on {q}"));
@@ -335,18 +359,7 @@ fn check(t: &Value) -> Vec<String> {
     {
         v.push("every alarm must notify the alarm topic".into());
     }
-    // The alarms on logged events count exactly what the functions log (the Lambda tests show
-    // the JSON shape: the event is under `fields`).
-    let filters: BTreeSet<String> = of_type(t, "AWS::Logs::MetricFilter")
-        .iter()
-        .filter_map(|(_, f)| f["Properties"]["FilterPattern"].as_str().map(String::from))
-        .collect();
-    for event in ["sts_rejected_client", "client_secret_expiring"] {
-        let pattern = format!("{{ $.fields.event = \"{event}\" }}");
-        if !filters.contains(&pattern) {
-            v.push(format!("no metric filter {pattern}"));
-        }
-    }
+    // Which logged events each alarm counts depends on the deployment: check_alarms.
     for o in ["ApiUrl", "LaunchUrl", "TableName", "NoticeQueueName"] {
         if t["Outputs"][o].is_null() {
             v.push(format!("output {o} missing"));
@@ -360,74 +373,434 @@ fn program_of(f: &Value) -> Option<Program> {
     Program::from_name(f["Metadata"]["BuildProperties"]["Binary"].as_str()?)
 }
 
-/// Each function is given exactly the secrets of the parts its code uses (`Needs::of`), its
-/// role may read exactly those, and decrypt them (with a customer key) only through Secrets
-/// Manager and only for them.
-fn check_secrets(t: &Value) -> Vec<String> {
+// --- Deployments ----------------------------------------------------------------------------
+
+const ACS_CLIENT_ID: &str = "6f1a8d2c-3b4e-4f5a-9b8c-7d6e5f4a3b2c";
+const ENTRA_CLIENT_ID: &str = "0b6a7f2e-9c41-4f1e-a1d2-5c3b2a1f0e9d";
+const TENANT: &str = "040f2415-e6e3-4480-96ce-26ef73275f73";
+const KMS_KEY: &str = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+/// A secret's ARN as the deployer gives it (with Secrets Manager's six-character suffix).
+fn arn(name: &str) -> String {
+    format!("arn:aws:secretsmanager:us-east-1:123456789012:secret:spkeeper/{name}-AbCdEf")
+}
+
+/// One kind of deployment: the parameters a deployer sets (the rest keep their defaults).
+struct Deployment {
+    name: &'static str,
+    given: Vec<(&'static str, String)>,
+}
+
+impl Deployment {
+    fn params(&self) -> Vec<(&str, &str)> {
+        self.given.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+}
+
+/// What every deployment sets.
+fn base() -> Vec<(&'static str, String)> {
+    vec![
+        ("PublicUrl", "https://addin.example.com".into()),
+        ("AllowedSharePointHosts", "*.sharepoint.com".into()),
+        ("TokenKeysSecretArn", arn("token-keys")),
+        ("LinkKeySecretArn", arn("link-key")),
+        ("WebhookSecretArn", arn("webhook-secret")),
+        ("WebhookUrl", "https://hooks.example.com/spkeeper".into()),
+        ("SecretsKmsKeyArn", KMS_KEY.into()),
+    ]
+}
+
+fn acs() -> Vec<(&'static str, String)> {
+    vec![
+        ("ClientId", ACS_CLIENT_ID.into()),
+        ("ClientSecretArn", arn("client-secret")),
+        ("ClientSecretExpiresAt", "2027-03-01T00:00:00Z".into()),
+    ]
+}
+
+fn entra() -> Vec<(&'static str, String)> {
+    vec![
+        ("EntraClientId", ENTRA_CLIENT_ID.into()),
+        ("EntraCredentialSecretArn", arn("entra-credential")),
+    ]
+}
+
+/// ACS only, Entra only (with every Entra parameter set away from its default), both kinds
+/// migrating (without a customer KMS key), and Entra without the keep-alive.
+fn deployments() -> Vec<Deployment> {
+    let with = |parts: &[Vec<(&'static str, String)>]| {
+        let mut given = base();
+        for p in parts {
+            given.extend(p.iter().cloned());
+        }
+        given
+    };
+    vec![
+        Deployment {
+            name: "ACS only",
+            given: with(&[acs()]),
+        },
+        Deployment {
+            name: "Entra only",
+            given: with(&[
+                entra(),
+                vec![
+                    ("EntraTenant", TENANT.into()),
+                    ("EntraAuthority", "https://login.microsoftonline.us".into()),
+                    (
+                        "EntraScopes",
+                        "https://contoso.sharepoint.com/AllSites.Write".into(),
+                    ),
+                    ("EntraKeepAliveDays", "21".into()),
+                    ("EntraSecretExpiresAt", "2027-06-01T00:00:00Z".into()),
+                    ("EntraAssertionAlg", "RS256".into()),
+                ],
+            ]),
+        },
+        Deployment {
+            name: "ACS and Entra, migrating",
+            given: with(&[
+                acs(),
+                entra(),
+                vec![
+                    ("RenewVia", "entra".into()),
+                    ("SecretsKmsKeyArn", String::new()),
+                ],
+            ]),
+        },
+        Deployment {
+            name: "Entra without keep-alive",
+            given: with(&[entra(), vec![("EntraKeepAliveDays", "0".into())]]),
+        },
+    ]
+}
+
+/// What a function resource's `!Ref`/`!GetAtt` stands for in the tests: a recognisable name.
+fn resource_value(name: &str) -> String {
+    format!("resource:{name}")
+}
+
+/// What the deployment serves, as the program reads it.
+#[derive(Debug, Clone, Copy)]
+struct Kinds {
+    acs: bool,
+    entra: bool,
+    keepalive: bool,
+}
+
+impl Kinds {
+    fn of(settings: &Settings) -> Kinds {
+        Kinds {
+            acs: settings.client_id.is_some(),
+            entra: settings.entra.is_some(),
+            keepalive: settings.entra.as_ref().is_some_and(|e| e.keepalive()),
+        }
+    }
+}
+
+/// A function as a deployment configures it: its resource name, its program, its settings as
+/// the program reads them from its environment (or why it would not start), the environment.
+type Configured = (
+    String,
+    Program,
+    Result<Settings, String>,
+    BTreeMap<String, String>,
+);
+
+/// Each function as the deployment configures it: its settings as the program reads them
+/// from the environment the template gives it, or why it would not start.
+fn function_settings(resolved: &Value, params: &BTreeMap<String, String>) -> Vec<Configured> {
+    of_type(resolved, "AWS::Serverless::Function")
+        .into_iter()
+        .filter_map(|(name, f)| {
+            let program = program_of(f)?;
+            let env = iam::function_env(resolved, &name, params, &resource_value);
+            let settings = Settings::from_source(&env).map_err(|e| e.to_string());
+            Some((name, program, settings, env))
+        })
+        .collect()
+}
+
+/// The rules for one deployment: the template resolved for its parameters.
+fn check_deployment(t: &Value, given: &[(&str, &str)]) -> Vec<String> {
     let mut v = Vec::new();
-    for (name, f) in of_type(t, "AWS::Serverless::Function") {
-        let Some(program) = program_of(f) else {
-            continue;
-        };
-        let auth = match iam::env_var(t, &name, "SPKEEPER_TOKEN_AUTH").as_str() {
-            Some("iam") => TokenAuth::Iam,
-            _ => TokenAuth::ApiKey,
-        };
-        let needs: BTreeSet<Part> = Needs::for_auth(program, auth, false)
-            .used()
-            .into_iter()
-            .collect();
-        let given_params = refs(iam::env_var(t, &name, "SPKEEPER_SECRETS_ARN"));
-        let given: BTreeSet<Part> = given_params
-            .iter()
-            .filter_map(|p| part_of_parameter(p))
-            .collect();
-        if given.len() != given_params.len() {
-            v.push(format!(
-                "{name}: SPKEEPER_SECRETS_ARN names more than the secret parameters: {given_params:?}"
-            ));
-        }
-        if given != needs {
-            v.push(format!(
-                "{name}: given the secrets of {given:?}, but its code uses {needs:?}"
-            ));
-        }
-        let Some(role) = iam::role_of(t, &name) else {
-            continue;
-        };
-        let (readable, others) = readable_secrets(t, &role);
-        if readable != given_params || !others.is_empty() {
-            v.push(format!(
-                "{role}: may read the secrets {readable:?} {others:?}, but {name} is given {given_params:?}"
-            ));
-        }
-        for s in statements(t, &role) {
-            if !actions(&s).iter().any(|a| a.starts_with("kms:")) {
+    let params = iam::parameter_values(t, given);
+    match iam::refused_by_rules(t, &params) {
+        Ok(refused) if refused.is_empty() => {}
+        Ok(refused) => v.push(format!("the template's rules refuse it: {refused:?}")),
+        Err(e) => v.push(format!("the template's rules cannot be read: {e}")),
+    }
+    let resolved = match iam::resolve(t, &params) {
+        Ok(r) => r,
+        Err(e) => return vec![format!("the template cannot be resolved: {e}")],
+    };
+    let functions = function_settings(&resolved, &params);
+    let mut kinds = None;
+    for (name, program, settings, env) in &functions {
+        let settings = match settings {
+            Ok(s) => s,
+            Err(e) => {
+                v.push(format!("{name}: would not start: {e}"));
                 continue;
             }
-            let c = &s["Condition"]["StringEquals"];
-            let via = match &c["kms:ViaService"] {
-                Value::Tagged(sub) if sub.tag == "Sub" => sub.value.as_str().unwrap_or(""),
-                other => other.as_str().unwrap_or(""),
-            };
-            if via != "secretsmanager.${AWS::Region}.amazonaws.com" {
-                v.push(format!(
-                    "{role}: kms:Decrypt without kms:ViaService = Secrets Manager of the region"
-                ));
-            }
-            if refs(&c["kms:EncryptionContext:SecretARN"]) != given_params {
-                v.push(format!(
-                    "{role}: kms:Decrypt not limited by encryption context to its own secrets"
-                ));
+        };
+        kinds.get_or_insert(Kinds::of(settings));
+        v.extend(check_wiring(name, settings, &params));
+        v.extend(check_secrets(
+            &resolved, &params, name, *program, settings, env,
+        ));
+    }
+    if let Some(kinds) = kinds {
+        v.extend(check_table_access(&resolved, kinds));
+        v.extend(check_alarms(&resolved, kinds));
+    }
+    v
+}
+
+/// Would every function start with these parameters? (Its settings read, and every secret
+/// part it needs among the secrets it is given.) Else why not.
+fn starts(t: &Value, params: &BTreeMap<String, String>) -> Result<(), String> {
+    let resolved = iam::resolve(t, params)?;
+    for (name, program, settings, env) in function_settings(&resolved, params) {
+        let settings = settings.map_err(|e| format!("{name}: {e}"))?;
+        let given: BTreeSet<Part> = env
+            .get("SPKEEPER_SECRETS_ARN")
+            .map(String::as_str)
+            .unwrap_or("")
+            .split(',')
+            .filter(|a| !a.trim().is_empty())
+            .filter_map(|a| {
+                params
+                    .iter()
+                    .find(|(_, v)| v.as_str() == a.trim())
+                    .and_then(|(p, _)| part_of_parameter(p))
+            })
+            .collect();
+        if let Some(missing) = Needs::of(program, &settings)
+            .used()
+            .into_iter()
+            .find(|p| !given.contains(p))
+        {
+            return Err(format!("{name}: needs {missing:?}, which it is not given"));
+        }
+    }
+    Ok(())
+}
+
+/// The template's `Rules` against the program, over every combination of the parameters that
+/// choose the kinds (each client id and its secret set or not, renew links via SharePoint or
+/// Entra, keep-alive on or off): they refuse a deployment exactly when a function would not
+/// start with it, or when it would deploy a client secret for a kind it does not serve; and
+/// every deployment they accept keeps every rule above.
+fn check_rules(t: &Value) -> Vec<String> {
+    let mut v = Vec::new();
+    let on_off = |name: &'static str, value: String| [(name, String::new()), (name, value)];
+    for client in on_off("ClientId", ACS_CLIENT_ID.into()) {
+        for client_secret in on_off("ClientSecretArn", arn("client-secret")) {
+            for entra in on_off("EntraClientId", ENTRA_CLIENT_ID.into()) {
+                for entra_secret in on_off("EntraCredentialSecretArn", arn("entra-credential")) {
+                    for renew in ["sharepoint", "entra"] {
+                        for keepalive in ["30", "0"] {
+                            let mut given = base();
+                            given.extend([
+                                client.clone(),
+                                client_secret.clone(),
+                                entra.clone(),
+                                entra_secret.clone(),
+                                ("RenewVia", renew.into()),
+                                ("EntraKeepAliveDays", keepalive.into()),
+                            ]);
+                            let given: Vec<(&str, &str)> =
+                                given.iter().map(|(k, x)| (*k, x.as_str())).collect();
+                            let params = iam::parameter_values(t, &given);
+                            let name = format!(
+                                "ClientId {:?}, ClientSecretArn {:?}, EntraClientId {:?}, EntraCredentialSecretArn {:?}, RenewVia {renew}, EntraKeepAliveDays {keepalive}",
+                                !client.1.is_empty(),
+                                !client_secret.1.is_empty(),
+                                !entra.1.is_empty(),
+                                !entra_secret.1.is_empty(),
+                            );
+                            let refused = match iam::refused_by_rules(t, &params) {
+                                Ok(r) => r,
+                                Err(e) => return vec![format!("the rules cannot be read: {e}")],
+                            };
+                            let dangling = (client.1.is_empty() && !client_secret.1.is_empty())
+                                || (entra.1.is_empty() && !entra_secret.1.is_empty());
+                            match (refused.is_empty(), starts(t, &params)) {
+                                (true, Ok(())) if dangling => v.push(format!(
+                                    "the rules accept a client secret for a kind the deployment does not serve ({name})"
+                                )),
+                                (true, Ok(())) => v.extend(
+                                    check_deployment(t, &given)
+                                        .into_iter()
+                                        .map(|x| format!("{name}: {x}")),
+                                ),
+                                (true, Err(why)) => v.push(format!(
+                                    "the rules accept a deployment a function would not start with ({name}): {why}"
+                                )),
+                                (false, Ok(())) if !dangling => v.push(format!(
+                                    "the rules refuse a deployment every function would start with ({name}): {refused:?}"
+                                )),
+                                (false, _) => {}
+                            }
+                        }
+                    }
+                }
             }
         }
     }
     v
 }
 
+/// Every `SPKEEPER_*` setting the parameters control reaches the program as set.
+fn check_wiring(name: &str, s: &Settings, p: &BTreeMap<String, String>) -> Vec<String> {
+    let mut v = Vec::new();
+    let param = |k: &str| p.get(k).cloned().unwrap_or_default();
+    let opt = |k: &str| Some(param(k)).filter(|x| !x.is_empty());
+    let time = |k: &str| {
+        opt(k).and_then(|x| {
+            chrono::DateTime::parse_from_rfc3339(&x)
+                .ok()
+                .map(|t| t.with_timezone(&chrono::Utc))
+        })
+    };
+    let mut expect = |var: &str, ok: bool| {
+        if !ok {
+            v.push(format!("{name}: {var} does not carry its parameter"));
+        }
+    };
+    expect(
+        "SPKEEPER_CLIENT_ID",
+        s.client_id == opt("ClientId").map(|c| c.to_ascii_lowercase()),
+    );
+    expect(
+        "SPKEEPER_CLIENT_SECRET_EXPIRES_AT",
+        s.client_secret_expires_at == time("ClientSecretExpiresAt"),
+    );
+    expect(
+        "SPKEEPER_ENTRA_CLIENT_ID",
+        s.entra.as_ref().map(|e| e.client_id.clone())
+            == opt("EntraClientId").map(|c| c.to_ascii_lowercase()),
+    );
+    expect(
+        "SPKEEPER_RENEW_VIA",
+        s.renew_via
+            == match param("RenewVia").as_str() {
+                "entra" => RenewVia::Entra,
+                _ => RenewVia::SharePoint,
+            },
+    );
+    if let Some(e) = &s.entra {
+        expect(
+            "SPKEEPER_ENTRA_TENANT",
+            e.tenant == param("EntraTenant").to_ascii_lowercase(),
+        );
+        expect(
+            "SPKEEPER_ENTRA_AUTHORITY",
+            e.authority == param("EntraAuthority").trim_end_matches('/'),
+        );
+        expect(
+            "SPKEEPER_ENTRA_SCOPES",
+            e.scopes
+                == opt("EntraScopes").map(|x| {
+                    x.split([' ', ','])
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect()
+                }),
+        );
+        expect(
+            "SPKEEPER_ENTRA_KEEPALIVE_DAYS",
+            e.keepalive_days.to_string() == param("EntraKeepAliveDays"),
+        );
+        expect(
+            "SPKEEPER_ENTRA_SECRET_EXPIRES_AT",
+            e.secret_expires_at == time("EntraSecretExpiresAt"),
+        );
+        expect(
+            "SPKEEPER_ENTRA_ASSERTION_ALG",
+            e.assertion_alg
+                == match param("EntraAssertionAlg").as_str() {
+                    "RS256" => AssertionAlg::Rs256,
+                    _ => AssertionAlg::Ps256,
+                },
+        );
+    }
+    v
+}
+
+/// Each function is given exactly the secrets of the parts its code uses (`Needs::of`, from
+/// the settings it reads), its role may read exactly those, and decrypt them (with a customer
+/// key) only through Secrets Manager and only for them.
+fn check_secrets(
+    t: &Value,
+    params: &BTreeMap<String, String>,
+    name: &str,
+    program: Program,
+    settings: &Settings,
+    env: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut v = Vec::new();
+    let needs: BTreeSet<Part> = Needs::of(program, settings).used().into_iter().collect();
+    let list = env.get("SPKEEPER_SECRETS_ARN").cloned().unwrap_or_default();
+    let mut given_params = BTreeSet::new();
+    for a in list.split(',').map(str::trim) {
+        match params
+            .iter()
+            .find(|(p, value)| value.as_str() == a && part_of_parameter(p).is_some())
+        {
+            Some((p, _)) if !a.is_empty() => {
+                given_params.insert(p.clone());
+            }
+            _ => v.push(format!(
+                "{name}: SPKEEPER_SECRETS_ARN names {a:?}, not the ARN of a secret parameter (it is {list:?})"
+            )),
+        }
+    }
+    let given: BTreeSet<Part> = given_params
+        .iter()
+        .filter_map(|p| part_of_parameter(p))
+        .collect();
+    if given != needs {
+        v.push(format!(
+            "{name}: given the secrets of {given:?}, but its code uses {needs:?}"
+        ));
+    }
+    let Some(role) = iam::role_of(t, name) else {
+        return v;
+    };
+    let (readable, others) = readable_secrets(t, &role);
+    if readable != given_params || !others.is_empty() {
+        v.push(format!(
+            "{role}: may read the secrets {readable:?} {others:?}, but {name} is given {given_params:?}"
+        ));
+    }
+    for s in statements(t, &role) {
+        if !actions(&s).iter().any(|a| a.starts_with("kms:")) {
+            continue;
+        }
+        let c = &s["Condition"]["StringEquals"];
+        let via = match &c["kms:ViaService"] {
+            Value::Tagged(sub) if sub.tag == "Sub" => sub.value.as_str().unwrap_or(""),
+            other => other.as_str().unwrap_or(""),
+        };
+        if via != "secretsmanager.${AWS::Region}.amazonaws.com" {
+            v.push(format!(
+                "{role}: kms:Decrypt without kms:ViaService = Secrets Manager of the region"
+            ));
+        }
+        if refs(&c["kms:EncryptionContext:SecretARN"]) != given_params {
+            v.push(format!(
+                "{role}: kms:Decrypt not limited by encryption context to its own secrets"
+            ));
+        }
+    }
+    v
+}
+
 /// The item families of the table (`shared/src/aws/table.rs`): grants, refresh tokens,
-/// access tokens, leases, operator markers, the per-host realm cache and used hand-off
-/// tickets.
+/// access tokens, leases, operator markers, the per-host realm cache and items used once
+/// (hand-off tickets, Entra sign-in states).
 const KEY_PATTERNS: &[&str] = &["G#*", "RT#*", "AT#*", "L#*", "M#*", "H#*", "T#*"];
 /// What erasure (`DELETE /grants/{id}`, the exchange function) deletes: a grant's items.
 const ERASED: &[&str] = &["G#*", "RT#*", "AT#*"];
@@ -440,16 +813,69 @@ const ITEM_ACTIONS: &[&str] = &[
     "dynamodb:DeleteItem",
 ];
 
-/// Table access: every statement on items is limited by partition-key prefix to known item
-/// families; only leases are ever deleted, but for exchange erasing a grant's own items;
-/// only launch and exchange touch token items, and only launch writes a refresh token; notify
-/// has no table access.
-fn check_table_access(t: &Value) -> Vec<String> {
+/// What a function's code does with the table in a deployment of these kinds.
+struct Uses {
+    /// Redeems refresh tokens: reads them, caches access tokens.
+    redeems: bool,
+    /// Writes refresh tokens (always whole: PutItem, in the grant's transaction).
+    writes_refresh_tokens: bool,
+    /// Takes (and releases) leases: redeems under single flight.
+    leases: bool,
+    /// Marks items used once (T#): hand-off tickets, Entra sign-in states.
+    uses_once: bool,
+    /// The indexes it queries.
+    indexes: &'static [&'static str],
+}
+
+fn uses(program: Program, k: Kinds) -> Uses {
+    match program {
+        Program::Launch => Uses {
+            redeems: true,
+            writes_refresh_tokens: true,
+            // Only an ACS launch exchanges at once; a sign-in's code redemption takes no lease.
+            leases: k.acs,
+            uses_once: k.entra,
+            indexes: if k.entra { &["by_entra_user"] } else { &[] },
+        },
+        Program::Exchange => Uses {
+            redeems: true,
+            // Entra rotates the refresh token on every redemption; ACS never does.
+            writes_refresh_tokens: k.entra,
+            leases: true,
+            uses_once: true,
+            indexes: &["by_email", "by_login"],
+        },
+        Program::Sweep => Uses {
+            redeems: k.keepalive,
+            writes_refresh_tokens: k.keepalive,
+            leases: k.keepalive,
+            uses_once: false,
+            indexes: &["due", "outbox"],
+        },
+        Program::Notify | Program::Cli => Uses {
+            redeems: false,
+            writes_refresh_tokens: false,
+            leases: false,
+            uses_once: false,
+            indexes: &[],
+        },
+    }
+}
+
+/// Table access in a deployment: every statement on items is limited by partition-key
+/// prefix to known item families; queries only on the indexes the code uses; only functions
+/// that redeem refresh tokens touch token items (the sweep, with the keep-alive, only to read
+/// a refresh token and store what a redemption gives, never to read a cached access token),
+/// only those that store them write refresh tokens (whole, with PutItem), only those that
+/// redeem under single flight take leases; only leases are ever deleted, but for exchange
+/// erasing a grant's own items; notify has no table access.
+fn check_table_access(t: &Value, kinds: Kinds) -> Vec<String> {
     let mut v = Vec::new();
     for (name, f) in of_type(t, "AWS::Serverless::Function") {
         let (Some(program), Some(role)) = (program_of(f), iam::role_of(t, &name)) else {
             continue;
         };
+        let u = uses(program, kinds);
         for s in statements(t, &role) {
             let table_actions: Vec<String> = actions(&s)
                 .into_iter()
@@ -471,6 +897,16 @@ fn check_table_access(t: &Value) -> Vec<String> {
                     if on_items && !erasure_lookup {
                         v.push(format!("{role}: Query on the table, not an index"));
                     }
+                    for r in iam::resources(&s) {
+                        let r = iam::resource_name(&r);
+                        if let Some(index) = r.strip_prefix("Table/index/")
+                            && !u.indexes.contains(&index)
+                        {
+                            v.push(format!(
+                                "{role}: Query on index {index}, which its code does not use in this deployment"
+                            ));
+                        }
+                    }
                 } else if !ITEM_ACTIONS.contains(&a.as_str()) {
                     v.push(format!("{role}: {a} is not an action the adapter uses"));
                 }
@@ -483,22 +919,44 @@ fn check_table_access(t: &Value) -> Vec<String> {
         }
         for (action, patterns) in table_grants(t, &role) {
             for p in &patterns {
-                if p != "*" && !KEY_PATTERNS.contains(&p.as_str()) {
+                let any = p == "*";
+                if !any && !KEY_PATTERNS.contains(&p.as_str()) {
                     v.push(format!("{role}: {action} on unknown key prefix {p}"));
                 }
-                let any = p == "*";
-                if (any || p == "RT#*" || p == "AT#*")
-                    && !matches!(program, Program::Launch | Program::Exchange)
-                {
+                let erasing = program == Program::Exchange && action == "dynamodb:DeleteItem";
+                let token_item = any || p == "RT#*" || p == "AT#*";
+                let keep_alive_use = matches!(
+                    (action.as_str(), p.as_str()),
+                    ("dynamodb:GetItem", "RT#*")
+                        | ("dynamodb:PutItem", "RT#*")
+                        | ("dynamodb:PutItem", "AT#*")
+                );
+                let token_ok = match program {
+                    Program::Launch | Program::Exchange => true,
+                    Program::Sweep => u.redeems && keep_alive_use,
+                    _ => false,
+                };
+                if token_item && !token_ok {
                     v.push(format!("{role}: {action} on token items ({p})"));
                 }
-                let erasing = program == Program::Exchange && action == "dynamodb:DeleteItem";
-                if (any || p == "RT#*")
-                    && action != "dynamodb:GetItem"
-                    && program != Program::Launch
+                let writes_rt = (any || p == "RT#*") && action != "dynamodb:GetItem";
+                if writes_rt
                     && !erasing
+                    && !(u.writes_refresh_tokens && action == "dynamodb:PutItem")
                 {
                     v.push(format!("{role}: {action} writes refresh tokens ({p})"));
+                }
+                let lease = (any || p == "L#*")
+                    && matches!(action.as_str(), "dynamodb:PutItem" | "dynamodb:DeleteItem");
+                if lease && !u.leases {
+                    v.push(format!(
+                        "{role}: {action} on leases ({p}), but its code takes none in this deployment"
+                    ));
+                }
+                if (any || p == "T#*") && action == "dynamodb:PutItem" && !u.uses_once {
+                    v.push(format!(
+                        "{role}: {action} on items used once ({p}), but its code marks none in this deployment"
+                    ));
                 }
             }
             let deletable = |p: &String| {
@@ -509,6 +967,120 @@ fn check_table_access(t: &Value) -> Vec<String> {
                     "{role}: may delete items other than leases: {patterns:?}"
                 ));
             }
+        }
+    }
+    v
+}
+
+/// A log line as the functions write it in Lambda (`tracing-subscriber`'s JSON: the event's
+/// fields under `fields`; `tests/iam_operations.rs` checks the filters against real ones).
+fn logged(level: &str, fields: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"level": level, "fields": fields})
+}
+
+fn sts_rejected(aadsts: Option<u32>) -> serde_json::Value {
+    let mut f = serde_json::json!({
+        "message": "Entra refused the app's credentials or request",
+        "grant_id": "0123456789abcdef0123456789abcdef",
+        "event": "sts_rejected_client",
+        "outcome": "sts_rejected_client",
+        "error": "invalid_client",
+        "elapsed_ms": 12,
+    });
+    if let Some(code) = aadsts {
+        f["aadsts"] = serde_json::json!(code);
+    }
+    logged("ERROR", f)
+}
+
+fn secret_expiring() -> serde_json::Value {
+    logged(
+        "WARN",
+        serde_json::json!({"message": "a client secret expires soon: rotate it",
+            "event": "client_secret_expiring", "client_id": ENTRA_CLIENT_ID, "days_left": 12,
+            "expires_at": "2027-06-01T00:00:00Z"}),
+    )
+}
+
+/// The metrics that count `line` in `group`'s log (through the metric filters), each with an
+/// alarm on it (that every alarm notifies the topic is a rule of its own).
+fn alarmed_metrics(t: &Value, group: &str, line: &serde_json::Value) -> BTreeSet<String> {
+    let alarmed: BTreeSet<String> = of_type(t, "AWS::CloudWatch::Alarm")
+        .iter()
+        .filter_map(|(_, a)| a["Properties"]["MetricName"].as_str().map(String::from))
+        .collect();
+    of_type(t, "AWS::Logs::MetricFilter")
+        .iter()
+        .filter(|(_, f)| target(&f["Properties"]["LogGroupName"]).as_deref() == Some(group))
+        .filter(|(_, f)| {
+            f["Properties"]["FilterPattern"]
+                .as_str()
+                .is_some_and(|p| filter_matches(p, line).unwrap_or(false))
+        })
+        .flat_map(|(_, f)| {
+            f["Properties"]["MetricTransformations"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|m| m["MetricName"].as_str().map(String::from))
+        .filter(|m| alarmed.contains(m))
+        .collect()
+}
+
+/// Alarms on what the code logs: every function that redeems tokens has its
+/// `sts_rejected_client` lines counted by an alarm; with Entra, an expired Entra secret
+/// (AADSTS7000222) has an alarm of its own that no other refusal sets off; the sweep's
+/// `client_secret_expiring` lines are counted.
+fn check_alarms(t: &Value, kinds: Kinds) -> Vec<String> {
+    let mut v = Vec::new();
+    for pattern in of_type(t, "AWS::Logs::MetricFilter")
+        .iter()
+        .filter_map(|(_, f)| f["Properties"]["FilterPattern"].as_str())
+    {
+        if let Err(e) = filter_matches(pattern, &sts_rejected(None)) {
+            v.push(format!("metric filter {pattern:?} does not parse: {e}"));
+        }
+    }
+    for (name, f) in of_type(t, "AWS::Serverless::Function") {
+        let Some(program) = program_of(f) else {
+            continue;
+        };
+        let Some(group) = iam::log_group_of(t, &name) else {
+            v.push(format!("{name}: no log group of its own"));
+            continue;
+        };
+        let u = uses(program, kinds);
+        let refusals = [
+            (Some(7000222), "an expired Entra secret"),
+            (Some(7000215), "a wrong Entra secret"),
+            (None, "an ACS refusal"),
+        ];
+        if u.redeems {
+            for (code, what) in refusals {
+                if alarmed_metrics(t, &group, &sts_rejected(code)).is_empty() {
+                    v.push(format!(
+                        "{name}: no alarm counts its sts_rejected_client lines ({what}) in {group}"
+                    ));
+                }
+            }
+        }
+        if u.redeems && kinds.entra && program != Program::Notify {
+            let expired = alarmed_metrics(t, &group, &sts_rejected(Some(7000222)));
+            let others: BTreeSet<String> = refusals[1..]
+                .iter()
+                .flat_map(|(code, _)| alarmed_metrics(t, &group, &sts_rejected(*code)))
+                .collect();
+            if expired.difference(&others).next().is_none() {
+                v.push(format!(
+                    "{name}: no alarm of its own for an expired Entra client secret (aadsts 7000222) in {group}"
+                ));
+            }
+        }
+        if program == Program::Sweep && alarmed_metrics(t, &group, &secret_expiring()).is_empty() {
+            v.push(format!(
+                "{name}: no alarm counts client_secret_expiring in {group}"
+            ));
         }
     }
     v
@@ -712,11 +1284,25 @@ fn template_keeps_every_rule() {
     );
 }
 
+#[test]
+fn the_template_rules_accept_exactly_the_deployments_that_start_and_each_keeps_every_rule() {
+    let violations = check_rules(&template());
+    assert!(
+        violations.is_empty(),
+        "template.yaml's Rules disagree with the program:\n{}",
+        violations.join("\n")
+    );
+}
+
 /// Applies `change` to the template and expects a violation mentioning `expected`.
 fn broken(change: impl FnOnce(&mut Value), expected: &str) {
+    broken_by(check, change, expected)
+}
+
+fn broken_by(checker: fn(&Value) -> Vec<String>, change: impl FnOnce(&mut Value), expected: &str) {
     let mut t = template();
     change(&mut t);
-    let violations = check(&t);
+    let violations = checker(&t);
     assert!(
         violations.iter().any(|v| v.contains(expected)),
         "expected a violation about {expected:?}, got {violations:?}"
@@ -1014,14 +1600,14 @@ fn exchange_writing_refresh_tokens_is_reported() {
 fn deleting_anything_but_leases_is_reported() {
     broken(
         |t| {
-            statement(t, "LaunchRole", "ReleaseLeases")["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] =
+            statement(t, "LaunchRole", "AcsLeases")["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] =
                 yaml(r#"["L#*", "G#*"]"#)
         },
         "LaunchRole: may delete items other than leases",
     );
     broken(
         |t| {
-            statement(t, "LaunchRole", "ReleaseLeases")["Action"] =
+            statement(t, "ExchangeRole", "ReleaseLeases")["Action"] =
                 Value::from("dynamodb:BatchWriteItem")
         },
         "not an action the adapter uses",
@@ -1082,5 +1668,397 @@ fn the_template_trusts_the_same_token_services_as_the_code() {
         t["Parameters"]["StsHosts"]["Default"].as_str(),
         Some(spkeeper::core::hosts::DEFAULT_STS_HOSTS),
         "login.microsoftonline.de (Microsoft Cloud Deutschland) closed in 2021"
+    );
+}
+
+// --- Kinds of deployment: ACS, Entra, both; the keep-alive ----------------------------------
+
+/// A statement of `role` with its `!If [condition, …]` taken away: granted in every deployment.
+fn unconditional(t: &mut Value, role: &str, sid: &str) {
+    let list = res(t, role)["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        .as_sequence_mut()
+        .expect("statements");
+    for s in list.iter_mut() {
+        let inner = match s {
+            Value::Tagged(tg) if tg.value[1]["Sid"].as_str() == Some(sid) => tg.value[1].clone(),
+            _ => continue,
+        };
+        *s = inner;
+        return;
+    }
+    panic!("no conditional statement {sid} in {role}");
+}
+
+fn env_var<'a>(t: &'a mut Value, function: &str, var: &str) -> &'a mut Value {
+    &mut res(t, function)["Properties"]["Environment"]["Variables"][var]
+}
+
+#[test]
+fn the_rules_refuse_a_deployment_of_neither_kind_and_a_kind_without_its_secret() {
+    let t = template();
+    let refused = |given: &[(&str, &str)]| {
+        let mut all: Vec<(&str, String)> = base();
+        all.extend(given.iter().map(|(k, v)| (*k, v.to_string())));
+        let all: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        iam::refused_by_rules(&t, &iam::parameter_values(&t, &all)).unwrap()
+    };
+    let (cs, es) = (arn("client-secret"), arn("entra-credential"));
+    assert!(
+        refused(&[])
+            .iter()
+            .any(|r| r.starts_with("SomeKindConfigured"))
+    );
+    assert!(
+        refused(&[("ClientId", ACS_CLIENT_ID)])
+            .iter()
+            .any(|r| r.starts_with("AcsHasItsSecret"))
+    );
+    assert!(
+        refused(&[("EntraClientId", ENTRA_CLIENT_ID), ("ClientSecretArn", &cs)])
+            .iter()
+            .any(|r| r.starts_with("AcsHasItsSecret"))
+    );
+    assert!(
+        refused(&[("EntraClientId", ENTRA_CLIENT_ID)])
+            .iter()
+            .any(|r| r.starts_with("EntraHasItsSecret"))
+    );
+    assert!(
+        refused(&[
+            ("EntraClientId", ENTRA_CLIENT_ID),
+            ("EntraCredentialSecretArn", &es),
+            ("RenewVia", "entra")
+        ])
+        .iter()
+        .any(|r| r.starts_with("RenewViaEntraNeedsBothKinds"))
+    );
+    assert_eq!(
+        refused(&[
+            ("EntraClientId", ENTRA_CLIENT_ID),
+            ("EntraCredentialSecretArn", &es)
+        ]),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn rules_that_let_through_a_deployment_that_would_not_start_are_reported() {
+    for rule in [
+        "SomeKindConfigured",
+        "AcsHasItsSecret",
+        "EntraHasItsSecret",
+        "RenewViaEntraNeedsBothKinds",
+    ] {
+        broken_by(
+            check_rules,
+            |t| {
+                t["Rules"].as_mapping_mut().unwrap().remove(rule);
+            },
+            "the rules accept",
+        );
+    }
+    // A rule stricter than the program: Entra-only deployments refused.
+    broken_by(
+        check_rules,
+        |t| {
+            t["Rules"]["SomeKindConfigured"]["Assertions"][0]["Assert"] =
+                yaml(r#"!Not [!Equals [!Ref ClientId, ""]]"#)
+        },
+        "the rules refuse a deployment every function would start with",
+    );
+}
+
+#[test]
+fn an_entra_setting_that_does_not_reach_the_functions_is_reported() {
+    broken(
+        |t| {
+            t["Globals"]["Function"]["Environment"]["Variables"]
+                .as_mapping_mut()
+                .unwrap()
+                .remove("SPKEEPER_ENTRA_TENANT");
+        },
+        "SPKEEPER_ENTRA_TENANT does not carry its parameter",
+    );
+    broken(
+        |t| {
+            t["Globals"]["Function"]["Environment"]["Variables"]["SPKEEPER_ENTRA_KEEPALIVE_DAYS"] =
+                Value::from("30")
+        },
+        "SPKEEPER_ENTRA_KEEPALIVE_DAYS does not carry its parameter",
+    );
+    broken(
+        |t| {
+            t["Globals"]["Function"]["Environment"]["Variables"]
+                .as_mapping_mut()
+                .unwrap()
+                .remove("SPKEEPER_ENTRA_CLIENT_ID");
+        },
+        // Entra-only deployments then configure no kind at all.
+        "Entra only: LaunchFunction: would not start: SPKEEPER_CLIENT_ID",
+    );
+    broken(
+        |t| {
+            t["Globals"]["Function"]["Environment"]["Variables"]["SPKEEPER_RENEW_VIA"] =
+                Value::from("sharepoint")
+        },
+        "SPKEEPER_RENEW_VIA does not carry its parameter",
+    );
+}
+
+#[test]
+fn the_entra_credential_given_where_its_code_does_not_use_it_is_reported() {
+    // To the sweep whatever the keep-alive.
+    broken(
+        |t| {
+            *env_var(t, "SweepFunction", "SPKEEPER_SECRETS_ARN") = yaml(
+                r#"!If [HasEntra, !Join [",", [!Ref LinkKeySecretArn, !Ref TokenKeysSecretArn, !Ref EntraCredentialSecretArn]], !Ref LinkKeySecretArn]"#,
+            )
+        },
+        "Entra without keep-alive: SweepFunction: given the secrets",
+    );
+    // To notify.
+    broken(
+        |t| {
+            *env_var(t, "NotifyFunction", "SPKEEPER_SECRETS_ARN") = yaml(
+                r#"!If [HasEntra, !Join [",", [!Ref WebhookSecretArn, !Ref EntraCredentialSecretArn]], !Ref WebhookSecretArn]"#,
+            )
+        },
+        "NotifyFunction: given the secrets",
+    );
+    // The ACS client secret to an Entra-only deployment's launch: an empty ARN in the list.
+    broken(
+        |t| {
+            *env_var(t, "LaunchFunction", "SPKEEPER_SECRETS_ARN") = yaml(
+                r#"!Join [",", [!Ref TokenKeysSecretArn, !Ref LinkKeySecretArn, !Ref ClientSecretArn, !If [HasEntra, !Ref EntraCredentialSecretArn, !Ref LinkKeySecretArn]]]"#,
+            )
+        },
+        "Entra only: LaunchFunction: SPKEEPER_SECRETS_ARN names \"\"",
+    );
+}
+
+#[test]
+fn the_entra_credential_not_given_where_its_code_uses_it_is_reported() {
+    broken(
+        |t| {
+            *env_var(t, "ExchangeFunction", "SPKEEPER_SECRETS_ARN") = yaml(
+                r#"!Join ["", [!Ref TokenKeysSecretArn, !Sub ",${LinkKeySecretArn}", !If [HasAcs, !Sub ",${ClientSecretArn}", ""]]]"#,
+            )
+        },
+        "Entra only: ExchangeFunction: given the secrets",
+    );
+    // The keep-alive redeems: it opens and seals refresh tokens too.
+    broken(
+        |t| {
+            *env_var(t, "SweepFunction", "SPKEEPER_SECRETS_ARN") = yaml(
+                r#"!If [EntraKeepAlive, !Join [",", [!Ref LinkKeySecretArn, !Ref EntraCredentialSecretArn]], !Ref LinkKeySecretArn]"#,
+            )
+        },
+        "Entra only: SweepFunction: given the secrets",
+    );
+}
+
+#[test]
+fn a_role_that_may_read_the_entra_credential_its_function_is_not_given_is_reported() {
+    broken(
+        |t| {
+            statement(t, "ExchangeRole", "Secrets")["Resource"] = yaml(
+                "[!Ref TokenKeysSecretArn, !Ref LinkKeySecretArn, !Ref EntraCredentialSecretArn, !If [HasAcs, !Ref ClientSecretArn, !Ref AWS::NoValue]]",
+            )
+        },
+        "ACS only: ExchangeRole: may read the secrets",
+    );
+    broken(
+        |t| {
+            statement(t, "SweepRole", "Secrets")["Resource"] = yaml(
+                "[!Ref LinkKeySecretArn, !If [HasEntra, !Ref TokenKeysSecretArn, !Ref AWS::NoValue], !If [HasEntra, !Ref EntraCredentialSecretArn, !Ref AWS::NoValue]]",
+            )
+        },
+        "Entra without keep-alive: SweepRole: may read the secrets",
+    );
+    broken(
+        |t| {
+            statement(t, "SweepRole", "SecretsKey")["Condition"]["StringEquals"]["kms:EncryptionContext:SecretARN"] =
+                yaml(
+                    "[!Ref LinkKeySecretArn, !Ref TokenKeysSecretArn, !Ref EntraCredentialSecretArn]",
+                )
+        },
+        "SweepRole: kms:Decrypt not limited by encryption context",
+    );
+}
+
+#[test]
+fn exchange_storing_refresh_tokens_without_entra_is_reported() {
+    broken(
+        |t| unconditional(t, "ExchangeRole", "StoreRotations"),
+        "ACS only: ExchangeRole: dynamodb:PutItem writes refresh tokens (RT#*)",
+    );
+    // A refresh token item is written whole, in the grant's transaction.
+    broken(
+        |t| {
+            statement(t, "ExchangeRole", "StoreRotations")["Action"] =
+                Value::from("dynamodb:UpdateItem")
+        },
+        "Entra only: ExchangeRole: dynamodb:UpdateItem writes refresh tokens (RT#*)",
+    );
+}
+
+#[test]
+fn keep_alive_grants_without_the_keep_alive_are_reported() {
+    broken(
+        |t| unconditional(t, "SweepRole", "KeepAliveWrites"),
+        "Entra without keep-alive: SweepRole: dynamodb:PutItem on token items (RT#*)",
+    );
+    broken(
+        |t| unconditional(t, "SweepRole", "KeepAliveReads"),
+        "ACS only: SweepRole: dynamodb:GetItem on token items (RT#*)",
+    );
+    broken(
+        |t| unconditional(t, "SweepRole", "KeepAliveLeases"),
+        "ACS only: SweepRole: dynamodb:DeleteItem on leases (L#*)",
+    );
+}
+
+#[test]
+fn a_keep_alive_that_may_read_cached_access_tokens_is_reported() {
+    broken(
+        |t| {
+            statement(t, "SweepRole", "KeepAliveReads")["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] =
+                yaml(r#"["G#*", "RT#*", "AT#*"]"#)
+        },
+        "Entra only: SweepRole: dynamodb:GetItem on token items (AT#*)",
+    );
+}
+
+#[test]
+fn sign_in_grants_without_entra_and_lease_grants_without_acs_are_reported() {
+    broken(
+        |t| unconditional(t, "LaunchRole", "SignInStates"),
+        "ACS only: LaunchRole: dynamodb:PutItem on items used once (T#*)",
+    );
+    broken(
+        |t| unconditional(t, "LaunchRole", "FindEntraUsers"),
+        "ACS only: LaunchRole: Query on index by_entra_user",
+    );
+    broken(
+        |t| unconditional(t, "LaunchRole", "AcsLeases"),
+        "Entra only: LaunchRole: dynamodb:PutItem on leases (L#*)",
+    );
+    // Only launch looks Entra users up.
+    broken(
+        |t| {
+            statement(t, "ExchangeRole", "FindGrants")["Resource"] = yaml(
+                r#"[!Sub "${Table.Arn}/index/by_email", !Sub "${Table.Arn}/index/by_login", !Sub "${Table.Arn}/index/by_entra_user"]"#,
+            )
+        },
+        "ExchangeRole: Query on index by_entra_user",
+    );
+}
+
+#[test]
+fn entra_refusals_that_no_alarm_counts_are_reported() {
+    // A filter on the wrong JSON path (the fields are under `fields`).
+    broken(
+        |t| {
+            res(t, "EntraSecretExpiredExchangeFilter")["Properties"]["FilterPattern"] =
+                Value::from("{ $.aadsts = 7000222 }")
+        },
+        "ExchangeFunction: no alarm of its own for an expired Entra client secret",
+    );
+    // A filter that counts every refusal as an expired secret.
+    broken(
+        |t| {
+            res(t, "EntraSecretExpiredLaunchFilter")["Properties"]["FilterPattern"] =
+                Value::from("{ $.fields.event = \"sts_rejected_client\" }")
+        },
+        "LaunchFunction: no alarm of its own for an expired Entra client secret",
+    );
+    // A quoted number never equals the logged number.
+    broken(
+        |t| {
+            res(t, "EntraSecretExpiredSweepFilter")["Properties"]["FilterPattern"] = Value::from(
+                "{ ($.fields.event = \"sts_rejected_client\") && ($.fields.aadsts = \"7000222\") }",
+            )
+        },
+        "SweepFunction: no alarm of its own for an expired Entra client secret",
+    );
+    // The keep-alive's refusals in the sweep's log, counted by nothing.
+    broken(
+        |t| {
+            t["Resources"]
+                .as_mapping_mut()
+                .unwrap()
+                .remove("StsRejectedClientSweepFilter");
+        },
+        "SweepFunction: no alarm counts its sts_rejected_client lines",
+    );
+    broken(
+        |t| {
+            t["Resources"]
+                .as_mapping_mut()
+                .unwrap()
+                .remove("EntraSecretExpiredAlarm");
+        },
+        "no alarm of its own for an expired Entra client secret",
+    );
+}
+
+#[test]
+fn the_filter_evaluator_reads_patterns_as_cloudwatch_does() {
+    let line = serde_json::json!({"level": "ERROR", "fields": {"event": "sts_rejected_client", "aadsts": 7000222, "list": [1, 2]}});
+    for (pattern, expected) in [
+        ("{ $.fields.event = \"sts_rejected_client\" }", true),
+        ("{ $.fields.event = sts_rejected_client }", true),
+        ("{ $.fields.event = \"sts_*\" }", true),
+        ("{ $.fields.event != \"sts_rejected_client\" }", false),
+        ("{ $.fields.aadsts = 7000222 }", true),
+        ("{ $.fields.aadsts = \"7000222\" }", false),
+        ("{ $.fields.aadsts > 7000000 && $.level = \"ERROR\" }", true),
+        ("{ ($.fields.aadsts = 1) || ($.fields.list[1] = 2) }", true),
+        ("{ $.aadsts = 7000222 }", false),
+        ("{ $.fields.missing != 3 }", false),
+    ] {
+        assert_eq!(
+            filter_matches(pattern, &line).unwrap(),
+            expected,
+            "{pattern}"
+        );
+    }
+    assert!(filter_matches("$.a = 1", &line).is_err());
+    assert!(filter_matches("{ $.a = }", &line).is_err());
+}
+
+#[test]
+fn an_acs_only_deployment_has_no_entra_grants_and_an_entra_only_one_no_acs_grants() {
+    let t = template();
+    let grants = |given: Vec<(&'static str, String)>, role: &str| {
+        let mut all = base();
+        all.extend(given);
+        let all: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = iam::resolve(&t, &iam::parameter_values(&t, &all)).unwrap();
+        (table_grants(&r, role), readable_secrets(&r, role).0)
+    };
+    let (acs_exchange, acs_secrets) = grants(acs(), "ExchangeRole");
+    assert!(!acs_exchange["dynamodb:PutItem"].contains("RT#*"));
+    assert!(!acs_secrets.contains("EntraCredentialSecretArn"));
+    let (acs_sweep, _) = grants(acs(), "SweepRole");
+    assert!(!acs_sweep.contains_key("dynamodb:GetItem"));
+    let (entra_launch, entra_secrets) = grants(entra(), "LaunchRole");
+    assert!(!entra_launch["dynamodb:PutItem"].contains("L#*"));
+    assert!(!entra_launch.contains_key("dynamodb:DeleteItem"));
+    assert!(!entra_secrets.contains("ClientSecretArn"));
+    let (entra_sweep, sweep_secrets) = grants(entra(), "SweepRole");
+    assert_eq!(
+        entra_sweep["dynamodb:PutItem"],
+        ["AT#*", "L#*", "M#*", "RT#*"].map(String::from).into()
+    );
+    assert_eq!(
+        sweep_secrets,
+        [
+            "EntraCredentialSecretArn",
+            "LinkKeySecretArn",
+            "TokenKeysSecretArn"
+        ]
+        .map(String::from)
+        .into()
     );
 }

@@ -391,11 +391,17 @@ impl TokenService {
         }
 
         // Whoever held the lease before us may have just cached a token (it writes the cache
-        // before it lets go): look once more before asking.
+        // before it lets go): look once more before asking. The keep-alive redeems anyway, so
+        // it never reads the cache (the sweep's role may not read access tokens).
         let now = self.ctx.now();
-        let result = match self.fresh_cached(id, &target.cache_key, now).await {
-            Ok(Some(t)) if !redeem_anyway => Ok(self.issue(&stored.record, t, now)),
-            Ok(_) => match target.kind {
+        let cached = if redeem_anyway {
+            Ok(None)
+        } else {
+            self.fresh_cached(id, &target.cache_key, now).await
+        };
+        let result = match cached {
+            Ok(Some(t)) => Ok(self.issue(&stored.record, t, now)),
+            Ok(None) => match target.kind {
                 Kind::Acs => self.exchange(stored, &target.cache_key).await,
                 Kind::Entra => {
                     self.entra_exchange(id, &target.cache_key, redeem_anyway)
