@@ -932,3 +932,91 @@ fn help_is_the_same_either_way_and_completions_cover_every_command() {
     let (code, _, err) = run(&bin(), &["completions", "cmd.exe"], &env);
     assert_eq!(code, 2, "{err}");
 }
+
+/// On DynamoDB, `notices --dead-letter-queue` lists the notices SQS gave up on and leaves them
+/// there (listing twice shows the same); on the embedded store the option is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_lists_the_dead_letter_queue_on_dynamodb_and_leaves_it_there() {
+    use spkeeper::testkit::moto;
+    let sdk = moto::sdk_config().await;
+    let (table, queue) = moto::fresh(&sdk, "dlq").await;
+    let (_, dead_letters) = moto::fresh(&sdk, "dlq").await;
+    let mut document = json!({"client_secret": CLIENT_SECRET, "api_key": API_KEY,
+        "webhook_secret": WEBHOOK_SECRET});
+    let keys = serde_json::to_value(spkeeper::config::KeyFile::generate().unwrap()).unwrap();
+    for (k, v) in keys.as_object().unwrap() {
+        document[k] = v.clone();
+    }
+    let secret_arn = moto::create_secret(&sdk, &document).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let grant = "0123456789abcdef0123456789abcdef";
+    let ids = ["ntc_dead_letter_one", "ntc_dead_letter_two"];
+    for id in ids {
+        let body = json!({"id": id, "type": "refresh_token.expired", "grant": {"id": grant},
+            "created_at": "2026-11-20T00:00:00Z"});
+        sqs.send_message()
+            .queue_url(&dead_letters)
+            .message_body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite_env = production_env(&dir.path().join("data").display().to_string());
+    let mut env = sqlite_env.clone();
+    env.remove("SPKEEPER_CLIENT_SECRET");
+    env.remove("SPKEEPER_API_KEY");
+    let moto_url = moto::url();
+    for (k, v) in [
+        ("SPKEEPER_STORE", "dynamodb"),
+        ("SPKEEPER_TABLE", table.as_str()),
+        ("SPKEEPER_QUEUE_URL", queue.as_str()),
+        ("SPKEEPER_SECRETS_ARN", secret_arn.as_str()),
+        ("AWS_ENDPOINT_URL", moto_url.as_str()),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ] {
+        env.insert(k.into(), v.into());
+    }
+    for _ in 0..2 {
+        let args = ["notices", "--dead-letter-queue", &dead_letters, "--json"];
+        let (code, out, err) = run(&bin(), &args, &env);
+        assert_eq!(code, 0, "{err}");
+        let rows: Value = serde_json::from_str(&out).unwrap();
+        let mut listed: Vec<&str> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap())
+            .collect();
+        listed.sort();
+        assert_eq!(listed, ids, "{out}");
+        for r in rows.as_array().unwrap() {
+            assert_eq!(r["dead_letter"], true, "{r}");
+            assert_eq!(r["grant_id"], grant, "{r}");
+            assert_eq!(r["type"], "refresh_token.expired", "{r}");
+        }
+    }
+    // The table form says so too.
+    let (code, out, err) = run(
+        &bin(),
+        &["notices", "--dead-letter-queue", &dead_letters],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("dead letter").count(), 2, "{out}");
+    // Nothing was taken off the queue, and the notice queue was not touched.
+    assert_eq!(moto::drain(&sdk, &dead_letters).await.len(), 2);
+    assert!(moto::drain(&sdk, &queue).await.is_empty());
+
+    let (code, _, err) = run(
+        &bin(),
+        &["notices", "--dead-letter-queue", &dead_letters],
+        &sqlite_env,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("SPKEEPER_STORE=dynamodb"), "{err}");
+}

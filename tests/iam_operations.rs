@@ -1225,7 +1225,7 @@ async fn acs_and_entra_with_keep_alive_every_call_allowed_and_every_grant_used()
     let expired_secret = |l: &&Value| {
         l["fields"]["event"] == "sts_rejected_client" && l["fields"]["aadsts"] == 7000222
     };
-    let cases: [Case; 5] = [
+    let cases: [Case; 9] = [
         (
             "an Entra sign-in refused for an expired secret",
             "launch",
@@ -1260,6 +1260,31 @@ async fn acs_and_entra_with_keep_alive_every_call_allowed_and_every_grant_used()
                     && l["fields"]["client_id"] == ENTRA_CLIENT_ID
             }),
             &["ClientSecretExpiring"],
+        ),
+        // What the alarms on silence weigh (README, "What the alarms mean").
+        (
+            "an ACS launch accepted",
+            "launch",
+            Box::new(|l| l["fields"]["event"] == "launch_accepted"),
+            &["LaunchAccepted"],
+        ),
+        (
+            "an Entra sign-in accepted",
+            "launch",
+            Box::new(|l| l["fields"]["event"] == "sign_in_accepted"),
+            &["LaunchAccepted"],
+        ),
+        (
+            "a token issued for /token",
+            "exchange",
+            Box::new(|l| l["fields"]["outcome"] == "issued" && l["fields"]["why"] == "token"),
+            &["StsIssued"],
+        ),
+        (
+            "a sweep completed",
+            "sweep",
+            Box::new(|l| l["fields"]["event"] == "sweep_completed"),
+            &["SweepCompleted"],
         ),
     ];
     for (what, function, is, expected) in cases {

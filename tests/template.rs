@@ -553,6 +553,7 @@ fn check_deployment(t: &Value, given: &[(&str, &str)]) -> Vec<String> {
     if let Some(kinds) = kinds {
         v.extend(check_table_access(&resolved, kinds));
         v.extend(check_alarms(&resolved, kinds));
+        v.extend(check_silence(&resolved, kinds));
     }
     v
 }
@@ -1002,13 +1003,29 @@ fn secret_expiring() -> serde_json::Value {
     )
 }
 
-/// The metrics that count `line` in `group`'s log (through the metric filters), each with an
-/// alarm on it (that every alarm notifies the topic is a rule of its own).
-fn alarmed_metrics(t: &Value, group: &str, line: &serde_json::Value) -> BTreeSet<String> {
-    let alarmed: BTreeSet<String> = of_type(t, "AWS::CloudWatch::Alarm")
-        .iter()
-        .filter_map(|(_, a)| a["Properties"]["MetricName"].as_str().map(String::from))
-        .collect();
+/// Every alarm: its name, the metrics it reads (its own, or those of its metric math) and it.
+fn alarms(t: &Value) -> Vec<(String, BTreeSet<String>, &Value)> {
+    of_type(t, "AWS::CloudWatch::Alarm")
+        .into_iter()
+        .map(|(name, a)| {
+            let p = &a["Properties"];
+            let mut metrics: BTreeSet<String> = p["MetricName"]
+                .as_str()
+                .map(String::from)
+                .into_iter()
+                .collect();
+            for m in p["Metrics"].as_sequence().into_iter().flatten() {
+                if let Some(n) = m["MetricStat"]["Metric"]["MetricName"].as_str() {
+                    metrics.insert(n.to_string());
+                }
+            }
+            (name, metrics, a)
+        })
+        .collect()
+}
+
+/// The metrics that count `line` in `group`'s log (through the metric filters).
+fn counting(t: &Value, group: &str, line: &serde_json::Value) -> BTreeSet<String> {
     of_type(t, "AWS::Logs::MetricFilter")
         .iter()
         .filter(|(_, f)| target(&f["Properties"]["LogGroupName"]).as_deref() == Some(group))
@@ -1024,8 +1041,130 @@ fn alarmed_metrics(t: &Value, group: &str, line: &serde_json::Value) -> BTreeSet
                 .unwrap_or_default()
         })
         .filter_map(|m| m["MetricName"].as_str().map(String::from))
+        .collect()
+}
+
+/// The metrics that count `line` in `group`'s log, each with an alarm on it (that every alarm
+/// notifies the topic is a rule of its own).
+fn alarmed_metrics(t: &Value, group: &str, line: &serde_json::Value) -> BTreeSet<String> {
+    let alarmed: BTreeSet<String> = alarms(t).into_iter().flat_map(|(_, m, _)| m).collect();
+    counting(t, group, line)
+        .into_iter()
         .filter(|m| alarmed.contains(m))
         .collect()
+}
+
+/// Is there one alarm that reads both a metric counting `failed` and one counting `worked`
+/// (in `group`)? An alarm on failures alone would fire on one bad request among good ones;
+/// silence is failures and nothing else.
+fn weighed_together(
+    t: &Value,
+    group: &str,
+    failed: &serde_json::Value,
+    worked: &serde_json::Value,
+) -> bool {
+    let (f, w) = (counting(t, group, failed), counting(t, group, worked));
+    alarms(t)
+        .iter()
+        .any(|(_, m, _)| m.intersection(&f).next().is_some() && m.intersection(&w).next().is_some())
+}
+
+fn event_line(event: &str, fields: serde_json::Value) -> serde_json::Value {
+    let mut f = fields;
+    f["event"] = serde_json::json!(event);
+    logged("INFO", f)
+}
+
+fn outcome_line(outcome: &str) -> serde_json::Value {
+    logged(
+        "INFO",
+        serde_json::json!({"message": "exchanged refresh token at ACS", "outcome": outcome,
+            "grant_id": "0123456789abcdef0123456789abcdef", "elapsed_ms": 40}),
+    )
+}
+
+/// Silence, alarmed: every launch (or Entra sign-in) refused with none accepted; the token
+/// services unavailable with nothing issued; the sweep not completing for hours (missing
+/// data breaching); notices waiting on the queue for over an hour.
+fn check_silence(t: &Value, kinds: Kinds) -> Vec<String> {
+    let mut v = Vec::new();
+    for (name, f) in of_type(t, "AWS::Serverless::Function") {
+        let (Some(program), Some(group)) = (program_of(f), iam::log_group_of(t, &name)) else {
+            continue;
+        };
+        if program == Program::Launch {
+            let mut pairs = Vec::new();
+            if kinds.acs {
+                pairs.push(("launch_refused", "launch_accepted"));
+            }
+            if kinds.entra {
+                pairs.push(("sign_in_refused", "sign_in_accepted"));
+            }
+            for (refused, accepted) in pairs {
+                let no = event_line(
+                    refused,
+                    serde_json::json!({"error": "invalid_token", "status": 401}),
+                );
+                let yes = event_line(
+                    accepted,
+                    serde_json::json!({"grant_id": "0123456789abcdef0123456789abcdef"}),
+                );
+                if !weighed_together(t, &group, &no, &yes) {
+                    v.push(format!(
+                        "{name}: no alarm weighs {refused} against {accepted} in {group}"
+                    ));
+                }
+            }
+        }
+        if uses(program, kinds).redeems
+            && !weighed_together(
+                t,
+                &group,
+                &outcome_line("sts_unavailable"),
+                &outcome_line("issued"),
+            )
+        {
+            v.push(format!(
+                "{name}: no alarm weighs sts_unavailable against issued in {group}"
+            ));
+        }
+        if program == Program::Sweep {
+            let done = event_line(
+                "sweep_completed",
+                serde_json::json!({"stopped_early": false}),
+            );
+            let counted = counting(t, &group, &done);
+            let silent = alarms(t).into_iter().any(|(_, m, a)| {
+                let p = &a["Properties"];
+                m.intersection(&counted).next().is_some()
+                    && p["TreatMissingData"].as_str() == Some("breaching")
+                    && p["ComparisonOperator"].as_str() == Some("LessThanThreshold")
+            });
+            if !silent {
+                v.push(format!(
+                    "{name}: no alarm fires when sweep_completed stops (missing data breaching) in {group}"
+                ));
+            }
+        }
+    }
+    let backlog = alarms(t).into_iter().any(|(_, _, a)| {
+        let p = &a["Properties"];
+        p["Namespace"].as_str() == Some("AWS/SQS")
+            && p["MetricName"].as_str() == Some("ApproximateAgeOfOldestMessage")
+            && p["Dimensions"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .any(|d| {
+                    d["Name"].as_str() == Some("QueueName")
+                        && target(&d["Value"]).as_deref() == Some("NoticeQueue")
+                })
+            && num(&p["Threshold"]).is_some_and(|s| s <= 3600)
+    });
+    if !backlog {
+        v.push("no alarm on notices waiting over an hour on NoticeQueue".into());
+    }
+    v
 }
 
 /// Alarms on what the code logs: every function that redeems tokens has its
@@ -1999,6 +2138,77 @@ fn entra_refusals_that_no_alarm_counts_are_reported() {
                 .remove("EntraSecretExpiredAlarm");
         },
         "no alarm of its own for an expired Entra client secret",
+    );
+}
+
+#[test]
+fn a_sweep_that_stops_running_without_an_alarm_is_reported() {
+    // Missing data read as fine: a sweep that never runs again is never noticed.
+    broken(
+        |t| {
+            res(t, "SweepSilentAlarm")["Properties"]["TreatMissingData"] =
+                Value::from("notBreaching")
+        },
+        "SweepFunction: no alarm fires when sweep_completed stops",
+    );
+    // The filter on a line the sweep does not write.
+    broken(
+        |t| {
+            res(t, "SweepCompletedFilter")["Properties"]["FilterPattern"] =
+                Value::from("{ $.fields.event = \"sweep_done\" }")
+        },
+        "SweepFunction: no alarm fires when sweep_completed stops",
+    );
+}
+
+#[test]
+fn every_launch_refused_without_an_alarm_is_reported() {
+    broken(
+        |t| {
+            t["Resources"]
+                .as_mapping_mut()
+                .unwrap()
+                .remove("LaunchesAllRefusedAlarm");
+        },
+        "LaunchFunction: no alarm weighs launch_refused against launch_accepted",
+    );
+    // Entra sign-ins not counted as accepted.
+    broken(
+        |t| {
+            res(t, "LaunchAcceptedFilter")["Properties"]["FilterPattern"] =
+                Value::from("{ $.fields.event = \"launch_accepted\" }")
+        },
+        "LaunchFunction: no alarm weighs sign_in_refused against sign_in_accepted",
+    );
+}
+
+#[test]
+fn token_services_down_without_an_alarm_is_reported() {
+    broken(
+        |t| {
+            t["Resources"]
+                .as_mapping_mut()
+                .unwrap()
+                .remove("StsIssuedExchangeFilter");
+        },
+        "ExchangeFunction: no alarm weighs sts_unavailable against issued",
+    );
+    broken(
+        |t| {
+            t["Resources"]
+                .as_mapping_mut()
+                .unwrap()
+                .remove("StsUnavailableLaunchFilter");
+        },
+        "LaunchFunction: no alarm weighs sts_unavailable against issued",
+    );
+}
+
+#[test]
+fn notices_waiting_for_hours_without_an_alarm_is_reported() {
+    broken(
+        |t| res(t, "NoticeBacklogAlarm")["Properties"]["Threshold"] = Value::from(86400),
+        "no alarm on notices waiting over an hour on NoticeQueue",
     );
 }
 

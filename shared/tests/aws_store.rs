@@ -262,7 +262,9 @@ async fn token_requests_racing_fifty_relaunches_never_answer_a_spurious_relaunch
     );
     let id = launch_many(&h, 1).await.remove(0);
     let body = serde_json::json!({"grant_id": id.as_str()});
-    assert_eq!(h.token_request(body.clone()).await.status().as_u16(), 200);
+    let first = h.token_request(body.clone()).await;
+    let status = first.status().as_u16();
+    assert_eq!(status, 200, "{}", body_json(first).await);
 
     // 50 relaunches, each a newer refresh token (its own nbf), one after another...
     let base = h.now();

@@ -46,6 +46,5 @@ async fn run(
         .run_until(chrono::Utc::now(), false, Some(deadline))
         .await
         .inspect_err(|e| tracing::error!(error = %e, "sweep failed"))?;
-    tracing::info!(summary = %serde_json::to_string(&summary).unwrap_or_default(), "sweep done");
     Ok(summary)
 }

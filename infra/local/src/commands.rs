@@ -200,10 +200,48 @@ pub async fn renew_link(raw: &str, dev: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-pub async fn notices(as_json: bool, dev: bool) -> Result<(), Failure> {
+/// At most this many dead letters are listed (a dead-letter queue keeps 14 days' worth).
+const DEAD_LETTERS_SHOWN: usize = 1000;
+
+pub async fn notices(
+    as_json: bool,
+    dev: bool,
+    dead_letter_queue: Option<&str>,
+) -> Result<(), Failure> {
     let loaded = setup::load(mode(dev)).await?;
-    let rows = match &loaded.backend {
-        Backend::Sqlite(store) => store
+    let rows = match (&loaded.backend, dead_letter_queue) {
+        (Backend::Sqlite(_), Some(_)) => {
+            return Err(Failure::Usage(
+                "--dead-letter-queue is for SPKEEPER_STORE=dynamodb; the embedded store lists its dead letters without it".into(),
+            ));
+        }
+        // What SQS gave up on: read, not deleted (hidden while the list is read, then shown again).
+        (Backend::Aws(aws), Some(url)) => {
+            let dlq = spkeeper::aws::sqs::SqsQueue::new(aws.queue.client().clone(), url);
+            dlq.peek(DEAD_LETTERS_SHOWN, 30)
+                .await
+                .map_err(runtime)?
+                .iter()
+                .map(|m| {
+                    let id = serde_json::from_str::<Value>(&m.body)
+                        .ok()
+                        .and_then(|n| n["id"].as_str().map(String::from))
+                        .unwrap_or_else(|| m.message_id.clone());
+                    row(
+                        &id,
+                        &m.body,
+                        json!({
+                            "attempts": m.receive_count,
+                            "dead_letter": true,
+                            "last_error": "the webhook receiver never accepted it",
+                            "sqs_message_id": m.message_id,
+                            "sent_at": m.sent_at.map(rfc3339),
+                        }),
+                    )
+                })
+                .collect()
+        }
+        (Backend::Sqlite(store), None) => store
             .undelivered()
             .await
             .map_err(runtime)?
@@ -222,7 +260,7 @@ pub async fn notices(as_json: bool, dev: bool) -> Result<(), Failure> {
             })
             .collect(),
         // On DynamoDB, what has not reached SQS yet; SQS and its dead-letter queue hold the rest.
-        Backend::Aws(aws) => {
+        (Backend::Aws(aws), None) => {
             let mut rows = Vec::new();
             let mut cursor = None;
             loop {

@@ -101,11 +101,17 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Notices queued and not yet delivered (embedded store).
+    /// Notices queued and not yet delivered: on the embedded store all of them, dead letters
+    /// included; on DynamoDB those not yet on SQS, or with --dead-letter-queue the notices SQS
+    /// gave up on.
     Notices {
         /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
+        /// On DynamoDB: list the notice dead-letter queue (the stack's NoticeDeadLetterQueueUrl)
+        /// instead, without deleting anything.
+        #[arg(long, value_name = "URL")]
+        dead_letter_queue: Option<String>,
         /// Use the dev configuration made by `serve --dev`.
         #[arg(long)]
         dev: bool,
@@ -166,7 +172,11 @@ fn main() -> ExitCode {
             Command::RenewLink { grant_id, dev } => commands::renew_link(&grant_id, dev).await,
             Command::Forget { grant_id, dev } => commands::forget(&grant_id, dev).await,
             Command::Migrate { dry_run, dev } => commands::migrate(dry_run, dev).await,
-            Command::Notices { json, dev } => commands::notices(json, dev).await,
+            Command::Notices {
+                json,
+                dev,
+                dead_letter_queue,
+            } => commands::notices(json, dev, dead_letter_queue.as_deref()).await,
             Command::Completions { .. } => Ok(()),
         }
     });

@@ -144,12 +144,9 @@ async fn sweep_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match sweep.run(ctx.now(), false).await {
-            Ok(summary) => {
-                let line = serde_json::to_string(&summary).unwrap_or_default();
-                tracing::info!(summary = %line, "sweep done");
-            }
-            Err(e) => tracing::error!(error = %e, "sweep failed; will try again at the next tick"),
+        // The sweep logs its own summary ("sweep done").
+        if let Err(e) = sweep.run(ctx.now(), false).await {
+            tracing::error!(error = %e, "sweep failed; will try again at the next tick");
         }
     }
 }

@@ -178,6 +178,96 @@ impl SqsQueue {
         }
         Ok(sent)
     }
+
+    /// Reads up to `limit` messages without deleting them (`spkeeper notices
+    /// --dead-letter-queue`). Each receive hides what it returns for `hide_for` seconds, so the
+    /// next returns others; the reading ends when a receive brings nothing not yet seen, and
+    /// then every message read is made visible again at once. SQS samples its servers, so a
+    /// queue being written to may show fewer than it holds.
+    pub async fn peek(&self, limit: usize, hide_for: i32) -> Result<Vec<Peeked>, StoreError> {
+        use aws_sdk_sqs::types::MessageSystemAttributeName as A;
+        let mut out: Vec<Peeked> = Vec::new();
+        let mut receipts: Vec<String> = Vec::new();
+        while out.len() < limit {
+            let got = self
+                .client
+                .receive_message()
+                .queue_url(&self.url)
+                .max_number_of_messages(10)
+                .visibility_timeout(hide_for)
+                .wait_time_seconds(1)
+                .message_system_attribute_names(A::ApproximateReceiveCount)
+                .message_system_attribute_names(A::SentTimestamp)
+                .send()
+                .await
+                .map_err(|e| StoreError::unavailable(aws_sdk_sqs::Error::from(e)))?;
+            let before = out.len();
+            for m in got.messages() {
+                receipts.extend(m.receipt_handle().map(String::from));
+                let id = m.message_id().unwrap_or_default();
+                if out.iter().any(|p| p.message_id == id) || out.len() >= limit {
+                    continue;
+                }
+                let attr = |a: A| {
+                    m.attributes()
+                        .and_then(|all| all.get(&a))
+                        .map(String::as_str)
+                };
+                out.push(Peeked {
+                    message_id: id.to_string(),
+                    body: m.body().unwrap_or_default().to_string(),
+                    receive_count: receive_count(attr(A::ApproximateReceiveCount)),
+                    sent_at: attr(A::SentTimestamp)
+                        .and_then(|t| t.trim().parse::<i64>().ok())
+                        .and_then(chrono::DateTime::from_timestamp_millis),
+                });
+            }
+            if out.len() == before {
+                break;
+            }
+        }
+        self.show_again(&receipts).await;
+        Ok(out)
+    }
+
+    /// Makes received messages visible again now (if this fails they reappear when their
+    /// visibility timeout ends).
+    async fn show_again(&self, receipts: &[String]) {
+        use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry as Entry;
+        for chunk in receipts.chunks(MAX_BATCH_ENTRIES) {
+            let entries: Vec<Entry> = chunk
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    Entry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(r)
+                        .visibility_timeout(0)
+                        .build()
+                        .ok()
+                })
+                .collect();
+            let sent = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(error = %aws_sdk_sqs::Error::from(e), "could not make the messages read visible again; they reappear when their visibility timeout ends");
+            }
+        }
+    }
+}
+
+/// A message read, not deleted ([`SqsQueue::peek`]).
+#[derive(Debug, Clone)]
+pub struct Peeked {
+    pub message_id: String,
+    pub body: String,
+    pub receive_count: u32,
+    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[cfg(test)]

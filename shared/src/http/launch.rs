@@ -25,7 +25,12 @@ pub fn router(svc: Arc<LaunchService>) -> Router {
 async fn launch(State(svc): State<Arc<LaunchService>>, req: Request) -> Response {
     let result = handle(&svc, req).await;
     if let Err(e) = &result {
-        tracing::info!(error = e.code, status = e.status.as_u16(), "launch refused");
+        tracing::info!(
+            event = "launch_refused",
+            error = e.code,
+            status = e.status.as_u16(),
+            "launch refused"
+        );
     }
     into_response(result)
 }

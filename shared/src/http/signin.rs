@@ -62,6 +62,7 @@ async fn callback(State(svc): State<Arc<SignInService>>, req: Request) -> Respon
     let result = handle_callback(&svc, req).await;
     if let Err(e) = &result {
         tracing::info!(
+            event = "sign_in_refused",
             error = e.code,
             status = e.status.as_u16(),
             "sign-in callback refused"

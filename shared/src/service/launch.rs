@@ -222,7 +222,7 @@ impl LaunchService {
         };
 
         let plan = self.store(incoming, &sealed, now).await?;
-        tracing::info!(grant_id = %id, realm = %ct.realm, outcome = ?plan, "launch accepted");
+        tracing::info!(event = "launch_accepted", grant_id = %id, realm = %ct.realm, outcome = ?plan, "launch accepted");
 
         if plan != LaunchPlan::Stale {
             // Prime the access-token cache and learn who the user is; never fail the launch.

@@ -307,7 +307,7 @@ impl SignInService {
                 }
             }
         }
-        tracing::info!(grant_id = %target, outcome = ?outcome, "sign-in accepted");
+        tracing::info!(event = "sign_in_accepted", grant_id = %target, outcome = ?outcome, "sign-in accepted");
         Ok(SignedIn {
             grant_id: target,
             outcome,

@@ -167,6 +167,11 @@ impl SweepService {
             }
         }
         summary.elapsed_ms = started.elapsed().as_millis() as u64;
+        if !dry_run {
+            // The stack's SweepSilentAlarm counts these lines: hours without one is an alarm.
+            let line = serde_json::to_string(&summary).unwrap_or_default();
+            tracing::info!(event = "sweep_completed", stopped_early = summary.stopped_early, summary = %line, "sweep done");
+        }
         Ok(summary)
     }
 
