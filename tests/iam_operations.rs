@@ -691,7 +691,10 @@ impl World {
         let secrets = Secrets::for_needs(doc, Needs::of(program, &settings))
             .unwrap_or_else(|e| panic!("{f} would not start with the template's secrets: {e}"));
         let ctx = Aws::new(&self.sdk, &self.fx.table, &self.fx.queue_url)
-            .context(settings, secrets)
+            .context(
+                settings,
+                spkeeper::secrets_cell::SecretsCell::fixed(secrets),
+            )
             .unwrap();
         match clock {
             None => ctx,
@@ -1025,7 +1028,7 @@ async fn deliver(w: &World, at_least: u32) {
     let notify_ctx = w.context(Program::Notify, None).await;
     let sender = spkeeper::aws::webhook_sender(
         &notify_ctx.settings,
-        &notify_ctx.secrets,
+        &notify_ctx.secrets.get(),
         http_client().unwrap(),
     )
     .unwrap();

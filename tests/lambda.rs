@@ -339,12 +339,39 @@ impl AwsFixture {
         AwsFixture::new(&all).await
     }
 
+    /// Rotates the token keys as the README says: a new key, `rotated`, joins the ring and
+    /// becomes the active one, in Secrets Manager (the running functions are not told) and in
+    /// what [`AwsFixture::context`] builds from.
+    pub async fn rotate_token_keys(&mut self, rotated: &str) {
+        let fresh = KeyFile::generate().unwrap();
+        let key = fresh.token_keys.values().next().unwrap().clone();
+        self.secret["token_keys"][rotated] = Value::String(key);
+        self.secret["active_token_key"] = Value::String(rotated.to_string());
+        let part: serde_json::Map<String, Value> = Part::TokenKeys
+            .fields()
+            .iter()
+            .filter_map(|f| self.secret.get(*f).map(|v| (f.to_string(), v.clone())))
+            .collect();
+        spkeeper::aws::SecretsClient::new(&self.sdk)
+            .put_secret_value()
+            .secret_id(&self.secret_arns[&Part::TokenKeys])
+            .secret_string(Value::Object(part).to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("rotating the token keys in moto: {e}"));
+    }
+
     /// The same context a function builds, for seeding and inspecting.
     pub fn context(&self) -> Arc<spkeeper::context::Context> {
         let settings = Settings::from_source(&self.env).unwrap();
         let doc: SecretDocument = serde_json::from_value(self.secret.clone()).unwrap();
         let secrets = Secrets::from_document(doc, &settings).unwrap();
-        self.aws().context(settings, secrets).unwrap()
+        self.aws()
+            .context(
+                settings,
+                spkeeper::secrets_cell::SecretsCell::fixed(secrets),
+            )
+            .unwrap()
     }
 
     /// The function's environment: ours (with only its own secrets, unless the test set
@@ -572,6 +599,7 @@ impl EntraStub {
         record.next_due_at = ctx.next_due_at(&record, record.progress);
         let sealed = ctx
             .secrets
+            .get()
             .key_ring
             .seal(
                 b"entra-rt-0",
@@ -597,6 +625,7 @@ impl EntraStub {
         let g = ctx.grants.load(id).await.unwrap().unwrap();
         let rt = ctx
             .secrets
+            .get()
             .key_ring
             .open(
                 g.sealed_refresh_token.as_deref().unwrap(),

@@ -17,17 +17,17 @@ fn bin() -> PathBuf {
 /// A grant as a launch would have stored it, with its refresh token sealed by the function's
 /// own keys.
 async fn seed(fx: &AwsFixture, acs: &AcsStub) -> GrantId {
+    seed_for(fx, acs, "exchange-user").await
+}
+
+async fn seed_for(fx: &AwsFixture, acs: &AcsStub, user: &str) -> GrantId {
     let ctx = fx.context();
     let nbf = Utc::now() - Duration::hours(1);
-    let record = grant_record(
-        "exchange-user",
-        &acs.sts_uri(),
-        nbf,
-        refresh_token_expiry(nbf),
-    );
+    let record = grant_record(user, &acs.sts_uri(), nbf, refresh_token_expiry(nbf));
     let id = record.id.clone();
     let sealed = ctx
         .secrets
+        .get()
         .key_ring
         .seal(
             b"exchange-refresh-token",
@@ -46,6 +46,7 @@ async fn seed(fx: &AwsFixture, acs: &AcsStub) -> GrantId {
 
 /// A running `exchange` with a seeded grant, its ACS stand-in, and where its logs go.
 struct Running {
+    fx: AwsFixture,
     acs: AcsStub,
     id: GrantId,
     rt: RuntimeApi,
@@ -69,6 +70,7 @@ async fn start(acs: AcsStub, extra: &[(&str, &str)]) -> Running {
         "exchange",
     );
     Running {
+        fx,
         acs,
         id,
         rt,
@@ -223,4 +225,56 @@ async fn exchange_function_redeems_entra_grants_per_scope_and_stores_each_rotati
         );
     }
     assert_eq!(entra.refreshes(), 2);
+}
+
+/// A token key added and made active while an instance runs (the README's rotation): the
+/// grants a newer instance seals with it open here too. The instance reads its secrets again
+/// when a sealed value names a key it does not know, without a redeploy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_instance_opens_what_was_sealed_with_a_key_added_after_it_started() {
+    let mut ex = start(AcsStub::start().await, &[]).await;
+    let bearer = format!("Bearer {API_KEY}");
+    let r = ex
+        .rt
+        .invoke(token_event(&ex.id, Some(&bearer), false))
+        .await
+        .1
+        .response();
+    assert_eq!(r["statusCode"], 200, "{r}");
+
+    ex.fx.rotate_token_keys("k-rotated").await;
+    // An instance reads its secrets at most once a second, whatever asks.
+    tokio::time::sleep(spkeeper::secrets_cell::MIN_GAP).await;
+    let sealed_after = seed_for(&ex.fx, &ex.acs, "rotated-user").await;
+    let stored = ex
+        .fx
+        .context()
+        .grants
+        .load(&sealed_after)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        stored
+            .sealed_refresh_token
+            .as_deref()
+            .is_some_and(|s| s.split('.').nth(1) == Some("k-rotated")),
+        "the new grant is sealed with the new key"
+    );
+    let r = ex
+        .rt
+        .invoke(token_event(&sealed_after, Some(&bearer), false))
+        .await
+        .1
+        .response();
+    assert_eq!(r["statusCode"], 200, "{r}");
+    assert_eq!(body_of(&r)["grant"]["id"], sealed_after.as_str());
+    // What it sealed before the rotation still opens (the old key stays in the ring).
+    let r = ex
+        .rt
+        .invoke(token_event(&ex.id, Some(&bearer), false))
+        .await
+        .1
+        .response();
+    assert_eq!(r["statusCode"], 200, "{r}");
 }

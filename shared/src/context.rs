@@ -4,12 +4,15 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use secrecy::SecretString;
 
 use crate::clock::Clock;
-use crate::config::{Secrets, Settings};
+use crate::config::Settings;
 use crate::core::grant::{self, GrantId, Kind, Status};
 use crate::core::notice::{User, rfc3339};
+use crate::core::seal::{Place, SealError};
 use crate::ports::{GrantRecord, GrantStore, NoticeRelay, TokenCache};
+use crate::secrets_cell::SecretsCell;
 
 /// A grant as apps and users see it: the one `grant` object of `/token`, `/handoff` and
 /// `/grants` (one serializer), and what the status page shows. Never a token.
@@ -34,7 +37,8 @@ pub struct GrantView {
 #[derive(Clone)]
 pub struct Context {
     pub settings: Settings,
-    pub secrets: Secrets,
+    /// The secrets: read them with `secrets.get()` (in Lambda they may change while it runs).
+    pub secrets: SecretsCell,
     pub clock: Arc<dyn Clock>,
     pub grants: Arc<dyn GrantStore>,
     pub cache: Arc<dyn TokenCache>,
@@ -57,9 +61,31 @@ impl Context {
         self.clock.now()
     }
 
+    /// Opens a value sealed for `place`. One named by a key id this program does not know was
+    /// sealed by an instance that started after a key rotation: the secrets are read again
+    /// (at most every few seconds) and it is tried once more.
+    pub async fn open_sealed(
+        &self,
+        sealed: &str,
+        place: &Place<'_>,
+    ) -> Result<SecretString, SealError> {
+        match self.secrets.get().key_ring.open(sealed, place) {
+            Err(SealError::UnknownKey(kid)) => {
+                if self.secrets.refresh_for_unknown_key().await {
+                    tracing::info!(key_id = %kid, "a value sealed with a key this instance did not know: secrets read again");
+                    self.secrets.get().key_ring.open(sealed, place)
+                } else {
+                    Err(SealError::UnknownKey(kid))
+                }
+            }
+            other => other,
+        }
+    }
+
     /// A signed renew link for the grant, valid 45 days from `now`.
     pub fn renew_url(&self, id: &GrantId, now: DateTime<Utc>) -> String {
         self.secrets
+            .get()
             .links
             .renew_url(&self.settings.public_url, id, now)
     }

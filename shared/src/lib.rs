@@ -14,6 +14,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod logging;
 pub mod ports;
+pub mod secrets_cell;
 pub mod service;
 pub mod store;
 #[cfg(any(test, feature = "testkit"))]

@@ -221,6 +221,7 @@ async fn a_launch_racing_a_sweep_never_loses_the_newer_refresh_token() {
         let rt = h
             .ctx
             .secrets
+            .get()
             .key_ring
             .open(
                 g.sealed_refresh_token.as_deref().unwrap(),

@@ -8,7 +8,8 @@ use axum::Router;
 use spkeeper::aws::iam::IamAuth;
 use spkeeper::config::{Program, TokenAuth};
 use spkeeper::http::{
-    ApiKeyAuth, TokenAuthorizer, finish, grants_router, health_router, token_router,
+    ApiKeyAuth, TokenAuthorizer, finish, grants_router, health_router, refreshing_secrets,
+    token_router,
 };
 use spkeeper::service::exchange::TokenService;
 use spkeeper::service::grants::GrantsService;
@@ -19,7 +20,8 @@ async fn main() -> Result<(), lambda_http::Error> {
     let (ctx, _aws) = spkeeper::aws::init_context(Program::Exchange)
         .await
         .inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
-    let auth: Arc<dyn TokenAuthorizer> = match (ctx.settings.token_auth, &ctx.secrets.api_key) {
+    let auth: Arc<dyn TokenAuthorizer> = match (ctx.settings.token_auth, &ctx.secrets.get().api_key)
+    {
         (TokenAuth::Iam, _) => Arc::new(IamAuth),
         (TokenAuth::ApiKey, Some(key)) => Arc::new(ApiKeyAuth(key.clone())),
         (TokenAuth::ApiKey, None) => {
@@ -29,10 +31,13 @@ async fn main() -> Result<(), lambda_http::Error> {
     let tokens = Arc::new(TokenService::for_context(&ctx));
     let grants = Arc::new(GrantsService::new(Arc::clone(&ctx)));
     let app = finish(
-        Router::new()
-            .merge(token_router(tokens, Arc::clone(&auth)))
-            .merge(grants_router(grants, auth))
-            .merge(health_router()),
+        refreshing_secrets(
+            Router::new()
+                .merge(token_router(tokens, Arc::clone(&auth)))
+                .merge(grants_router(grants, auth))
+                .merge(health_router()),
+            ctx.secrets.clone(),
+        ),
         &ctx.settings,
     );
     lambda_http::run(app).await

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use axum::Router;
 use spkeeper::config::Program;
 use spkeeper::http::{
-    finish, health_router, launch_router, renew_router, signin_router, status_router,
+    finish, health_router, launch_router, refreshing_secrets, renew_router, signin_router,
+    status_router,
 };
 use spkeeper::service::exchange::TokenService;
 use spkeeper::service::launch::LaunchService;
@@ -23,12 +24,15 @@ async fn main() -> Result<(), lambda_http::Error> {
     let signin = Arc::new(SignInService::new(Arc::clone(&ctx), tokens.entra()));
     let launch = Arc::new(LaunchService::new(Arc::clone(&ctx), tokens));
     let app = finish(
-        Router::new()
-            .merge(launch_router(launch))
-            .merge(status_router(Arc::clone(&ctx)))
-            .merge(renew_router(Arc::clone(&signin)))
-            .merge(signin_router(signin))
-            .merge(health_router()),
+        refreshing_secrets(
+            Router::new()
+                .merge(launch_router(launch))
+                .merge(status_router(Arc::clone(&ctx)))
+                .merge(renew_router(Arc::clone(&signin)))
+                .merge(signin_router(signin))
+                .merge(health_router()),
+            ctx.secrets.clone(),
+        ),
         &ctx.settings,
     );
     lambda_http::run(app).await

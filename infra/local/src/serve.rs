@@ -58,6 +58,7 @@ pub async fn run(addr: SocketAddr, dev: bool, sweep_interval: u64) -> Result<(),
     }
     let api_key = ctx
         .secrets
+        .get()
         .api_key
         .clone()
         .ok_or_else(|| Failure::Usage("SPKEEPER_API_KEY: is required".into()))?;
@@ -100,7 +101,7 @@ pub async fn run(addr: SocketAddr, dev: bool, sweep_interval: u64) -> Result<(),
         Arc::clone(&ctx),
         Duration::from_secs(sweep_interval),
     ));
-    match (&ctx.settings.webhook_url, &ctx.secrets.webhook_secret) {
+    match (&ctx.settings.webhook_url, &ctx.secrets.get().webhook_secret) {
         (Some(url), Some(secret)) => {
             let sender = WebhookSender::new(ctx.http.clone(), url.clone(), secret)
                 .map_err(|e| Failure::Usage(format!("SPKEEPER_WEBHOOK_SECRET: {e}")))?;

@@ -169,7 +169,8 @@ pub async fn load(mode: Mode) -> Result<Loaded, Failure> {
     }
     let ctx = Arc::new(Context {
         settings,
-        secrets,
+        // The key file and the environment change only with a restart.
+        secrets: spkeeper::secrets_cell::SecretsCell::fixed(secrets),
         clock: clock.clone() as Arc<dyn Clock>,
         grants,
         cache,

@@ -18,6 +18,7 @@ use crate::config::{
     ConfigError, Env, Need, Needs, Program, Secrets, Settings, Source, StoreChoice,
 };
 use crate::context::Context;
+use crate::secrets_cell::{SecretsCell, SecretsSource};
 use crate::service::deliver::deliver_body;
 pub use aws_sdk_secretsmanager::Client as SecretsClient;
 use dynamo::DynamoStore;
@@ -77,7 +78,7 @@ impl Aws {
     pub fn context(
         &self,
         settings: Settings,
-        secrets: Secrets,
+        secrets: SecretsCell,
     ) -> Result<Arc<Context>, ConfigError> {
         let http = http_client().map_err(|e| {
             ConfigError::new(
@@ -104,12 +105,18 @@ pub async fn load_config(
     sdk: &SdkConfig,
     program: Program,
 ) -> Result<(Settings, Secrets), ConfigError> {
-    let settings = Settings::from_source(&Env)?;
-    let list = Env
-        .get(secrets::VAR)
-        .ok_or_else(|| ConfigError::new(secrets::VAR, "is required"))?;
-    let doc = secrets::load(&aws_sdk_secretsmanager::Client::new(sdk), &list).await?;
-    let needs = Needs::of(program, &settings);
+    let (settings, secrets, _) = load_with_source(sdk, program).await?;
+    Ok((settings, secrets))
+}
+
+/// [`load_config`], and where the secrets came from (to read them again).
+async fn load_with_source(
+    sdk: &SdkConfig,
+    program: Program,
+) -> Result<(Settings, Secrets, SecretsManager), ConfigError> {
+    let (settings, source) = secrets_source(sdk, program)?;
+    let doc = secrets::load(&source.client, &source.list).await?;
+    let needs = source.needs;
     let unused: Vec<&str> = doc
         .parts_present()
         .into_iter()
@@ -124,15 +131,50 @@ pub async fn load_config(
         );
     }
     let secrets = Secrets::for_needs(doc, needs)?;
-    Ok((settings, secrets))
+    Ok((settings, secrets, source))
 }
 
-/// What a Lambda function with the table needs, built once at init.
+/// The settings, and where `program`'s secrets are read from (`SPKEEPER_SECRETS_ARN`).
+fn secrets_source(
+    sdk: &SdkConfig,
+    program: Program,
+) -> Result<(Settings, SecretsManager), ConfigError> {
+    let settings = Settings::from_source(&Env)?;
+    let list = Env
+        .get(secrets::VAR)
+        .ok_or_else(|| ConfigError::new(secrets::VAR, "is required"))?;
+    let source = SecretsManager {
+        client: aws_sdk_secretsmanager::Client::new(sdk),
+        list,
+        needs: Needs::of(program, &settings),
+    };
+    Ok((settings, source))
+}
+
+/// The program's secrets in Secrets Manager, read again as they age (a rotation reaches
+/// running functions without a redeploy: [`SecretsCell`]).
+struct SecretsManager {
+    client: aws_sdk_secretsmanager::Client,
+    list: String,
+    needs: Needs,
+}
+
+#[async_trait::async_trait]
+impl SecretsSource for SecretsManager {
+    async fn fetch(&self) -> Result<Secrets, ConfigError> {
+        let doc = secrets::load(&self.client, &self.list).await?;
+        Secrets::for_needs(doc, self.needs)
+    }
+}
+
+/// What a Lambda function with the table needs, built once at init. Its secrets are read
+/// again every few minutes, and at once when a sealed value names a key it does not know.
 pub async fn init_context(program: Program) -> Result<(Arc<Context>, Aws), ConfigError> {
     let sdk = sdk_config().await;
-    let (settings, secrets) = load_config(&sdk, program).await?;
+    let (settings, secrets, source) = load_with_source(&sdk, program).await?;
+    let cell = SecretsCell::refreshing(secrets, Arc::new(source), std::time::Instant::now());
     let aws = Aws::from_settings(&sdk, &settings)?;
-    let ctx = aws.context(settings, secrets)?;
+    let ctx = aws.context(settings, cell)?;
     Ok((ctx, aws))
 }
 

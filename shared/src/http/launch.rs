@@ -92,7 +92,7 @@ pub(crate) fn signed_in_redirect(
     extra_cookies: &[String],
 ) -> Result<Response, ApiError> {
     let now = ctx.now();
-    let session = ctx.secrets.links.session_value(id, now);
+    let session = ctx.secrets.get().links.session_value(id, now);
     // SameSite=None: SharePoint may show the add-in in a frame of another site. Secure is kept
     // even on a loopback URL: browsers accept Secure cookies from http://localhost.
     let cookie = format!(

@@ -28,6 +28,7 @@ pub use status::router as status_router;
 pub use token::{ApiKeyAuth, TokenAuthorizer, router as token_router};
 
 use crate::config::Settings;
+use crate::secrets_cell::SecretsCell;
 use error::{ApiError, ErrorDetails};
 
 /// The largest request body any route reads.
@@ -84,6 +85,17 @@ pub fn finish(router: Router, settings: &Settings) -> Router {
             SafeHeaders::new(settings),
             negotiate,
         ))
+}
+
+/// Before each request, reads the secrets again if they are old ([`SecretsCell`]): a rotated
+/// key or client secret reaches a running Lambda instance within minutes, without a redeploy.
+pub fn refreshing_secrets(router: Router, secrets: SecretsCell) -> Router {
+    router.layer(middleware::from_fn_with_state(secrets, refresh_secrets))
+}
+
+async fn refresh_secrets(State(secrets): State<SecretsCell>, req: Request, next: Next) -> Response {
+    secrets.refresh_if_stale().await;
+    next.run(req).await
 }
 
 fn wants_html(headers: &HeaderMap) -> bool {

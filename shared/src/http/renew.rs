@@ -50,6 +50,7 @@ async fn redirect(svc: &SignInService, raw_id: &str, query: &str) -> Result<Resp
         return Err(link_error(LinkError::BadSignature));
     };
     ctx.secrets
+        .get()
         .links
         .verify_renew(&id, exp, sig, now)
         .map_err(link_error)?;

@@ -106,7 +106,11 @@ async fn handle_callback(svc: &SignInService, req: Request) -> Result<Response, 
                 escape(signed_in.grant_id.as_str())
             ),
         );
-        let session = ctx.secrets.links.session_value(&signed_in.grant_id, now);
+        let session = ctx
+            .secrets
+            .get()
+            .links
+            .session_value(&signed_in.grant_id, now);
         for c in [
             format!(
                 "{}={session}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=None",

@@ -34,7 +34,7 @@ async fn status(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response
 async fn page(ctx: &Context, headers: &HeaderMap) -> Result<Response, ApiError> {
     let now = ctx.now();
     let id = cookie(headers, SESSION_COOKIE)
-        .and_then(|v| ctx.secrets.links.verify_session(v, now).ok())
+        .and_then(|v| ctx.secrets.get().links.verify_session(v, now).ok())
         .ok_or_else(no_session)?;
     let stored = ctx
         .grants

@@ -40,7 +40,10 @@ const QUICK_RETRY: StdDuration = StdDuration::from_millis(500);
 
 /// The Entra client, when Entra is configured and this program holds its credential.
 fn entra_client(ctx: &Context) -> Option<Arc<EntraClient>> {
-    let (settings, credential) = (ctx.settings.entra.clone()?, ctx.secrets.entra.clone()?);
+    let (settings, credential) = (
+        ctx.settings.entra.clone()?,
+        ctx.secrets.get().entra.clone()?,
+    );
     Some(Arc::new(EntraClient::new(
         ctx.http.clone(),
         settings,
@@ -347,7 +350,7 @@ impl TokenService {
             grant: id.as_str(),
             resource: host,
         };
-        match self.ctx.secrets.key_ring.open(&t.sealed, &place) {
+        match self.ctx.open_sealed(&t.sealed, &place).await {
             Ok(token) => Ok(Some((token, t.expires_at, t.resource))),
             Err(e) => {
                 // A token sealed under a retired key: fetch a new one rather than fail.
@@ -463,13 +466,16 @@ impl TokenService {
             .sealed_refresh_token
             .as_deref()
             .ok_or_else(|| relaunch(None))?;
-        let refresh_token = self.ctx.secrets.key_ring.open(
-            sealed,
-            &Place::RefreshToken {
-                grant: id.as_str(),
-                version: rec.rt_version,
-            },
-        )?;
+        let refresh_token = self
+            .ctx
+            .open_sealed(
+                sealed,
+                &Place::RefreshToken {
+                    grant: id.as_str(),
+                    version: rec.rt_version,
+                },
+            )
+            .await?;
         let started = Instant::now();
         let mut outcome = client.refresh(&refresh_token, scope, now).await;
         // A request retries at most once, quickly; the sweep leaves retries to later sweeps.
@@ -490,7 +496,7 @@ impl TokenService {
                     .await?
                     .ok_or(ExchangeError::UnknownGrant)?;
                 tracing::info!(grant_id = %id, scope, outcome = "issued", rotated = tokens.refresh_token.is_some(), elapsed_ms, why, "redeemed the refresh token at Entra");
-                let sealed = self.ctx.secrets.key_ring.seal(
+                let sealed = self.ctx.secrets.get().key_ring.seal(
                     tokens.access_token.expose_secret().as_bytes(),
                     &Place::AccessToken {
                         grant: id.as_str(),
@@ -578,7 +584,7 @@ impl TokenService {
             let sealed = match new_rt {
                 Some(rt) => {
                     rec.rt_version = rec.rt_version.saturating_add(1).max(now.timestamp());
-                    self.ctx.secrets.key_ring.seal(
+                    self.ctx.secrets.get().key_ring.seal(
                         rt.expose_secret().as_bytes(),
                         &Place::RefreshToken {
                             grant: id.as_str(),
@@ -631,13 +637,16 @@ impl TokenService {
                 reason: None,
             }
         })?;
-        let refresh_token = self.ctx.secrets.key_ring.open(
-            sealed,
-            &Place::RefreshToken {
-                grant: id.as_str(),
-                version: rec.rt_version,
-            },
-        )?;
+        let refresh_token = self
+            .ctx
+            .open_sealed(
+                sealed,
+                &Place::RefreshToken {
+                    grant: id.as_str(),
+                    version: rec.rt_version,
+                },
+            )
+            .await?;
         let sts_uri = self
             .ctx
             .settings
@@ -652,7 +661,8 @@ impl TokenService {
             .client_id
             .as_deref()
             .ok_or(ExchangeError::StsRejectedClient)?;
-        let secrets = self.ctx.secrets.client_secrets();
+        let all = self.ctx.secrets.get();
+        let secrets = all.client_secrets();
         let started = Instant::now();
         let outcome = self
             .acs
@@ -673,7 +683,7 @@ impl TokenService {
         match outcome {
             Ok(at) => {
                 tracing::info!(grant_id = %id, host, outcome = "issued", elapsed_ms, "exchanged refresh token at ACS");
-                let sealed = self.ctx.secrets.key_ring.seal(
+                let sealed = self.ctx.secrets.get().key_ring.seal(
                     at.token.expose_secret().as_bytes(),
                     &Place::AccessToken {
                         grant: id.as_str(),

@@ -82,6 +82,7 @@ impl GrantsService {
         let t = self
             .ctx
             .secrets
+            .get()
             .links
             .verify_ticket(ticket.trim(), now)
             .map_err(|e| match e {
@@ -111,7 +112,7 @@ pub fn issue_ticket(ctx: &Context, id: &GrantId, now: DateTime<Utc>) -> String {
     // Without randomness two tickets of one second could share an id: the second would then
     // be refused as used, never accepted twice.
     let _ = getrandom::fill(&mut nonce);
-    ctx.secrets.links.ticket(id, &hex::encode(nonce), now)
+    ctx.secrets.get().links.ticket(id, &hex::encode(nonce), now)
 }
 
 /// Where a launch sends the browser: `{RETURN_URL}?grant_id=…&ticket=…&{SharePoint's standard

@@ -169,7 +169,8 @@ impl LaunchService {
             .client_id
             .as_deref()
             .ok_or(LaunchError::AcsNotConfigured)?;
-        let secrets = self.ctx.secrets.client_secrets();
+        let all = self.ctx.secrets.get();
+        let secrets = all.client_secrets();
         let ct = context_token::validate(
             token,
             &Expectations {
@@ -190,7 +191,7 @@ impl LaunchService {
 
         let id = GrantId::derive(&ct.realm, &ct.cache_key);
         let rt_version = ct.not_before.timestamp();
-        let sealed = self.ctx.secrets.key_ring.seal(
+        let sealed = self.ctx.secrets.get().key_ring.seal(
             ct.refresh_token.expose_secret().as_bytes(),
             &Place::RefreshToken {
                 grant: id.as_str(),

@@ -173,7 +173,7 @@ impl SignInService {
             .timestamp()
             .saturating_add(SIGNIN_MINUTES * 60);
         let payload = serde_json::to_vec(&st).map_err(|_| SignInError::StsError("state".into()))?;
-        let value = self.ctx.secrets.links.sign_in_cookie(&payload, exp);
+        let value = self.ctx.secrets.get().links.sign_in_cookie(&payload, exp);
         // SameSite=None: Entra's form_post back to /callback is a cross-site POST.
         let cookie = format!(
             "{SIGNIN_COOKIE}={value}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=None",
@@ -200,7 +200,14 @@ impl SignInService {
 
         // The state first: nothing from a request that is not our own sign-in is looked at.
         let st: State = cookie
-            .and_then(|c| self.ctx.secrets.links.verify_sign_in_cookie(c, now).ok())
+            .and_then(|c| {
+                self.ctx
+                    .secrets
+                    .get()
+                    .links
+                    .verify_sign_in_cookie(c, now)
+                    .ok()
+            })
             .and_then(|p| serde_json::from_slice(&p).ok())
             .ok_or(SignInError::InvalidState)?;
         let same = get("state").is_some_and(|s| {
@@ -285,7 +292,7 @@ impl SignInService {
         // cache hit.
         if client.settings().scopes.is_none() {
             let scope = default_scope(&site.authority());
-            if let Ok(sealed) = self.ctx.secrets.key_ring.seal(
+            if let Ok(sealed) = self.ctx.secrets.get().key_ring.seal(
                 tokens.access_token.expose_secret().as_bytes(),
                 &Place::AccessToken {
                     grant: target.as_str(),
@@ -413,7 +420,7 @@ impl SignInService {
                 )),
                 _ => None,
             };
-            let sealed = self.ctx.secrets.key_ring.seal(
+            let sealed = self.ctx.secrets.get().key_ring.seal(
                 refresh_token.expose_secret().as_bytes(),
                 &Place::RefreshToken {
                     grant: id.as_str(),

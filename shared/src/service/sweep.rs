@@ -115,6 +115,8 @@ impl SweepService {
         deadline: Option<Instant>,
     ) -> Result<SweepSummary, StoreError> {
         let started = Instant::now();
+        // In Lambda, a rotated key or client secret since the last run (no-op locally).
+        self.ctx.secrets.refresh_if_stale().await;
         let mut summary = SweepSummary::new(dry_run);
         let mut cursor: Option<DueCursor> = None;
         let out_of_time = || deadline.is_some_and(|d| Instant::now() >= d);

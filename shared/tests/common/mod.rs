@@ -352,7 +352,7 @@ impl Harness {
         };
         let ctx = Arc::new(Context {
             settings,
-            secrets,
+            secrets: spkeeper::secrets_cell::SecretsCell::fixed(secrets),
             clock: clock.clone() as Arc<dyn Clock>,
             grants,
             cache,

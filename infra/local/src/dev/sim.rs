@@ -141,7 +141,7 @@ impl Sim {
         let entra = super::entra::EntraSim::new(
             &values.entra_signing_key,
             &values.entra_client_secret,
-            ctx.secrets.entra.as_ref(),
+            ctx.secrets.get().entra.as_ref(),
             &spkeeper::config::Env,
         )?;
         Ok(Sim {
@@ -250,6 +250,7 @@ impl Sim {
         // Always there: the CLI does not start without the client secret.
         self.ctx
             .secrets
+            .get()
             .client_secret
             .as_ref()
             .map(|secret| mint_context_token(&spec.claims(), secret))
@@ -429,6 +430,7 @@ pub async fn acs_token(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
     let secret_ok = sim
         .ctx
         .secrets
+        .get()
         .client_secrets()
         .iter()
         .any(|s| bool::from(s.expose_secret().as_bytes().ct_eq(presented)));
@@ -661,6 +663,7 @@ pub async fn receive_webhook(
     let valid = sim
         .ctx
         .secrets
+        .get()
         .webhook_secret
         .as_ref()
         .and_then(|s| standardwebhooks::Webhook::new(s.expose_secret()).ok())

@@ -1,0 +1,199 @@
+//! The secrets a running program uses, and how they change while it runs. In Lambda they come
+//! from Secrets Manager and an instance lives for hours: a rotated token key (or client
+//! secret) must reach it without a redeploy. So the secrets are read again every
+//! [`REFRESH_EVERY`], and at once (at most every [`MIN_GAP`]) when a sealed value names a key
+//! id this instance does not know: another instance, started after the rotation, sealed it.
+//! Locally (`spkeeper serve`) they are fixed: the key file and the environment change only with
+//! a restart.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::config::{ConfigError, Secrets};
+
+/// How old the secrets may get before a request reads them again.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
+/// The least time between two reads, whatever asks: sealed values come only from the store,
+/// yet a batch of them under a new key must not make every request read Secrets Manager.
+pub const MIN_GAP: Duration = Duration::from_secs(1);
+
+/// Where fresh secrets come from.
+#[async_trait]
+pub trait SecretsSource: Send + Sync {
+    async fn fetch(&self) -> Result<Secrets, ConfigError>;
+}
+
+/// The current secrets (cheap to read: an `Arc`), and their source if they can change.
+#[derive(Clone)]
+pub struct SecretsCell {
+    current: Arc<RwLock<Arc<Secrets>>>,
+    refresh: Option<Arc<Refresh>>,
+}
+
+struct Refresh {
+    source: Arc<dyn SecretsSource>,
+    /// When they were last read (or last tried); one reader at a time.
+    last: tokio::sync::Mutex<Instant>,
+}
+
+impl std::fmt::Debug for SecretsCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretsCell")
+            .field("secrets", &self.get())
+            .field("refreshing", &self.refresh.is_some())
+            .finish()
+    }
+}
+
+impl SecretsCell {
+    /// Secrets that never change while the program runs.
+    pub fn fixed(secrets: Secrets) -> Self {
+        SecretsCell {
+            current: Arc::new(RwLock::new(Arc::new(secrets))),
+            refresh: None,
+        }
+    }
+
+    /// Secrets read at `read_at` from `source`, read again from it as they age.
+    pub fn refreshing(secrets: Secrets, source: Arc<dyn SecretsSource>, read_at: Instant) -> Self {
+        SecretsCell {
+            current: Arc::new(RwLock::new(Arc::new(secrets))),
+            refresh: Some(Arc::new(Refresh {
+                source,
+                last: tokio::sync::Mutex::new(read_at),
+            })),
+        }
+    }
+
+    /// The secrets now.
+    pub fn get(&self) -> Arc<Secrets> {
+        match self.current.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Reads the secrets again if they are older than [`REFRESH_EVERY`] (at the start of a
+    /// request or a sweep). A failed read keeps the ones in use.
+    pub async fn refresh_if_stale(&self) {
+        self.refresh_older_than(REFRESH_EVERY).await;
+    }
+
+    /// A sealed value names a key id this program does not know: reads the secrets again,
+    /// unless they were read within [`MIN_GAP`]. True if they were read (then try again).
+    pub async fn refresh_for_unknown_key(&self) -> bool {
+        self.refresh_older_than(MIN_GAP).await
+    }
+
+    async fn refresh_older_than(&self, age: Duration) -> bool {
+        let Some(r) = &self.refresh else {
+            return false;
+        };
+        // Whoever waits here while another reads finds them fresh afterwards.
+        let mut last = r.last.lock().await;
+        if last.elapsed() < age {
+            return false;
+        }
+        *last = Instant::now();
+        match r.source.fetch().await {
+            Ok(fresh) => {
+                let fresh = Arc::new(fresh);
+                match self.current.write() {
+                    Ok(mut g) => *g = fresh,
+                    Err(poisoned) => *poisoned.into_inner() = fresh,
+                }
+                tracing::debug!("secrets read again");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the secrets again; keeping the ones in use");
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::config::{KeyFile, Needs, Part, SecretDocument};
+
+    /// A source of token keys (replaced by the test to rotate them), counting its reads.
+    struct Counting {
+        reads: AtomicU32,
+        doc: std::sync::Mutex<serde_json::Value>,
+    }
+
+    fn secrets_of(doc: &serde_json::Value) -> Secrets {
+        let doc: SecretDocument = serde_json::from_value(doc.clone()).unwrap();
+        Secrets::for_needs(doc, Needs::only(&[Part::TokenKeys])).unwrap()
+    }
+
+    #[async_trait]
+    impl SecretsSource for Counting {
+        async fn fetch(&self) -> Result<Secrets, ConfigError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            Ok(secrets_of(&self.doc.lock().unwrap()))
+        }
+    }
+
+    /// Fresh key material whose token key is named `kid`.
+    fn keys(kid: &str) -> serde_json::Value {
+        let mut k = KeyFile::generate().unwrap();
+        let key = k.token_keys.values().next().unwrap().clone();
+        k.token_keys = [(kid.to_string(), key)].into();
+        k.active_token_key = kid.to_string();
+        serde_json::to_value(k).unwrap()
+    }
+
+    fn cell(age: Duration) -> (SecretsCell, Arc<Counting>) {
+        let first = keys("k1");
+        let source = Arc::new(Counting {
+            reads: AtomicU32::new(0),
+            doc: std::sync::Mutex::new(first.clone()),
+        });
+        let read_at = Instant::now().checked_sub(age).unwrap();
+        let cell = SecretsCell::refreshing(secrets_of(&first), source.clone(), read_at);
+        (cell, source)
+    }
+
+    #[tokio::test]
+    async fn secrets_younger_than_five_minutes_are_not_read_again() {
+        let (cell, source) = cell(Duration::from_secs(60));
+        cell.refresh_if_stale().await;
+        assert_eq!(source.reads.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn secrets_older_than_five_minutes_are_read_again_and_used() {
+        let (cell, source) = cell(REFRESH_EVERY + Duration::from_secs(1));
+        assert_eq!(cell.get().key_ring.active_key_id(), "k1");
+        *source.doc.lock().unwrap() = keys("k2");
+        cell.refresh_if_stale().await;
+        assert_eq!(source.reads.load(Ordering::SeqCst), 1);
+        assert_eq!(cell.get().key_ring.active_key_id(), "k2");
+        // Fresh now: the next request does not read them.
+        cell.refresh_if_stale().await;
+        assert_eq!(source.reads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_key_reads_them_at_once_but_not_twice_within_a_second() {
+        let (cell, source) = cell(MIN_GAP + Duration::from_millis(10));
+        assert!(cell.refresh_for_unknown_key().await);
+        assert!(!cell.refresh_for_unknown_key().await);
+        assert_eq!(source.reads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn fixed_secrets_are_never_read_again() {
+        let first = keys("k1");
+        let cell = SecretsCell::fixed(secrets_of(&first));
+        assert!(!cell.refresh_for_unknown_key().await);
+        cell.refresh_if_stale().await;
+    }
+}
