@@ -79,6 +79,13 @@ async fn start(acs: AcsStub, extra: &[(&str, &str)]) -> Running {
     }
 }
 
+/// `POST /token` for `grant` with the API key: the function's answer.
+async fn with_api_key(ex: &Running, grant: &GrantId) -> Value {
+    let bearer = format!("Bearer {API_KEY}");
+    let (_, outcome) = ex.rt.invoke(token_event(grant, Some(&bearer), false)).await;
+    outcome.response()
+}
+
 fn token_event(grant: &GrantId, authorization: Option<&str>, iam: bool) -> Value {
     let mut e = fixture("apigw-http-token-iam.json");
     e["body"] =
@@ -100,23 +107,13 @@ async fn exchange_function_issues_tokens_to_holders_of_the_api_key() {
     let ex = start(AcsStub::start().await, &[]).await;
 
     let bearer = format!("Bearer {API_KEY}");
-    let r = ex
-        .rt
-        .invoke(token_event(&ex.id, Some(&bearer), false))
-        .await
-        .1
-        .response();
+    let r = with_api_key(&ex, &ex.id).await;
     assert_eq!(r["statusCode"], 200, "{r}");
     let b = body_of(&r);
     assert_eq!(b["access_token"], "lambda-access-token-1");
     assert_eq!(b["grant"]["id"], ex.id.as_str());
     // cached: a second call does not reach ACS
-    let r = ex
-        .rt
-        .invoke(token_event(&ex.id, Some(&bearer), false))
-        .await
-        .1
-        .response();
+    let r = with_api_key(&ex, &ex.id).await;
     assert_eq!((r["statusCode"].as_u64(), ex.acs.calls()), (Some(200), 1));
 
     let r = ex
@@ -233,13 +230,7 @@ async fn exchange_function_redeems_entra_grants_per_scope_and_stores_each_rotati
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_instance_opens_what_was_sealed_with_a_key_added_after_it_started() {
     let mut ex = start(AcsStub::start().await, &[]).await;
-    let bearer = format!("Bearer {API_KEY}");
-    let r = ex
-        .rt
-        .invoke(token_event(&ex.id, Some(&bearer), false))
-        .await
-        .1
-        .response();
+    let r = with_api_key(&ex, &ex.id).await;
     assert_eq!(r["statusCode"], 200, "{r}");
 
     ex.fx.rotate_token_keys("k-rotated").await;
@@ -261,20 +252,10 @@ async fn a_running_instance_opens_what_was_sealed_with_a_key_added_after_it_star
             .is_some_and(|s| s.split('.').nth(1) == Some("k-rotated")),
         "the new grant is sealed with the new key"
     );
-    let r = ex
-        .rt
-        .invoke(token_event(&sealed_after, Some(&bearer), false))
-        .await
-        .1
-        .response();
+    let r = with_api_key(&ex, &sealed_after).await;
     assert_eq!(r["statusCode"], 200, "{r}");
     assert_eq!(body_of(&r)["grant"]["id"], sealed_after.as_str());
     // What it sealed before the rotation still opens (the old key stays in the ring).
-    let r = ex
-        .rt
-        .invoke(token_event(&ex.id, Some(&bearer), false))
-        .await
-        .1
-        .response();
+    let r = with_api_key(&ex, &ex.id).await;
     assert_eq!(r["statusCode"], 200, "{r}");
 }

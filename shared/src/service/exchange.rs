@@ -360,6 +360,19 @@ impl TokenService {
         }
     }
 
+    /// The grant's refresh token, opened for its own place (grant and version).
+    async fn open_refresh_token(
+        &self,
+        rec: &GrantRecord,
+        sealed: &str,
+    ) -> Result<SecretString, SealError> {
+        let place = Place::RefreshToken {
+            grant: rec.id.as_str(),
+            version: rec.rt_version,
+        };
+        self.ctx.open_sealed(sealed, &place).await
+    }
+
     /// Takes the lease for `target` (waiting for another holder to finish, and answering from
     /// the cache it filled), then asks the token service once. `redeem_anyway`: the keep-alive,
     /// which must redeem even when an access token is cached.
@@ -466,16 +479,7 @@ impl TokenService {
             .sealed_refresh_token
             .as_deref()
             .ok_or_else(|| relaunch(None))?;
-        let refresh_token = self
-            .ctx
-            .open_sealed(
-                sealed,
-                &Place::RefreshToken {
-                    grant: id.as_str(),
-                    version: rec.rt_version,
-                },
-            )
-            .await?;
+        let refresh_token = self.open_refresh_token(rec, sealed).await?;
         let started = Instant::now();
         let mut outcome = client.refresh(&refresh_token, scope, now).await;
         // A request retries at most once, quickly; the sweep leaves retries to later sweeps.
@@ -637,16 +641,7 @@ impl TokenService {
                 reason: None,
             }
         })?;
-        let refresh_token = self
-            .ctx
-            .open_sealed(
-                sealed,
-                &Place::RefreshToken {
-                    grant: id.as_str(),
-                    version: rec.rt_version,
-                },
-            )
-            .await?;
+        let refresh_token = self.open_refresh_token(rec, sealed).await?;
         let sts_uri = self
             .ctx
             .settings
