@@ -762,7 +762,12 @@ async fn apps(w: &World) -> Apps {
     .await;
     let exchange_ctx = w.context(Program::Exchange, None).await;
     let auth: Arc<dyn spkeeper::http::TokenAuthorizer> =
-        Arc::new(ApiKeyAuth(SecretString::from(API_KEY.to_string())));
+        Arc::new(ApiKeyAuth(spkeeper::secrets_cell::SecretsCell::fixed({
+            // The template deploys IAM authorization; the test calls with a key instead.
+            let mut s = (*exchange_ctx.secrets.get()).clone();
+            s.api_key = Some(SecretString::from(API_KEY.to_string()));
+            s
+        })));
     let exchange = serve(finish(
         Router::new()
             .merge(token_router(

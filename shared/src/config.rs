@@ -30,6 +30,7 @@ pub const VARIABLES: &[&str] = &[
     "SPKEEPER_STS_HOSTS",
     "SPKEEPER_NOTICE_DAYS",
     "SPKEEPER_API_KEY",
+    "SPKEEPER_API_KEY_SECONDARY",
     "SPKEEPER_TOKEN_AUTH",
     "SPKEEPER_WEBHOOK_URL",
     "SPKEEPER_WEBHOOK_SECRET",
@@ -531,7 +532,8 @@ pub enum Part {
     TokenKeys,
     /// `link_key`: signs renew links and session cookies.
     LinkKey,
-    /// `api_key`: the bearer key of `POST /token` when API Gateway's IAM auth is not used.
+    /// `api_key` (and `api_key_secondary` during a rotation): the bearer key of the app-backend
+    /// routes when API Gateway's IAM auth is not used.
     ApiKey,
     /// `webhook_secret`: signs webhooks.
     WebhookSecret,
@@ -556,7 +558,7 @@ impl Part {
             Part::ClientSecret => &["client_secret", "client_secret_secondary"],
             Part::TokenKeys => &["token_keys", "active_token_key"],
             Part::LinkKey => &["link_key"],
-            Part::ApiKey => &["api_key"],
+            Part::ApiKey => &["api_key", "api_key_secondary"],
             Part::WebhookSecret => &["webhook_secret"],
             Part::EntraCredential => &[
                 "entra_client_secret",
@@ -737,6 +739,9 @@ pub struct SecretDocument {
     pub client_secret_secondary: Option<SecretString>,
     #[serde(default)]
     pub api_key: Option<SecretString>,
+    /// The previous API key, accepted too while the app's backends move to the new one.
+    #[serde(default)]
+    pub api_key_secondary: Option<SecretString>,
     #[serde(default)]
     pub webhook_secret: Option<SecretString>,
     /// Key id → base64 of 32 random bytes.
@@ -784,6 +789,7 @@ impl SecretDocument {
             "SPKEEPER_CLIENT_SECRET_SECONDARY",
         );
         self.api_key = pick(self.api_key, "SPKEEPER_API_KEY");
+        self.api_key_secondary = pick(self.api_key_secondary, "SPKEEPER_API_KEY_SECONDARY");
         self.webhook_secret = pick(self.webhook_secret, "SPKEEPER_WEBHOOK_SECRET");
         self.entra_client_secret = pick(self.entra_client_secret, "SPKEEPER_ENTRA_CLIENT_SECRET");
         self.entra_certificate = pick(self.entra_certificate, "SPKEEPER_ENTRA_CERTIFICATE");
@@ -803,6 +809,7 @@ impl SecretDocument {
             ("active_token_key", !self.active_token_key.trim().is_empty()),
             ("link_key", filled(&self.link_key)),
             ("api_key", filled(&self.api_key)),
+            ("api_key_secondary", filled(&self.api_key_secondary)),
             ("webhook_secret", filled(&self.webhook_secret)),
             ("entra_client_secret", filled(&self.entra_client_secret)),
             ("entra_certificate", filled(&self.entra_certificate)),
@@ -846,6 +853,7 @@ impl SecretDocument {
                 other.client_secret_secondary,
             ),
             api_key: either(self.api_key, other.api_key),
+            api_key_secondary: either(self.api_key_secondary, other.api_key_secondary),
             webhook_secret: either(self.webhook_secret, other.webhook_secret),
             token_keys: if self.token_keys.is_empty() {
                 other.token_keys
@@ -874,6 +882,7 @@ pub struct Secrets {
     pub client_secret: Option<SecretString>,
     pub client_secret_secondary: Option<SecretString>,
     pub api_key: Option<SecretString>,
+    pub api_key_secondary: Option<SecretString>,
     pub webhook_secret: Option<SecretString>,
     pub key_ring: KeyRing,
     pub links: LinkSigner,
@@ -1024,13 +1033,17 @@ impl Secrets {
         };
 
         let api_key = take(Part::ApiKey, needs.get(Part::ApiKey), doc.api_key)?;
-        if let Some(k) = &api_key
-            && k.expose_secret().len() < 16
-        {
-            return Err(ConfigError::new(
-                Part::ApiKey.var(),
-                "must be at least 16 characters",
-            ));
+        let api_key_secondary = match needs.get(Part::ApiKey) {
+            Need::No => None,
+            _ => nonempty(doc.api_key_secondary),
+        };
+        for (k, var) in [
+            (&api_key, Part::ApiKey.var()),
+            (&api_key_secondary, "SPKEEPER_API_KEY_SECONDARY"),
+        ] {
+            if k.as_ref().is_some_and(|k| k.expose_secret().len() < 16) {
+                return Err(ConfigError::new(var, "must be at least 16 characters"));
+            }
         }
 
         let webhook_secret = take(
@@ -1098,11 +1111,20 @@ impl Secrets {
             client_secret,
             client_secret_secondary,
             api_key,
+            api_key_secondary,
             webhook_secret,
             key_ring,
             links,
             entra,
         })
+    }
+
+    /// The API keys accepted now: the key, and the previous one during a rotation.
+    pub fn api_keys(&self) -> Vec<&SecretString> {
+        self.api_key
+            .iter()
+            .chain(self.api_key_secondary.as_ref())
+            .collect()
     }
 
     /// Primary first, then secondary; empty for a program that does not hold them.
@@ -1362,6 +1384,26 @@ mod tests {
         ]));
         let secrets = Secrets::from_document(d, &s).unwrap();
         assert_eq!(secrets.client_secrets().len(), 1);
+    }
+
+    #[test]
+    fn a_previous_api_key_is_accepted_beside_the_key_and_held_to_the_same_length() {
+        let s = Settings::from_source(&base()).unwrap();
+        let with_previous = |previous: &str| {
+            doc().with_env_fallback(&env(&[
+                ("SPKEEPER_CLIENT_SECRET", "s3cr3t-value"),
+                ("SPKEEPER_API_KEY", "0123456789abcdef0123"),
+                ("SPKEEPER_API_KEY_SECONDARY", previous),
+            ]))
+        };
+        let secrets = Secrets::from_document(with_previous("fedcba9876543210fedc"), &s).unwrap();
+        assert_eq!(secrets.api_keys().len(), 2);
+        assert_eq!(
+            Secrets::from_document(with_previous("short"), &s)
+                .unwrap_err()
+                .var,
+            "SPKEEPER_API_KEY_SECONDARY"
+        );
     }
 
     #[test]

@@ -141,6 +141,39 @@ async fn missing_or_wrong_api_key_is_unauthorized() {
     }
 }
 
+/// During an API key rotation (`api_key_secondary`, the previous key) both keys are
+/// accepted; anything else is still refused.
+#[tokio::test]
+async fn during_an_api_key_rotation_the_key_and_the_previous_one_are_accepted() {
+    const PREVIOUS: &str = "the-previous-api-key-0123456789";
+    let h = Harness::with(Options {
+        extra_env: vec![("SPKEEPER_API_KEY_SECONDARY", PREVIOUS.to_string())],
+        ..Options::default()
+    })
+    .await;
+    let id = launched(&h, "megan").await;
+    let call = |key: String| {
+        Request::post("/token")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {key}"))
+            .body(Body::from(json!({"grant_id": id}).to_string()))
+            .unwrap()
+    };
+    for key in [API_KEY, PREVIOUS] {
+        let resp = h.send(call(key.to_string())).await;
+        assert_eq!(resp.status(), 200, "{key}");
+    }
+    for key in [
+        "wrong-key-wrong-key",
+        "",
+        &PREVIOUS[1..],
+        &format!("{PREVIOUS}x"),
+    ] {
+        let resp = h.send(call(key.to_string())).await;
+        assert_error(resp, 401, "unauthorized").await;
+    }
+}
+
 #[tokio::test]
 async fn malformed_bodies_are_bad_request() {
     let h = Harness::new().await;

@@ -23,7 +23,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     let auth: Arc<dyn TokenAuthorizer> = match (ctx.settings.token_auth, &ctx.secrets.get().api_key)
     {
         (TokenAuth::Iam, _) => Arc::new(IamAuth),
-        (TokenAuth::ApiKey, Some(key)) => Arc::new(ApiKeyAuth(key.clone())),
+        (TokenAuth::ApiKey, Some(_)) => Arc::new(ApiKeyAuth(ctx.secrets.clone())),
         (TokenAuth::ApiKey, None) => {
             return Err("SPKEEPER_API_KEY: is required unless SPKEEPER_TOKEN_AUTH=iam".into());
         }

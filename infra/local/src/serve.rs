@@ -56,14 +56,10 @@ pub async fn run(addr: SocketAddr, dev: bool, sweep_interval: u64) -> Result<(),
             "SPKEEPER_TOKEN_AUTH: iam needs API Gateway's IAM authorizer; use api_key with spkeeper serve".into(),
         ));
     }
-    let api_key = ctx
-        .secrets
-        .get()
-        .api_key
-        .clone()
-        .ok_or_else(|| Failure::Usage("SPKEEPER_API_KEY: is required".into()))?;
-
-    let auth: Arc<dyn TokenAuthorizer> = Arc::new(ApiKeyAuth(api_key));
+    if ctx.secrets.get().api_key.is_none() {
+        return Err(Failure::Usage("SPKEEPER_API_KEY: is required".into()));
+    }
+    let auth: Arc<dyn TokenAuthorizer> = Arc::new(ApiKeyAuth(ctx.secrets.clone()));
     let tokens = Arc::new(TokenService::for_context(&ctx));
     let launch = Arc::new(LaunchService::new(Arc::clone(&ctx), Arc::clone(&tokens)));
     let sweep = Arc::new(SweepService::new(Arc::clone(&ctx)));

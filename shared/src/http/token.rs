@@ -8,15 +8,16 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
-use subtle::ConstantTimeEq;
+use subtle::{Choice, ConstantTimeEq};
 
 use super::error::{ApiError, exchange_error};
 use super::{into_response, read_body};
 use crate::core::grant::GrantId;
 use crate::core::notice::rfc3339;
+use crate::secrets_cell::SecretsCell;
 use crate::service::exchange::TokenService;
 
 /// Decides whether a `/token` caller may have tokens.
@@ -24,8 +25,10 @@ pub trait TokenAuthorizer: Send + Sync {
     fn authorize(&self, request: &Parts) -> bool;
 }
 
-/// `Authorization: Bearer {SPKEEPER_API_KEY}`, compared in constant time.
-pub struct ApiKeyAuth(pub SecretString);
+/// `Authorization: Bearer {SPKEEPER_API_KEY}` (or, during a rotation, the previous key,
+/// `api_key_secondary`), compared in constant time against the keys the secrets hold now: in
+/// Lambda a rotated key is accepted within minutes, without a redeploy.
+pub struct ApiKeyAuth(pub SecretsCell);
 
 impl TokenAuthorizer for ApiKeyAuth {
     fn authorize(&self, request: &Parts) -> bool {
@@ -39,12 +42,12 @@ impl TokenAuthorizer for ApiKeyAuth {
         let Some((scheme, key)) = value.trim().split_once(' ') else {
             return false;
         };
-        scheme.eq_ignore_ascii_case("bearer")
-            && bool::from(
-                key.trim()
-                    .as_bytes()
-                    .ct_eq(self.0.expose_secret().as_bytes()),
-            )
+        let secrets = self.0.get();
+        // Every key is compared, whichever matches.
+        let matched = secrets.api_keys().iter().fold(Choice::from(0), |m, k| {
+            m | key.trim().as_bytes().ct_eq(k.expose_secret().as_bytes())
+        });
+        scheme.eq_ignore_ascii_case("bearer") && bool::from(matched)
     }
 }
 

@@ -324,7 +324,6 @@ impl Harness {
             .into_document()
             .with_env_fallback(&env);
         let secrets = Secrets::from_document(doc, &settings).unwrap();
-        let api_key = secrets.api_key.clone().unwrap();
         let (backend, grants, cache, relay): Ports = if opts.moto {
             let (aws, sdk) = moto_backend(opts.record_operations).await;
             let parts = (
@@ -381,11 +380,11 @@ impl Harness {
                 .merge(spkeeper::http::signin_router(signin))
                 .merge(token_router(
                     Arc::clone(&tokens),
-                    Arc::new(ApiKeyAuth(api_key.clone())),
+                    Arc::new(ApiKeyAuth(ctx.secrets.clone())),
                 ))
                 .merge(grants_router(
                     Arc::new(GrantsService::new(Arc::clone(&ctx))),
-                    Arc::new(ApiKeyAuth(api_key)),
+                    Arc::new(ApiKeyAuth(ctx.secrets.clone())),
                 ))
                 .merge(health_router()),
             &ctx.settings,
