@@ -100,11 +100,7 @@ pub fn grant(i: u64, due: bool, now: DateTime<Utc>, days: &NoticeDays) -> GrantR
 
 /// A refresh token for grant `g`, sealed as a launch seals it (its place: the grant and the
 /// token's version).
-pub fn sealed_refresh_token(
-    g: &GrantRecord,
-    i: u64,
-    keys: &KeyRing,
-) -> Result<String, SealError> {
+pub fn sealed_refresh_token(g: &GrantRecord, i: u64, keys: &KeyRing) -> Result<String, SealError> {
     let mut raw = Vec::with_capacity(REFRESH_TOKEN_BYTES);
     let mut x = i;
     while raw.len() < REFRESH_TOKEN_BYTES {

@@ -91,7 +91,7 @@ impl NoticeRelay for DynamoRelay {
             let (page, next) = self.store.holders(cursor, PAGE).await?;
             let free = page
                 .into_iter()
-                .filter(|h| !h.leased_until.is_some_and(|u| u > now));
+                .filter(|h| h.leased_until.is_none_or(|u| u <= now));
             let claimed: Vec<Holder> = stream::iter(free)
                 .map(|h| async move {
                     self.store
