@@ -10,6 +10,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use crate::core::grant::{GrantId, Kind, Progress};
 use crate::core::notice::{Notice, NoticeGrant, NoticeSubject, User};
@@ -171,6 +172,21 @@ pub fn entra_user_key(g: &GrantRecord) -> Option<String> {
     }
 }
 
+/// One grant's move to a new notice progress, for [`GrantStore::advance_all`].
+#[derive(Debug, Clone)]
+pub struct Advance {
+    pub id: GrantId,
+    /// The revision the move was decided on.
+    pub expected_rev: u64,
+    pub progress: Progress,
+    pub next_due_at: Option<DateTime<Utc>>,
+    /// Queued in the same atomic write.
+    pub notice: Option<Notice>,
+}
+
+/// Moves written at once by the default [`GrantStore::advance_all`].
+pub const ADVANCE_CONCURRENCY: usize = 16;
+
 #[async_trait]
 pub trait GrantStore: Send + Sync {
     async fn load(&self, id: &GrantId) -> Result<Option<StoredGrant>, StoreError>;
@@ -197,6 +213,33 @@ pub trait GrantStore: Send + Sync {
         notice: Option<&Notice>,
         now: DateTime<Utc>,
     ) -> Result<Written, StoreError>;
+
+    /// Several [`advance`](Self::advance)s, each conditional on its own revision and decided
+    /// on its own (one that lost its race does not hold back the others); the outcomes come
+    /// in the order of `moves`. A store that can commit them together does (SQLite: one
+    /// transaction, instead of one per notice); by default they are written
+    /// [`ADVANCE_CONCURRENCY`] at a time (DynamoDB: one conditional `UpdateItem` each).
+    async fn advance_all(
+        &self,
+        moves: &[Advance],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Written>, StoreError> {
+        stream::iter(0..moves.len())
+            .map(|i| {
+                let m = &moves[i];
+                self.advance(
+                    &m.id,
+                    m.expected_rev,
+                    m.progress,
+                    m.next_due_at,
+                    m.notice.as_ref(),
+                    now,
+                )
+            })
+            .buffered(ADVANCE_CONCURRENCY)
+            .try_collect()
+            .await
+    }
 
     /// Best effort: records who the user is (does not bump the revision).
     async fn set_user(&self, id: &GrantId, user: &User) -> Result<(), StoreError>;

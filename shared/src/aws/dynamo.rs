@@ -279,6 +279,34 @@ fn grant_attributes(g: &GrantRecord, rev: u64) -> Vec<(&'static str, Option<Attr
     ]
 }
 
+/// A new grant's item: every field, with an (empty or one-notice) outbox.
+fn new_grant_item(grant: &GrantRecord, rev: u64, notice: Option<&Notice>) -> Item {
+    let pk = format!("G#{}", grant.id);
+    let mut item = grant_key(&grant.id);
+    item.extend(
+        grant_attributes(grant, rev)
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_string(), v))),
+    );
+    let mut outbox = HashMap::new();
+    if let Some(notice) = notice {
+        outbox.insert(notice.id.clone(), s(notice.to_json()));
+        item.insert(OUTBOX_PK.into(), s(OUTBOX_PARTITION));
+        item.insert(OUTBOX_SK.into(), s(outbox_sort_key(notice, &pk)));
+    }
+    item.insert("outbox".into(), AttributeValue::M(outbox));
+    item
+}
+
+/// A grant's refresh-token item, which DynamoDB's TTL deletes at the token's expiry.
+fn refresh_item(grant: &GrantRecord, sealed_refresh_token: &str) -> Item {
+    let mut rt = refresh_key(&grant.id);
+    rt.insert("sealed".into(), s(sealed_refresh_token));
+    rt.insert("rt_version".into(), n(grant.rt_version));
+    rt.insert(TTL.into(), n(grant.rt_expires_at.timestamp()));
+    rt
+}
+
 fn read_grant(item: &Item) -> Result<GrantRecord, StoreError> {
     let pk = get_s(item, PK)?;
     let id = pk
@@ -396,6 +424,48 @@ impl DynamoStore {
 
     pub fn table(&self) -> &str {
         &self.table
+    }
+
+    /// Benchmarks only (feature `bench`): writes new grants at revision 1, each with its sealed
+    /// refresh token, the items a launch writes, with `BatchWriteItem` (unconditional, 25
+    /// items a request; what DynamoDB leaves unprocessed is sent again). No route or command
+    /// reaches it.
+    #[cfg(feature = "bench")]
+    pub async fn insert_new_grants(
+        &self,
+        grants: &[(GrantRecord, String)],
+    ) -> Result<(), StoreError> {
+        use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+        let items: Vec<Item> = grants
+            .iter()
+            .flat_map(|(g, rt)| [new_grant_item(g, 1, None), refresh_item(g, rt)])
+            .collect();
+        for chunk in items.chunks(25) {
+            let mut pending = chunk
+                .iter()
+                .map(|item| {
+                    PutRequest::builder()
+                        .set_item(Some(item.clone()))
+                        .build()
+                        .map(|p| WriteRequest::builder().put_request(p).build())
+                        .map_err(StoreError::unavailable)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            while !pending.is_empty() {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, pending)
+                    .send()
+                    .await
+                    .map_err(sdk)?;
+                pending = out
+                    .unprocessed_items
+                    .and_then(|mut m| m.remove(&self.table))
+                    .unwrap_or_default();
+            }
+        }
+        Ok(())
     }
 
     async fn get(&self, key: Item) -> Result<Option<Item>, StoreError> {
@@ -652,22 +722,9 @@ impl GrantStore for DynamoStore {
         let details = match expected_rev {
             // A new grant: the whole item, with an (empty or one-notice) outbox.
             None => {
-                let mut item = grant_key(&grant.id);
-                item.extend(
-                    grant_attributes(grant, new_rev)
-                        .into_iter()
-                        .filter_map(|(k, v)| v.map(|v| (k.to_string(), v))),
-                );
-                let mut outbox = HashMap::new();
-                if let Some(notice) = notice {
-                    outbox.insert(notice.id.clone(), s(notice.to_json()));
-                    item.insert(OUTBOX_PK.into(), s(OUTBOX_PARTITION));
-                    item.insert(OUTBOX_SK.into(), s(outbox_sort_key(notice, &pk)));
-                }
-                item.insert("outbox".into(), AttributeValue::M(outbox));
                 let put = Put::builder()
                     .table_name(&self.table)
-                    .set_item(Some(item))
+                    .set_item(Some(new_grant_item(grant, new_rev, notice)))
                     .condition_expression("attribute_not_exists(pk)")
                     .build()
                     .map_err(StoreError::unavailable)?;
@@ -699,13 +756,9 @@ impl GrantStore for DynamoStore {
                 TransactWriteItem::builder().update(update).build()
             }
         };
-        let mut rt = refresh_key(&grant.id);
-        rt.insert("sealed".into(), s(sealed_refresh_token));
-        rt.insert("rt_version".into(), n(grant.rt_version));
-        rt.insert(TTL.into(), n(grant.rt_expires_at.timestamp()));
         let rt = Put::builder()
             .table_name(&self.table)
-            .set_item(Some(rt))
+            .set_item(Some(refresh_item(grant, sealed_refresh_token)))
             .build()
             .map_err(StoreError::unavailable)?;
         let result = self

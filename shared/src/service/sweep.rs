@@ -16,7 +16,7 @@ use crate::core::grant::{
     Kind, Stage, days_left, due_stage, keepalive_is_due, next_due_at, plus_days,
 };
 use crate::core::notice::{Notice, NoticeType, rfc3339};
-use crate::ports::{DueCursor, GrantRecord, StoreError, Written};
+use crate::ports::{Advance, DueCursor, GrantRecord, StoreError, Written};
 use crate::service::exchange::{ExchangeError, TokenService};
 
 /// How far ahead operators hear that the client secret expires.
@@ -88,6 +88,16 @@ impl SweepSummary {
     }
 }
 
+/// A visit's counts and what it decided to write.
+type Visited = (SweepSummary, Option<Plan>);
+
+/// What a visit decided to write for one grant.
+struct Plan {
+    advance: Advance,
+    /// The grant's refresh token was found past its expiry.
+    expired: bool,
+}
+
 pub struct SweepService {
     ctx: Arc<Context>,
     /// Redeems idle Entra grants (the keep-alive).
@@ -126,25 +136,31 @@ impl SweepService {
                 break;
             }
             let page = self.ctx.grants.due(now, cursor.as_ref(), PAGE).await?;
-            let visits: Vec<Result<Option<SweepSummary>, StoreError>> = stream::iter(page.grants)
+            let visits: Vec<Result<Option<Visited>, StoreError>> = stream::iter(page.grants)
                 .map(|g| async move {
                     if out_of_time() {
                         return Ok(None);
                     }
                     let mut one = SweepSummary::new(dry_run);
-                    self.visit(g, now, dry_run, &mut one)
-                        .await
-                        .map(|()| Some(one))
+                    let plan = self.visit(g, now, dry_run, &mut one).await?;
+                    Ok(Some((one, plan)))
                 })
                 .buffer_unordered(CONCURRENCY)
                 .collect()
                 .await;
+            let mut plans = Vec::new();
             for v in visits {
                 match v? {
-                    Some(one) => summary.add(&one),
+                    Some((one, plan)) => {
+                        summary.add(&one);
+                        plans.extend(plan);
+                    }
                     None => summary.stopped_early = true,
                 }
             }
+            // The page's writes together: one transaction on SQLite, one conditional
+            // `UpdateItem` each (16 at a time) on DynamoDB.
+            self.write(plans, now, dry_run, &mut summary).await?;
             match page.next {
                 Some(next) if !summary.stopped_early => cursor = Some(next),
                 _ => break,
@@ -177,14 +193,15 @@ impl SweepService {
         Ok(summary)
     }
 
-    /// One due grant: send the nearest due stage, or re-index it if nothing is due.
+    /// One due grant: what to write for it (the nearest due stage's notice, or a new place in
+    /// the due index if nothing is due); `None` when there is nothing to write.
     async fn visit(
         &self,
         g: GrantRecord,
         now: DateTime<Utc>,
         dry_run: bool,
         summary: &mut SweepSummary,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<Plan>, StoreError> {
         summary.examined += 1;
         // An idle Entra grant is redeemed first: its 90 days restart and no notice is due.
         let mut retry_at = None;
@@ -193,17 +210,17 @@ impl SweepService {
         {
             if dry_run {
                 summary.kept_alive += 1;
-                return Ok(());
+                return Ok(None);
             }
             match self.tokens.keep_alive(&g.id).await {
                 Ok(()) => {
                     summary.kept_alive += 1;
-                    return Ok(());
+                    return Ok(None);
                 }
                 // The revoked notice went out with the state change.
                 Err(ExchangeError::RelaunchRequired { .. }) => {
                     summary.count(NoticeType::Revoked);
-                    return Ok(());
+                    return Ok(None);
                 }
                 Err(ExchangeError::Store(e)) => return Err(e),
                 Err(e) => {
@@ -247,26 +264,50 @@ impl SweepService {
             None => self.ctx.next_due_at(&g, progress),
         };
         if notice.is_none() && next == g.next_due_at {
+            return Ok(None);
+        }
+        Ok(Some(Plan {
+            advance: Advance {
+                id: g.id,
+                expected_rev: g.rev,
+                progress,
+                next_due_at: next,
+                notice,
+            },
+            expired: stage == Some(Stage::Expired),
+        }))
+    }
+
+    /// Writes a page's plans (each conditional on the revision it was decided on) and counts
+    /// what was written.
+    async fn write(
+        &self,
+        plans: Vec<Plan>,
+        now: DateTime<Utc>,
+        dry_run: bool,
+        summary: &mut SweepSummary,
+    ) -> Result<(), StoreError> {
+        if plans.is_empty() {
             return Ok(());
         }
         let written = if dry_run {
-            Written::Done
+            vec![Written::Done; plans.len()]
         } else {
-            self.ctx
-                .grants
-                .advance(&g.id, g.rev, progress, next, notice.as_ref(), now)
-                .await?
+            let moves: Vec<Advance> = plans.iter().map(|p| p.advance.clone()).collect();
+            self.ctx.grants.advance_all(&moves, now).await?
         };
-        match (written, &notice) {
-            (Written::Done, Some(n)) => {
-                summary.count(n.kind);
-                summary.expired += u64::from(stage == Some(Stage::Expired));
-                if !dry_run {
-                    tracing::info!(grant_id = %g.id, notice_id = %n.id, notice_type = n.kind.as_str(), "notice queued");
+        for (plan, written) in plans.iter().zip(written) {
+            match (written, &plan.advance.notice) {
+                (Written::Done, Some(n)) => {
+                    summary.count(n.kind);
+                    summary.expired += u64::from(plan.expired);
+                    if !dry_run {
+                        tracing::info!(grant_id = %plan.advance.id, notice_id = %n.id, notice_type = n.kind.as_str(), "notice queued");
+                    }
                 }
+                (Written::Done, None) => {}
+                (Written::Conflict, _) => summary.conflicts += 1,
             }
-            (Written::Done, None) => {}
-            (Written::Conflict, _) => summary.conflicts += 1,
         }
         Ok(())
     }

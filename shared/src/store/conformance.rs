@@ -7,7 +7,8 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use crate::core::grant::{GrantId, Kind, Progress, Stage, refresh_token_expiry};
 use crate::core::notice::{Notice, NoticeGrant, NoticeSubject, NoticeType, User};
 use crate::ports::{
-    CachedToken, DueCursor, GrantRecord, GrantStore, StandardTokens, TokenCache, UserKey, Written,
+    Advance, CachedToken, DueCursor, GrantRecord, GrantStore, StandardTokens, TokenCache, UserKey,
+    Written,
 };
 
 /// Reports the ids of notices queued since the last call (in any order).
@@ -72,6 +73,7 @@ pub async fn run<S: GrantStore + TokenCache + ?Sized>(store: &S, probe: &dyn Not
     create_is_conditional_on_absence(store).await;
     replace_is_conditional_on_the_revision_read(store, probe).await;
     advance_queues_exactly_one_notice_per_winning_write(store, probe).await;
+    advance_all_decides_each_move_on_its_own_revision(store, probe).await;
     due_reads_every_due_grant_once_across_pages(store).await;
     set_user_keeps_the_revision(store).await;
     queue_once_queues_once(store, probe).await;
@@ -206,6 +208,55 @@ async fn advance_queues_exactly_one_notice_per_winning_write<S: GrantStore + ?Si
     assert!(probe.take().await.is_empty());
     let due = all_due(s, g.rt_expires_at + Duration::days(1)).await;
     assert!(due.iter().all(|d| d.id != g.id));
+}
+
+async fn advance_all_decides_each_move_on_its_own_revision<S: GrantStore + ?Sized>(
+    s: &S,
+    probe: &dyn NoticeProbe,
+) {
+    let (won, lost, after) = (
+        record("batch-won", 0),
+        record("batch-lost", 0),
+        record("batch-after", 0),
+    );
+    for g in [&won, &lost, &after] {
+        s.put_grant(None, g, "v1.k.rt", None).await.unwrap();
+    }
+    let now = won.rt_expires_at - Duration::days(30);
+    let next = Some(won.rt_expires_at - Duration::days(7));
+    let moves: Vec<Advance> = [(&won, 1), (&lost, 7), (&after, 1)]
+        .into_iter()
+        .map(|(g, rev)| Advance {
+            id: g.id.clone(),
+            expected_rev: rev,
+            progress: Progress::Expiring(30),
+            next_due_at: next,
+            notice: Some(notice_for(g, Stage::Expiring(30), now)),
+        })
+        .collect();
+    let written = s.advance_all(&moves, now).await.unwrap();
+    assert_eq!(
+        written,
+        vec![Written::Done, Written::Conflict, Written::Done],
+        "a stale revision loses alone, in its place"
+    );
+    let mut queued = probe.take().await;
+    queued.sort();
+    let mut expected = vec![
+        moves[0].notice.as_ref().unwrap().id.clone(),
+        moves[2].notice.as_ref().unwrap().id.clone(),
+    ];
+    expected.sort();
+    assert_eq!(queued, expected, "only the winners' notices are queued");
+    for (g, progress, rev) in [
+        (&won, Progress::Expiring(30), 2),
+        (&lost, Progress::None, 1),
+        (&after, Progress::Expiring(30), 2),
+    ] {
+        let stored = s.load(&g.id).await.unwrap().unwrap().record;
+        assert_eq!((stored.progress, stored.rev), (progress, rev), "{}", g.id);
+    }
+    assert!(s.advance_all(&[], now).await.unwrap().is_empty());
 }
 
 /// Every grant due at `now`, through all pages.
