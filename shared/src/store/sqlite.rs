@@ -148,7 +148,62 @@ const PURGE_DELIVERED: &str = "DELETE FROM outbox INDEXED BY outbox_delivered \
 
 #[derive(Clone)]
 pub struct SqliteStore {
+    /// The one connection that writes (SQLite has one writer at a time anyway).
     conn: Arc<Mutex<Connection>>,
+    /// Read connections for the hot point reads (`/token`: the grant, the cached access
+    /// token), so they neither queue behind writes nor behind each other. Empty for an
+    /// in-memory store, whose data only its one connection sees.
+    readers: Arc<Readers>,
+}
+
+/// How many read connections a file store keeps: the blocking pool runs at most a few reads
+/// at once on a small machine; each connection costs a page cache.
+const READERS: usize = 4;
+
+/// A few read-only (`query_only`) connections to the same file. WAL lets them read while the
+/// writer writes; each read sees every write committed before it began.
+#[derive(Default)]
+struct Readers {
+    conns: Vec<Mutex<Connection>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Readers {
+    fn open(path: &Path, n: usize) -> Result<Self, StoreError> {
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            let conn = Connection::open(path).map_err(StoreError::unavailable)?;
+            conn.busy_timeout(StdDuration::from_secs(10))
+                .map_err(StoreError::unavailable)?;
+            conn.pragma_update(None, "query_only", true)
+                .map_err(StoreError::unavailable)?;
+            conns.push(Mutex::new(conn));
+        }
+        Ok(Readers {
+            conns,
+            next: Default::default(),
+        })
+    }
+
+    /// A free connection if there is one (starting from the next in turn), else the next in
+    /// turn once it is free; `None` without read connections.
+    fn take(&self) -> Option<std::sync::MutexGuard<'_, Connection>> {
+        let n = self.conns.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for i in 0..n {
+            if let Ok(guard) = self.conns[(start + i) % n].try_lock() {
+                return Some(guard);
+            }
+        }
+        Some(
+            self.conns[start % n]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -193,7 +248,10 @@ impl SqliteStore {
             return Err(StoreError::unavailable(e));
         }
         let conn = Connection::open(path).map_err(StoreError::unavailable)?;
-        Self::init(conn, true)
+        let mut store = Self::init(conn, true)?;
+        // After the writer has set WAL mode and created the schema.
+        store.readers = Arc::new(Readers::open(path, READERS)?);
+        Ok(store)
     }
 
     pub fn open_in_memory() -> Result<Self, StoreError> {
@@ -229,6 +287,7 @@ impl SqliteStore {
             .map_err(StoreError::unavailable)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            readers: Arc::default(),
         })
     }
 
@@ -264,6 +323,27 @@ impl SqliteStore {
                 .lock()
                 .map_err(|_| corrupt("connection lock poisoned"))?;
             f(&mut guard)
+        })
+        .await
+        .map_err(StoreError::unavailable)?
+    }
+
+    /// Runs the read `f` off the async runtime on a read connection (the writer's when there
+    /// are none: an in-memory store).
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (readers, writer) = (Arc::clone(&self.readers), Arc::clone(&self.conn));
+        tokio::task::spawn_blocking(move || match readers.take() {
+            Some(conn) => f(&conn),
+            None => {
+                let conn = writer
+                    .lock()
+                    .map_err(|_| corrupt("connection lock poisoned"))?;
+                f(&conn)
+            }
         })
         .await
         .map_err(StoreError::unavailable)?
@@ -398,14 +478,17 @@ const OUTBOX_COLUMNS: &str = "id, body, attempts, created_at, next_attempt_at, l
 impl GrantStore for SqliteStore {
     async fn load(&self, id: &GrantId) -> Result<Option<StoredGrant>, StoreError> {
         let id = id.as_str().to_string();
-        self.call(move |c| {
+        self.read(move |c| {
             let row = c
-                .query_row(
-                    &format!("SELECT {GRANT_COLUMNS}, refresh_token FROM grants WHERE id = ?1"),
-                    params![id],
-                    |row| Ok((read_grant(row)?, row.get::<_, Option<String>>(18)?)),
-                )
-                .optional()
+                .prepare_cached(&format!(
+                    "SELECT {GRANT_COLUMNS}, refresh_token FROM grants WHERE id = ?1"
+                ))
+                .and_then(|mut st| {
+                    st.query_row(params![id], |row| {
+                        Ok((read_grant(row)?, row.get::<_, Option<String>>(18)?))
+                    })
+                    .optional()
+                })
                 .map_err(sql)?;
             match row {
                 None => Ok(None),
@@ -709,14 +792,15 @@ impl TokenCache for SqliteStore {
         host: &str,
     ) -> Result<Option<CachedToken>, StoreError> {
         let (id, host) = (id.as_str().to_string(), host.to_string());
-        self.call(move |c| {
+        self.read(move |c| {
             let row: Option<(String, i64, String)> = c
-                .query_row(
+                .prepare_cached(
                     "SELECT sealed, expires_at, resource FROM access_tokens WHERE grant_id = ?1 AND host = ?2",
-                    params![id, host],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
-                .optional()
+                .and_then(|mut st| {
+                    st.query_row(params![id, host], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()
+                })
                 .map_err(sql)?;
             row.map(|(sealed, exp, resource)| {
                 Ok(CachedToken {
@@ -1020,6 +1104,86 @@ mod tests {
     async fn sqlite_store_passes_the_conformance_suite() {
         let store = SqliteStore::open_in_memory().unwrap();
         crate::store::conformance::run(&store, &OutboxProbe(&store)).await;
+    }
+
+    #[tokio::test]
+    async fn file_store_with_read_connections_passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_dir(dir.path()).unwrap();
+        assert_eq!(store.readers.conns.len(), READERS);
+        crate::store::conformance::run(&store, &OutboxProbe(&store)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn token_reads_do_not_wait_for_the_writer_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_dir(dir.path()).unwrap();
+        let g = crate::store::conformance::record("reader", 100);
+        store.put_grant(None, &g, "v1.k.rt", None).await.unwrap();
+        let token = CachedToken {
+            sealed: "v1.k.at".into(),
+            expires_at: Utc::now() + Duration::hours(1),
+            resource: "r".into(),
+        };
+        store.put_access_token(&g.id, "h", &token).await.unwrap();
+
+        // A long write (or a sweep) holds the writer connection...
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let writer = Arc::clone(&store.conn);
+        let holder = std::thread::spawn(move || {
+            let _guard = writer.lock().unwrap();
+            held_tx.send(()).unwrap();
+            let _ = done_rx.recv_timeout(StdDuration::from_secs(10));
+        });
+        held_rx.recv().unwrap();
+        // ...and the reads /token makes still answer at once.
+        let loaded = tokio::time::timeout(StdDuration::from_secs(2), store.load(&g.id)).await;
+        let cached = tokio::time::timeout(
+            StdDuration::from_secs(2),
+            store.get_access_token(&g.id, "h"),
+        )
+        .await;
+        done_tx.send(()).unwrap();
+        holder.join().unwrap();
+        assert!(
+            loaded
+                .expect("load waited for the writer")
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            cached
+                .expect("the cache read waited for the writer")
+                .unwrap()
+                .map(|t| t.sealed),
+            Some(token.sealed)
+        );
+    }
+
+    #[tokio::test]
+    async fn read_connections_see_each_write_at_once_and_never_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_dir(dir.path()).unwrap();
+        let id = GrantId::derive("r", "fresh");
+        for i in 0..20 {
+            let token = CachedToken {
+                sealed: format!("v1.k.{i}"),
+                expires_at: Utc::now() + Duration::hours(1),
+                resource: "r".into(),
+            };
+            store.put_access_token(&id, "h", &token).await.unwrap();
+            let read = store.get_access_token(&id, "h").await.unwrap();
+            assert_eq!(read.map(|t| t.sealed), Some(token.sealed));
+        }
+        let refused = store
+            .read(|c| {
+                c.execute("DELETE FROM access_tokens", [])
+                    .map_err(sql)
+                    .map(|_| ())
+            })
+            .await;
+        assert!(refused.is_err(), "a read connection wrote");
     }
 
     #[tokio::test]
