@@ -8,6 +8,10 @@ with a Runtime API to poll (served by this script) and its configuration pointin
   SDK setup, the Secrets Manager read, key setup, HTTP client);
 - first: the first invocation, from handing out the event to receiving the response.
 
+The floor (target/release/floor, crate bench/floor, same release profile) is measured first
+when it was built: the smallest lambda_runtime function that reads one Secrets Manager secret
+at init. Each function's init is also given as a multiple of the floor's (target: <= 1.15).
+
 Usage: python bench-cold-start.py MOTO_URL [RUNS] [BIN_DIR]   (from the repository root;
 BIN_DIR defaults to target/release)
 The numbers depend on this machine and on moto standing in for AWS; they compare builds,
@@ -33,6 +37,7 @@ RUNS = int(sys.argv[2]) if len(sys.argv) > 2 else 10
 BIN_DIR = sys.argv[3] if len(sys.argv) > 3 else "target/release"
 AWS = dict(endpoint_url=MOTO, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
 EVENTS = {
+    "floor": None,  # answers any event; here an empty SQS batch, like notify
     "launch": "infra/events/apigw-http-healthz.json",
     "exchange": "infra/events/apigw-http-token-iam.json",
     "sweep": "infra/events/eventbridge-scheduled.json",
@@ -109,21 +114,22 @@ def setup():
 
 
 def once(binary, event, env):
-    RuntimeApi.event = event
-    RuntimeApi.first_next = RuntimeApi.answered = RuntimeApi.handed_out = None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RuntimeApi)
+    # A handler class of its own per run: a late poll from the previous run's binary (killed,
+    # its request still being served) must not take this run's event.
+    Api = type("Api", (RuntimeApi,), {"event": event, "first_next": None, "answered": None, "handed_out": None})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     env = dict(env, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{server.server_address[1]}")
     start = time.perf_counter()
     proc = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while RuntimeApi.answered is None:
+        while Api.answered is None:
             if proc.poll() is not None:
                 raise SystemExit(f"{binary} exited during the benchmark ({proc.returncode})")
             if time.perf_counter() - start > 30:
                 raise SystemExit(f"{binary}: no answer in 30 s")
             time.sleep(0.001)
-        return RuntimeApi.first_next - start, RuntimeApi.answered - RuntimeApi.handed_out
+        return Api.first_next - start, Api.answered - Api.handed_out
     finally:
         proc.kill()
         proc.wait()
@@ -153,9 +159,12 @@ def main():
         "SPKEEPER_TOKEN_AUTH": "iam",
         "SPKEEPER_WEBHOOK_URL": "https://hooks.example.com/spkeeper",
     }
-    print(f"{'function':<9} {'init ms (median, p90)':>24} {'first invocation ms (median)':>30}  size")
+    print(f"{'function':<9} {'init ms (median, p90)':>24} {'x floor':>8} {'first invocation ms (median)':>30}  size")
+    floor = None
     for name, event_file in EVENTS.items():
         binary = f"{BIN_DIR}/{name}"
+        if name == "floor" and not os.path.exists(binary):
+            continue
         event = open(event_file, "rb").read() if event_file else b'{"Records": []}'
         inits, firsts = [], []
         for _ in range(RUNS):
@@ -165,7 +174,11 @@ def main():
         inits.sort()
         p90 = inits[min(len(inits) - 1, int(len(inits) * 0.9))]
         size = os.path.getsize(binary)
-        print(f"{name:<9} {statistics.median(inits):>15.1f} {p90:>8.1f} {statistics.median(firsts):>30.1f}  {size:,} bytes")
+        median = statistics.median(inits)
+        if name == "floor":
+            floor = median
+        ratio = f"{median / floor:.2f}" if floor else "-"
+        print(f"{name:<9} {median:>15.1f} {p90:>8.1f} {ratio:>8} {statistics.median(firsts):>30.1f}  {size:,} bytes")
 
 
 if __name__ == "__main__":
