@@ -530,3 +530,49 @@ async fn an_entra_refresh_token_item_expires_90_days_after_its_last_redemption()
         relaunch_retention(rotated.rt_expires_at).timestamp()
     );
 }
+
+/// What one user costs on DynamoDB (BENCHMARKS.md's cost table rests on these counts): a
+/// first launch (realm discovery, the grant stored, the first access token exchanged and
+/// cached), a relaunch, and a cached `/token`.
+#[tokio::test]
+async fn a_launch_a_relaunch_and_a_cached_token_send_these_dynamodb_requests() {
+    let ops = Arc::new(Mutex::new(Vec::new()));
+    let h = Harness::with(Options {
+        moto: true,
+        record_operations: Some(Arc::clone(&ops)),
+        ..Options::default()
+    })
+    .await;
+    let count = |ops: &Arc<Mutex<Vec<String>>>| -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for op in ops.lock().unwrap().drain(..) {
+            *m.entry(op).or_default() += 1;
+        }
+        m
+    };
+    ops.lock().unwrap().clear();
+    assert_eq!(h.launch(&h.token("megan")).await.status().as_u16(), 303);
+    let first = count(&ops);
+    let mut spec = h.spec("megan");
+    spec.nbf = h.now() + Duration::seconds(60);
+    spec.refresh_token = "relaunched".into();
+    let relaunch = spkeeper::testkit::mint_context_token(
+        &spec.claims(),
+        &secrecy::SecretString::from(SECRET.to_string()),
+    );
+    assert_eq!(h.launch(&relaunch).await.status().as_u16(), 303);
+    let again = count(&ops);
+    let id = h.ctx.grants.list().await.unwrap()[0].id.clone();
+    count(&ops);
+    let body = serde_json::json!({"grant_id": id.as_str()});
+    assert_eq!(h.token_request(body).await.status().as_u16(), 200);
+    let cached = count(&ops);
+    println!("first launch: {first:?}\nrelaunch: {again:?}\ncached /token: {cached:?}");
+    let total = |m: &BTreeMap<String, usize>| m.values().sum::<usize>();
+    // Measured 2026-11-26: 12 (4 GetItem, 3 PutItem, 2 TransactGetItems, 1 each of
+    // TransactWriteItems, UpdateItem, DeleteItem), 5 and 2. More is a regression.
+    assert!(total(&first) <= 12, "{first:?}");
+    assert!(total(&again) <= 5, "{again:?}");
+    assert!(total(&cached) <= 2, "{cached:?}");
+    assert!(!first.contains_key("Scan") && !again.contains_key("Scan"));
+}
