@@ -306,7 +306,8 @@ pub enum DeliveryError {
 pub struct WebhookSender {
     http: reqwest::Client,
     url: Url,
-    signer: standardwebhooks::Webhook,
+    /// One per secret: every webhook carries a signature by each.
+    signers: Vec<standardwebhooks::Webhook>,
 }
 
 impl std::fmt::Debug for WebhookSender {
@@ -318,24 +319,43 @@ impl std::fmt::Debug for WebhookSender {
 }
 
 impl WebhookSender {
-    /// `secret` is `whsec_` + base64 (checked when configuration is read).
+    /// Each secret is `whsec_` + base64 (checked when configuration is read); the first is
+    /// the secret, a second one is signed with too during a rotation.
     pub fn new(
         http: reqwest::Client,
         url: Url,
-        secret: &SecretString,
+        secrets: &[&SecretString],
     ) -> Result<Self, DeliveryError> {
-        let signer = standardwebhooks::Webhook::new(secret.expose_secret())
-            .map_err(|_| DeliveryError::Signing)?;
-        Ok(WebhookSender { http, url, signer })
+        let signers = secrets
+            .iter()
+            .map(|s| {
+                standardwebhooks::Webhook::new(s.expose_secret())
+                    .map_err(|_| DeliveryError::Signing)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if signers.is_empty() {
+            return Err(DeliveryError::Signing);
+        }
+        Ok(WebhookSender { http, url, signers })
+    }
+
+    /// The `webhook-signature` header: one `v1,…` signature per secret, space-separated.
+    fn signature(&self, id: &str, body: &str, timestamp: i64) -> Result<String, DeliveryError> {
+        let signatures = self
+            .signers
+            .iter()
+            .map(|s| {
+                s.sign(id, timestamp, body.as_bytes())
+                    .map_err(|_| DeliveryError::Signing)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(signatures.join(" "))
     }
 
     /// Delivers one notice body; a 2xx answer is delivery. `timestamp` is the sending time
     /// (wall clock, epoch seconds).
     pub async fn send(&self, id: &str, body: &str, timestamp: i64) -> Result<(), DeliveryError> {
-        let signature = self
-            .signer
-            .sign(id, timestamp, body.as_bytes())
-            .map_err(|_| DeliveryError::Signing)?;
+        let signature = self.signature(id, body, timestamp)?;
         let resp = self
             .http
             .post(self.url.clone())
@@ -353,5 +373,53 @@ impl WebhookSender {
         } else {
             Err(DeliveryError::Status(status.as_u16()))
         }
+    }
+}
+
+#[cfg(test)]
+mod webhook_tests {
+    use super::*;
+
+    const OLD: &str = "whsec_b2xkLXdlYmhvb2stc2VjcmV0LTAxMjM0NTY3";
+    const NEW: &str = "whsec_bmV3LXdlYmhvb2stc2VjcmV0LTAxMjM0NTY3";
+
+    fn verifies(secret: &str, id: &str, body: &str, ts: i64, signature: &str) -> bool {
+        let mut h = axum::http::HeaderMap::new();
+        for (k, v) in [
+            ("webhook-id", id.to_string()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", signature.to_string()),
+        ] {
+            h.insert(k, v.parse().unwrap());
+        }
+        standardwebhooks::Webhook::new(secret)
+            .unwrap()
+            .verify(body.as_bytes(), &h)
+            .is_ok()
+    }
+
+    #[test]
+    fn during_a_webhook_secret_rotation_receivers_with_either_secret_verify_each_notice() {
+        let url = Url::parse("https://hooks.example.com/x").unwrap();
+        let (old, new) = (SecretString::from(OLD), SecretString::from(NEW));
+        let both = WebhookSender::new(reqwest::Client::new(), url.clone(), &[&old, &new]).unwrap();
+        let ts = chrono::Utc::now().timestamp();
+        let (id, body) = ("ntc_0123", r#"{"type":"refresh_token.expiring"}"#);
+        let sig = both.signature(id, body, ts).unwrap();
+        assert_eq!(sig.split(' ').count(), 2, "{sig}");
+        assert!(verifies(OLD, id, body, ts, &sig));
+        assert!(verifies(NEW, id, body, ts, &sig));
+        // Outside a rotation, one signature, and only its secret verifies it.
+        let one = WebhookSender::new(reqwest::Client::new(), url, &[&new]).unwrap();
+        let sig = one.signature(id, body, ts).unwrap();
+        assert!(!sig.contains(' ') && verifies(NEW, id, body, ts, &sig));
+        assert!(!verifies(OLD, id, body, ts, &sig));
+        assert!(!verifies(
+            OLD,
+            id,
+            "{}",
+            ts,
+            &both.signature(id, body, ts).unwrap()
+        ));
     }
 }

@@ -34,6 +34,7 @@ pub const VARIABLES: &[&str] = &[
     "SPKEEPER_TOKEN_AUTH",
     "SPKEEPER_WEBHOOK_URL",
     "SPKEEPER_WEBHOOK_SECRET",
+    "SPKEEPER_WEBHOOK_SECRET_SECONDARY",
     "SPKEEPER_RETURN_URL",
     "SPKEEPER_ENTRA_CLIENT_ID",
     "SPKEEPER_ENTRA_TENANT",
@@ -535,7 +536,7 @@ pub enum Part {
     /// `api_key` (and `api_key_secondary` during a rotation): the bearer key of the app-backend
     /// routes when API Gateway's IAM auth is not used.
     ApiKey,
-    /// `webhook_secret`: signs webhooks.
+    /// `webhook_secret` (and `webhook_secret_secondary` during a rotation): signs webhooks.
     WebhookSecret,
     /// `entra_client_secret`, or `entra_certificate` and `entra_private_key`: authenticate
     /// spkeeper to Entra ID (ENTRA.md §4).
@@ -559,7 +560,7 @@ impl Part {
             Part::TokenKeys => &["token_keys", "active_token_key"],
             Part::LinkKey => &["link_key"],
             Part::ApiKey => &["api_key", "api_key_secondary"],
-            Part::WebhookSecret => &["webhook_secret"],
+            Part::WebhookSecret => &["webhook_secret", "webhook_secret_secondary"],
             Part::EntraCredential => &[
                 "entra_client_secret",
                 "entra_certificate",
@@ -744,6 +745,9 @@ pub struct SecretDocument {
     pub api_key_secondary: Option<SecretString>,
     #[serde(default)]
     pub webhook_secret: Option<SecretString>,
+    /// A second secret every webhook is also signed with, while receivers move to it.
+    #[serde(default)]
+    pub webhook_secret_secondary: Option<SecretString>,
     /// Key id → base64 of 32 random bytes.
     #[serde(default)]
     pub token_keys: BTreeMap<String, SecretString>,
@@ -791,6 +795,10 @@ impl SecretDocument {
         self.api_key = pick(self.api_key, "SPKEEPER_API_KEY");
         self.api_key_secondary = pick(self.api_key_secondary, "SPKEEPER_API_KEY_SECONDARY");
         self.webhook_secret = pick(self.webhook_secret, "SPKEEPER_WEBHOOK_SECRET");
+        self.webhook_secret_secondary = pick(
+            self.webhook_secret_secondary,
+            "SPKEEPER_WEBHOOK_SECRET_SECONDARY",
+        );
         self.entra_client_secret = pick(self.entra_client_secret, "SPKEEPER_ENTRA_CLIENT_SECRET");
         self.entra_certificate = pick(self.entra_certificate, "SPKEEPER_ENTRA_CERTIFICATE");
         self.entra_private_key = pick(self.entra_private_key, "SPKEEPER_ENTRA_PRIVATE_KEY");
@@ -811,6 +819,10 @@ impl SecretDocument {
             ("api_key", filled(&self.api_key)),
             ("api_key_secondary", filled(&self.api_key_secondary)),
             ("webhook_secret", filled(&self.webhook_secret)),
+            (
+                "webhook_secret_secondary",
+                filled(&self.webhook_secret_secondary),
+            ),
             ("entra_client_secret", filled(&self.entra_client_secret)),
             ("entra_certificate", filled(&self.entra_certificate)),
             ("entra_private_key", filled(&self.entra_private_key)),
@@ -855,6 +867,10 @@ impl SecretDocument {
             api_key: either(self.api_key, other.api_key),
             api_key_secondary: either(self.api_key_secondary, other.api_key_secondary),
             webhook_secret: either(self.webhook_secret, other.webhook_secret),
+            webhook_secret_secondary: either(
+                self.webhook_secret_secondary,
+                other.webhook_secret_secondary,
+            ),
             token_keys: if self.token_keys.is_empty() {
                 other.token_keys
             } else {
@@ -884,6 +900,7 @@ pub struct Secrets {
     pub api_key: Option<SecretString>,
     pub api_key_secondary: Option<SecretString>,
     pub webhook_secret: Option<SecretString>,
+    pub webhook_secret_secondary: Option<SecretString>,
     pub key_ring: KeyRing,
     pub links: LinkSigner,
     /// How spkeeper proves itself to Entra ID, when Entra is configured and this program uses it.
@@ -1051,14 +1068,25 @@ impl Secrets {
             needs.get(Part::WebhookSecret),
             doc.webhook_secret,
         )?;
-        if let Some(ws) = &webhook_secret {
+        let webhook_secret_secondary = match needs.get(Part::WebhookSecret) {
+            Need::No => None,
+            _ => nonempty(doc.webhook_secret_secondary),
+        };
+        for (ws, var) in [
+            (&webhook_secret, Part::WebhookSecret.var()),
+            (
+                &webhook_secret_secondary,
+                "SPKEEPER_WEBHOOK_SECRET_SECONDARY",
+            ),
+        ] {
+            let Some(ws) = ws else { continue };
             let raw = ws.expose_secret().trim();
-            let key = raw.strip_prefix("whsec_").ok_or_else(|| {
-                ConfigError::new(Part::WebhookSecret.var(), "must start with whsec_")
-            })?;
+            let key = raw
+                .strip_prefix("whsec_")
+                .ok_or_else(|| ConfigError::new(var, "must start with whsec_"))?;
             if STANDARD.decode(key).map(|k| k.len()).unwrap_or(0) < 16 {
                 return Err(ConfigError::new(
-                    Part::WebhookSecret.var(),
+                    var,
                     "must be whsec_ followed by base64 of at least 16 bytes",
                 ));
             }
@@ -1113,10 +1141,20 @@ impl Secrets {
             api_key,
             api_key_secondary,
             webhook_secret,
+            webhook_secret_secondary,
             key_ring,
             links,
             entra,
         })
+    }
+
+    /// The secrets each webhook is signed with: the secret, and the second one during a
+    /// rotation (Standard Webhooks: one signature per secret, space-separated).
+    pub fn webhook_secrets(&self) -> Vec<&SecretString> {
+        self.webhook_secret
+            .iter()
+            .chain(self.webhook_secret_secondary.as_ref())
+            .collect()
     }
 
     /// The API keys accepted now: the key, and the previous one during a rotation.

@@ -97,10 +97,12 @@ pub async fn run(addr: SocketAddr, dev: bool, sweep_interval: u64) -> Result<(),
         Arc::clone(&ctx),
         Duration::from_secs(sweep_interval),
     ));
-    match (&ctx.settings.webhook_url, &ctx.secrets.get().webhook_secret) {
-        (Some(url), Some(secret)) => {
-            let sender = WebhookSender::new(ctx.http.clone(), url.clone(), secret)
-                .map_err(|e| Failure::Usage(format!("SPKEEPER_WEBHOOK_SECRET: {e}")))?;
+    let secrets = ctx.secrets.get();
+    match (&ctx.settings.webhook_url, &secrets.webhook_secret) {
+        (Some(url), Some(_)) => {
+            let sender =
+                WebhookSender::new(ctx.http.clone(), url.clone(), &secrets.webhook_secrets())
+                    .map_err(|e| Failure::Usage(format!("SPKEEPER_WEBHOOK_SECRET: {e}")))?;
             match &loaded.backend {
                 Backend::Sqlite(store) => {
                     tokio::spawn(delivery_loop(Deliverer::new(store.clone(), sender)));

@@ -200,10 +200,13 @@ pub fn webhook_sender(
     let url = settings.webhook_url.clone().ok_or_else(|| {
         ConfigError::new("SPKEEPER_WEBHOOK_URL", "is required to deliver notices")
     })?;
-    let secret = secrets.webhook_secret.as_ref().ok_or_else(|| {
-        ConfigError::new("SPKEEPER_WEBHOOK_SECRET", "is required to deliver notices")
-    })?;
-    WebhookSender::new(http, url, secret)
+    if secrets.webhook_secret.is_none() {
+        return Err(ConfigError::new(
+            "SPKEEPER_WEBHOOK_SECRET",
+            "is required to deliver notices",
+        ));
+    }
+    WebhookSender::new(http, url, &secrets.webhook_secrets())
         .map_err(|e| ConfigError::new("SPKEEPER_WEBHOOK_SECRET", e.to_string()))
 }
 
