@@ -1,6 +1,7 @@
 //! The Secrets Manager secrets (`SPKEEPER_SECRETS_ARN`: one ARN, or several separated by
-//! commas), read once at start and merged into one document. Each secret holds some of the
-//! fields (README, "Deploy to AWS"), so a function is given, and its role may read, only the
+//! commas), read at start (and again as they age: `crate::secrets_cell`) and merged into one
+//! document. Each secret holds some of the fields (README, "Deploy to AWS"), so a function is
+//! given, and its role may read, only the
 //! secrets whose parts it uses. A field in two of them is a configuration error. If one cannot
 //! be read the program does not start: it fails closed, with a line that says which and why.
 
