@@ -1012,6 +1012,12 @@ async fn notices_lists_the_dead_letter_queue_on_dynamodb_and_leaves_it_there() {
     assert_eq!(moto::drain(&sdk, &dead_letters).await.len(), 2);
     assert!(moto::drain(&sdk, &queue).await.is_empty());
 
+    // Not a queue URL: bad usage, named.
+    for not_a_url in ["", "not a url", "ftp://queue"] {
+        let (code, _, err) = run(&bin(), &["notices", "--dead-letter-queue", not_a_url], &env);
+        assert_eq!(code, 2, "{not_a_url:?}: {err}");
+        assert!(err.contains("--dead-letter-queue"), "{err}");
+    }
     let (code, _, err) = run(
         &bin(),
         &["notices", "--dead-letter-queue", &dead_letters],

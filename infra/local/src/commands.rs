@@ -217,6 +217,11 @@ pub async fn notices(
         }
         // What SQS gave up on: read, not deleted (hidden while the list is read, then shown again).
         (Backend::Aws(aws), Some(url)) => {
+            if !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "https" | "http")) {
+                return Err(Failure::Usage(
+                    "--dead-letter-queue must be the queue's URL (the stack's NoticeDeadLetterQueueUrl)".into(),
+                ));
+            }
             let dlq = spkeeper::aws::sqs::SqsQueue::new(aws.queue.client().clone(), url);
             dlq.peek(DEAD_LETTERS_SHOWN, 30)
                 .await
