@@ -398,14 +398,7 @@ async fn the_sweep_only_queries_the_index_and_never_scans() {
         .await
         .unwrap();
     assert_eq!(s.notices["refresh_token.expiring"], 3);
-    let seen: BTreeMap<String, usize> =
-        ops.lock()
-            .unwrap()
-            .iter()
-            .fold(BTreeMap::new(), |mut m, op| {
-                *m.entry(op.clone()).or_default() += 1;
-                m
-            });
+    let seen = counted(&ops);
     assert!(!seen.contains_key("Scan"), "{seen:?}");
     assert!(
         seen.contains_key("Query") && seen.contains_key("UpdateItem"),
@@ -543,16 +536,9 @@ async fn a_launch_a_relaunch_and_a_cached_token_send_these_dynamodb_requests() {
         ..Options::default()
     })
     .await;
-    let count = |ops: &Arc<Mutex<Vec<String>>>| -> BTreeMap<String, usize> {
-        let mut m = BTreeMap::new();
-        for op in ops.lock().unwrap().drain(..) {
-            *m.entry(op).or_default() += 1;
-        }
-        m
-    };
     ops.lock().unwrap().clear();
     assert_eq!(h.launch(&h.token("megan")).await.status().as_u16(), 303);
-    let first = count(&ops);
+    let first = counted(&ops);
     let mut spec = h.spec("megan");
     spec.nbf = h.now() + Duration::seconds(60);
     spec.refresh_token = "relaunched".into();
@@ -561,12 +547,12 @@ async fn a_launch_a_relaunch_and_a_cached_token_send_these_dynamodb_requests() {
         &secrecy::SecretString::from(SECRET.to_string()),
     );
     assert_eq!(h.launch(&relaunch).await.status().as_u16(), 303);
-    let again = count(&ops);
+    let again = counted(&ops);
     let id = h.ctx.grants.list().await.unwrap()[0].id.clone();
-    count(&ops);
+    counted(&ops);
     let body = serde_json::json!({"grant_id": id.as_str()});
     assert_eq!(h.token_request(body).await.status().as_u16(), 200);
-    let cached = count(&ops);
+    let cached = counted(&ops);
     println!("first launch: {first:?}\nrelaunch: {again:?}\ncached /token: {cached:?}");
     let total = |m: &BTreeMap<String, usize>| m.values().sum::<usize>();
     // Measured 2026-11-26: 12 (4 GetItem, 3 PutItem, 2 TransactGetItems, 1 each of
@@ -575,4 +561,13 @@ async fn a_launch_a_relaunch_and_a_cached_token_send_these_dynamodb_requests() {
     assert!(total(&again) <= 5, "{again:?}");
     assert!(total(&cached) <= 2, "{cached:?}");
     assert!(!first.contains_key("Scan") && !again.contains_key("Scan"));
+}
+
+/// The operations recorded since the last call, counted by name (and forgotten).
+fn counted(ops: &Arc<Mutex<Vec<String>>>) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for op in ops.lock().unwrap().drain(..) {
+        *m.entry(op).or_default() += 1;
+    }
+    m
 }
