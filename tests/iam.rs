@@ -169,17 +169,49 @@ pub fn resources(s: &Value) -> Vec<Value> {
 
 /// What a resource value names: `Table`, `Table/index/{name}`, a `!GetAtt`/`!Ref` target,
 /// or the plain string.
+///
+/// The table is the stack's own (`Table`) or the one `ExistingTableName` names: a resource is
+/// written `!If [CreateTable, <the stack's>, <the named one's>]`, and both branches must name
+/// the same thing (else the two are joined with " | ", which no call names). Other `!If`s
+/// (a resource only some deployments have) name nothing.
 pub fn resource_name(r: &Value) -> String {
     match r {
         Value::Tagged(t) if t.tag == "Sub" => {
             let s = t.value.as_str().unwrap_or("");
             s.strip_prefix("${Table.Arn}")
+                .or_else(|| s.strip_prefix(EXISTING_TABLE_ARN))
                 .map(|rest| format!("Table{rest}"))
                 .unwrap_or_else(|| s.to_string())
+        }
+        Value::Tagged(t)
+            if t.tag == "If"
+                && t.value
+                    .as_sequence()
+                    .and_then(|a| a.first())
+                    .and_then(Value::as_str)
+                    == Some("CreateTable") =>
+        {
+            let branch = |i: usize| {
+                t.value
+                    .as_sequence()
+                    .and_then(|a| a.get(i))
+                    .map(resource_name)
+                    .unwrap_or_default()
+            };
+            let (created, existing) = (branch(1), branch(2));
+            if created == existing {
+                created
+            } else {
+                format!("{created} | {existing}")
+            }
         }
         other => target(other).unwrap_or_default(),
     }
 }
+
+/// The table's ARN when the stack is pointed at an existing table, as the template writes it.
+pub const EXISTING_TABLE_ARN: &str =
+    "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table/${ExistingTableName}";
 
 /// The partition-key patterns a statement is limited to, if it is
 /// (`ForAllValues:StringLike` on `dynamodb:LeadingKeys`).

@@ -275,6 +275,19 @@ fn check(t: &Value) -> Vec<String> {
         }
     }
     v.extend(check_limits(t));
+    // Each table statement names the same table or index whichever table the stack uses.
+    for (role, _) in of_type(t, "AWS::IAM::Role") {
+        for s in iam::statements(t, &role) {
+            for r in iam::resources(&s) {
+                let n = iam::resource_name(&r);
+                if n.contains(" | ") {
+                    v.push(format!(
+                        "{role}: a table statement names {n} (own table | ExistingTableName)"
+                    ));
+                }
+            }
+        }
+    }
     // The rules over every combination of kinds: check_rules (its own tests; it takes a while).
     for d in deployments() {
         v.extend(
@@ -472,7 +485,155 @@ fn deployments() -> Vec<Deployment> {
             name: "Entra without keep-alive",
             given: with(&[entra(), vec![("EntraKeepAliveDays", "0".into())]]),
         },
+        Deployment {
+            name: "ACS and Entra in a VPC",
+            given: with(&[
+                acs(),
+                entra(),
+                vec![
+                    ("VpcSubnetIds", SUBNETS.into()),
+                    ("VpcSecurityGroupIds", SECURITY_GROUPS.into()),
+                ],
+            ]),
+        },
+        Deployment {
+            name: "ACS and Entra on a restored table",
+            given: with(&[
+                acs(),
+                entra(),
+                vec![("ExistingTableName", RESTORED_TABLE.into())],
+            ]),
+        },
     ]
+}
+
+/// An operator's subnets and security group (VPC parameters).
+const SUBNETS: &str = "subnet-0a1b2c3d,subnet-4e5f6a7b";
+const SECURITY_GROUPS: &str = "sg-0123abcd";
+
+/// The functions that call SharePoint (realm discovery, the user lookup) or the webhook, and
+/// so run in the operator's subnets when VpcSubnetIds is set.
+fn reaches_on_premises(program: Program) -> bool {
+    matches!(
+        program,
+        Program::Launch | Program::Exchange | Program::Notify
+    )
+}
+
+/// The Lambda network-interface actions a function in a VPC needs from its role.
+const ENI_ACTIONS: [&str; 6] = [
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeSubnets",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+];
+
+/// With VpcSubnetIds, exactly the functions that call SharePoint or the webhook run in the
+/// given subnets with the given security groups, and exactly their roles may manage network
+/// interfaces; without it, no function is in a VPC and no role has EC2 actions.
+fn check_vpc(resolved: &Value, params: &BTreeMap<String, String>) -> Vec<String> {
+    let mut v = Vec::new();
+    let in_vpc = params.get("VpcSubnetIds").is_some_and(|s| !s.is_empty());
+    for (name, f) in of_type(resolved, "AWS::Serverless::Function") {
+        let Some(program) = program_of(f) else {
+            continue;
+        };
+        let want = in_vpc && reaches_on_premises(program);
+        let config = &f["Properties"]["VpcConfig"];
+        if want {
+            let subnets = iam::refs(&config["SubnetIds"]);
+            let groups = iam::refs(&config["SecurityGroupIds"]);
+            if !subnets.contains("VpcSubnetIds") || !groups.contains("VpcSecurityGroupIds") {
+                v.push(format!(
+                    "{name}: not in the VPC the parameters give (VpcConfig {config:?})"
+                ));
+            }
+        } else if !config.is_null() {
+            v.push(format!("{name}: in a VPC it has no need of"));
+        }
+        let Some(role) = iam::role_of(resolved, &name) else {
+            continue;
+        };
+        let actions: BTreeSet<String> = iam::statements(resolved, &role)
+            .iter()
+            .flat_map(iam::actions)
+            .filter(|a| a.starts_with("ec2:"))
+            .collect();
+        let needed: BTreeSet<String> = if want {
+            ENI_ACTIONS.iter().map(|a| a.to_string()).collect()
+        } else {
+            BTreeSet::new()
+        };
+        if actions != needed {
+            v.push(format!(
+                "{role}: EC2 actions {actions:?}, where the VPC setting needs {needed:?}"
+            ));
+        }
+    }
+    v
+}
+
+/// The table a point-in-time restore made, in the deployment pointed at it.
+const RESTORED_TABLE: &str = "spkeeper-restored-2026-11-26";
+
+/// The table the functions use is the stack's own, or the one `ExistingTableName` names (a
+/// restore): every function's `SPKEEPER_TABLE`, every table statement of every role and the
+/// `TableName` output name that one, and the stack creates no table beside a named one.
+fn check_table_choice(resolved: &Value, params: &BTreeMap<String, String>) -> Vec<String> {
+    let mut v = Vec::new();
+    let created = !of_type(resolved, "AWS::DynamoDB::Table").is_empty();
+    let (name, arn) = match params.get("ExistingTableName").filter(|n| !n.is_empty()) {
+        Some(n) => {
+            if created {
+                v.push(format!("creates a table beside {n}"));
+            }
+            (
+                n.clone(),
+                format!("arn:aws:dynamodb:us-east-1:123456789012:table/{n}"),
+            )
+        }
+        None => {
+            if !created {
+                v.push("creates no table and names none".into());
+            }
+            (resource_value("Table"), resource_value("Table.Arn"))
+        }
+    };
+    for (f, _) in of_type(resolved, "AWS::Serverless::Function") {
+        let env = iam::function_env(resolved, &f, params, &resource_value);
+        if env.get("SPKEEPER_TABLE") != Some(&name) {
+            v.push(format!(
+                "{f}: SPKEEPER_TABLE is {:?}, not {name}",
+                env.get("SPKEEPER_TABLE")
+            ));
+        }
+    }
+    for (role, _) in of_type(resolved, "AWS::IAM::Role") {
+        for s in iam::statements(resolved, &role) {
+            if !iam::actions(&s).iter().any(|a| a.starts_with("dynamodb:")) {
+                continue;
+            }
+            for r in iam::resources(&s) {
+                match iam::evaluate(&r, params, &resource_value) {
+                    Some(a) if a == arn || a.starts_with(&format!("{arn}/index/")) => {}
+                    other => v.push(format!(
+                        "{role}: a table statement names {other:?}, not {arn}"
+                    )),
+                }
+            }
+        }
+    }
+    let output = iam::evaluate(
+        &resolved["Outputs"]["TableName"]["Value"],
+        params,
+        &resource_value,
+    );
+    if output.as_ref() != Some(&name) {
+        v.push(format!("output TableName is {output:?}, not {name}"));
+    }
+    v
 }
 
 /// What a function resource's `!Ref`/`!GetAtt` stands for in the tests: a recognisable name.
@@ -534,6 +695,8 @@ fn check_deployment(t: &Value, given: &[(&str, &str)]) -> Vec<String> {
         Ok(r) => r,
         Err(e) => return vec![format!("the template cannot be resolved: {e}")],
     };
+    v.extend(check_table_choice(&resolved, &params));
+    v.extend(check_vpc(&resolved, &params));
     let functions = function_settings(&resolved, &params);
     let mut kinds = None;
     for (name, program, settings, env) in &functions {
@@ -1553,6 +1716,115 @@ fn a_table_that_differs_from_the_adapter_is_reported() {
                 Value::from("expires")
         },
         "TTL",
+    );
+}
+
+#[test]
+fn a_stack_pointed_at_a_restored_table_that_still_uses_its_own_is_reported() {
+    // A function left on the stack's own table.
+    broken(
+        |t| {
+            t["Globals"]["Function"]["Environment"]["Variables"]["SPKEEPER_TABLE"] =
+                yaml("!Ref Table")
+        },
+        "SPKEEPER_TABLE",
+    );
+    // A statement that names only the stack's own table.
+    broken(
+        |t| statement(t, "LaunchRole", "ReadItems")["Resource"] = yaml("!GetAtt Table.Arn"),
+        "a table statement names",
+    );
+    // A statement whose two branches name different indexes.
+    broken(
+        |t| {
+            statement(t, "LaunchRole", "FindEntraUsers")["Resource"] = yaml(&format!(
+                "!If [CreateTable, !Sub \"${{Table.Arn}}/index/by_entra_user\", !Sub \"{}/index/by_email\"]",
+                iam::EXISTING_TABLE_ARN
+            ))
+        },
+        "a table statement names",
+    );
+    // A table created beside the named one.
+    broken(
+        |t| {
+            res(t, "Table")
+                .as_mapping_mut()
+                .expect("a resource")
+                .remove("Condition");
+        },
+        "creates a table beside",
+    );
+    // The output naming the stack's own table.
+    broken(
+        |t| t["Outputs"]["TableName"]["Value"] = yaml("!Ref Table"),
+        "output TableName",
+    );
+}
+
+#[test]
+fn a_vpc_setting_that_misses_a_function_or_its_role_is_reported() {
+    // notify outside the VPC: an internal webhook receiver is out of reach.
+    broken(
+        |t| {
+            res(t, "NotifyFunction")["Properties"]
+                .as_mapping_mut()
+                .expect("properties")
+                .remove("VpcConfig");
+        },
+        "NotifyFunction: not in the VPC",
+    );
+    // The sweep in a VPC it has no need of (it calls neither SharePoint nor the webhook).
+    broken(
+        |t| {
+            let config = res(t, "LaunchFunction")["Properties"]["VpcConfig"].clone();
+            res(t, "SweepFunction")["Properties"]["VpcConfig"] = config;
+        },
+        "SweepFunction: in a VPC it has no need of",
+    );
+    // A role without the network-interface actions (Lambda cannot attach the function).
+    broken(
+        |t| {
+            let list =
+                res(t, "ExchangeRole")["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+                    .as_sequence_mut()
+                    .expect("statements");
+            list.retain(|s| !format!("{s:?}").contains("VpcNetworkInterfaces"));
+        },
+        "ExchangeRole: EC2 actions",
+    );
+    // The network-interface actions whether or not the stack is in a VPC.
+    broken(
+        |t| unconditional(t, "NotifyRole", "VpcNetworkInterfaces"),
+        "NotifyRole: EC2 actions",
+    );
+}
+
+#[test]
+fn the_rules_refuse_subnets_without_security_groups_and_the_reverse() {
+    let t = template();
+    let refused = |vpc: &[(&str, &str)]| {
+        let mut all: Vec<(&str, String)> = base();
+        all.extend(acs());
+        all.extend(vpc.iter().map(|(k, v)| (*k, v.to_string())));
+        let all: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        iam::refused_by_rules(&t, &iam::parameter_values(&t, &all)).unwrap()
+    };
+    let vpc_rule = |r: &Vec<String>| {
+        r.iter()
+            .any(|x| x.starts_with("VpcNeedsSubnetsAndSecurityGroups"))
+    };
+    assert!(vpc_rule(&refused(&[("VpcSubnetIds", SUBNETS)])));
+    assert!(vpc_rule(&refused(&[(
+        "VpcSecurityGroupIds",
+        SECURITY_GROUPS
+    )])));
+    assert!(refused(&[]).is_empty());
+    assert!(
+        refused(&[
+            ("VpcSubnetIds", SUBNETS),
+            ("VpcSecurityGroupIds", SECURITY_GROUPS)
+        ])
+        .is_empty()
     );
 }
 
