@@ -352,13 +352,19 @@ impl AwsFixture {
             .iter()
             .filter_map(|f| self.secret.get(*f).map(|v| (f.to_string(), v.clone())))
             .collect();
+        self.put_part(Part::TokenKeys, Value::Object(part)).await;
+    }
+
+    /// Replaces one part's secret in Secrets Manager with `value` (`put-secret-value`, as an
+    /// operator rotating it does); the running functions are not told.
+    pub async fn put_part(&self, part: Part, value: Value) {
         spkeeper::aws::SecretsClient::new(&self.sdk)
             .put_secret_value()
-            .secret_id(&self.secret_arns[&Part::TokenKeys])
-            .secret_string(Value::Object(part).to_string())
+            .secret_id(&self.secret_arns[&part])
+            .secret_string(value.to_string())
             .send()
             .await
-            .unwrap_or_else(|e| panic!("rotating the token keys in moto: {e}"));
+            .unwrap_or_else(|e| panic!("putting {part:?}'s secret in moto: {e}"));
     }
 
     /// The same context a function builds, for seeding and inspecting.
@@ -469,6 +475,8 @@ struct EntraState {
     current: u32,
     refreshes: u32,
     authority: String,
+    /// The client secrets the app registration holds now.
+    secrets: Vec<String>,
 }
 
 async fn entra_token(State(st): State<Arc<Mutex<EntraState>>>, body: Bytes) -> Response {
@@ -480,12 +488,14 @@ async fn entra_token(State(st): State<Arc<Mutex<EntraState>>>, body: Bytes) -> R
         )
             .into_response()
     };
+    let mut st = st.lock().unwrap();
     if f.get("client_id").map(String::as_str) != Some(ENTRA_CLIENT_ID)
-        || f.get("client_secret").map(String::as_str) != Some(ENTRA_SECRET)
+        || !f
+            .get("client_secret")
+            .is_some_and(|s| st.secrets.contains(s))
     {
         return bad(7000215, "invalid_client");
     }
-    let mut st = st.lock().unwrap();
     let now = chrono::Utc::now().timestamp();
     let mut answer = json!({"token_type": "Bearer", "expires_in": 3599, "scope": f.get("scope").cloned().unwrap_or_default()});
     match f.get("grant_type").map(String::as_str) {
@@ -528,6 +538,7 @@ impl EntraStub {
             current: 0,
             refreshes: 0,
             authority: String::new(),
+            secrets: vec![ENTRA_SECRET.to_string()],
         }));
         let jwks_state = Arc::clone(&state);
         let app = Router::new()
@@ -579,6 +590,12 @@ impl EntraStub {
 
     pub fn refreshes(&self) -> u32 {
         self.state.lock().unwrap().refreshes
+    }
+
+    /// The client secrets the app registration holds from now on (a rotation adds the new
+    /// one, then removes the old one).
+    pub fn accept_secrets(&self, secrets: &[&str]) {
+        self.state.lock().unwrap().secrets = secrets.iter().map(|s| s.to_string()).collect();
     }
 
     /// Stores an Entra grant for this stand-in's site as a sign-in `idle_days` ago would have,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use chrono::{Duration, Utc};
 use serde_json::{Value, json};
 
+use spkeeper::config::Part;
 use spkeeper::core::grant::{GrantId, refresh_token_expiry};
 use spkeeper_e2e::Proc;
 use spkeeper_e2e::lambda::*;
@@ -221,6 +222,52 @@ async fn exchange_function_redeems_entra_grants_per_scope_and_stores_each_rotati
             format!("entra-rt-{n}")
         );
     }
+    assert_eq!(entra.refreshes(), 2);
+}
+
+/// The README's Entra credential rotation on a running instance, without a redeploy: the new
+/// secret is registered beside the old one, put in Secrets Manager, and the old one removed
+/// from the registration; the instance (reading its secrets every second here) redeems with
+/// the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_exchange_instance_redeems_with_a_rotated_entra_secret_without_a_redeploy() {
+    const NEW: &str = "entra-secret-rotated-2027";
+    let entra = EntraStub::start().await;
+    let fx = AwsFixture::with_entra(
+        &entra,
+        &[
+            ("SPKEEPER_TOKEN_AUTH", "iam"),
+            ("SPKEEPER_SECRETS_REFRESH_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let id = entra.seed_grant(&fx.context(), 0).await;
+    let rt = RuntimeApi::start().await;
+    let logs = tempfile::tempdir().unwrap();
+    let _proc = Proc::spawn(
+        &bin(),
+        &[],
+        &fx.env_for(&rt, "exchange"),
+        logs.path(),
+        "exchange",
+    );
+    // Each scope is a redemption of its own (nothing cached for it yet).
+    let token = async |scope: &str| {
+        let mut e = fixture("apigw-http-token-entra.json");
+        e["body"] = Value::String(json!({"grant_id": id.as_str(), "scope": scope}).to_string());
+        rt.invoke(e).await.1.response()
+    };
+    let r = token("https://graph.microsoft.com/.default").await;
+    assert_eq!(r["statusCode"], 200, "{r}");
+
+    entra.accept_secrets(&[ENTRA_SECRET, NEW]);
+    fx.put_part(Part::EntraCredential, json!({"entra_client_secret": NEW}))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    entra.accept_secrets(&[NEW]);
+
+    let r = token("https://graph.microsoft.com/User.Read").await;
+    assert_eq!(r["statusCode"], 200, "{r}");
     assert_eq!(entra.refreshes(), 2);
 }
 

@@ -59,6 +59,70 @@ async fn notify_function_delivers_signed_webhooks_and_reports_only_failed_messag
     assert_eq!(response, json!({"batchItemFailures": []}));
 }
 
+/// The README's webhook secret rotation, step by step, on one running instance and without a
+/// recycle: it reads its secret again as it ages (`SPKEEPER_SECRETS_REFRESH_SECONDS`, one
+/// second here), signs with both secrets while the receivers move, then with the new one only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_notify_instance_follows_a_webhook_secret_rotation_without_a_recycle() {
+    const NEW: &str = "whsec_cm90YXRlZC13ZWJob29rLXNlY3JldC01Njc4OQ==";
+    let receiver = Receiver::start(WEBHOOK_SECRET).await;
+    let fx = AwsFixture::new(&[
+        ("SPKEEPER_WEBHOOK_URL", &receiver.url()),
+        ("SPKEEPER_SECRETS_REFRESH_SECONDS", "1"),
+    ])
+    .await;
+    let rt = RuntimeApi::start().await;
+    let logs = tempfile::tempdir().unwrap();
+    let _proc = Proc::spawn(
+        &bin(),
+        &[],
+        &fx.env_for(&rt, "notify"),
+        logs.path(),
+        "notify",
+    );
+    let deliver_one = async || {
+        let mut one = fixture("sqs-notices.json");
+        one["Records"].as_array_mut().unwrap().truncate(1);
+        let before = receiver.received().len();
+        let response = match rt.invoke(one).await.1 {
+            Outcome::Response(v) => v,
+            Outcome::Error(e) => panic!("{e}"),
+        };
+        let got = receiver.wait_for(before + 1, Duration::from_secs(10)).await;
+        (response, got[before].clone())
+    };
+
+    let (response, got) = deliver_one().await;
+    assert_eq!(response, json!({"batchItemFailures": []}));
+    assert!(got.verifies_with(WEBHOOK_SECRET) && !got.verifies_with(NEW));
+
+    // 1. The new secret as webhook_secret_secondary: every notice signed with both.
+    fx.put_part(
+        Part::WebhookSecret,
+        json!({"webhook_secret": WEBHOOK_SECRET, "webhook_secret_secondary": NEW}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (response, got) = deliver_one().await;
+    assert_eq!(response, json!({"batchItemFailures": []}));
+    assert!(
+        got.verifies_with(WEBHOOK_SECRET) && got.verifies_with(NEW),
+        "a receiver with either secret verifies it"
+    );
+
+    // 2. The receivers moved: the new secret alone. The old receiver now refuses.
+    fx.put_part(Part::WebhookSecret, json!({"webhook_secret": NEW}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (response, got) = deliver_one().await;
+    assert!(got.verifies_with(NEW) && !got.verifies_with(WEBHOOK_SECRET));
+    assert_eq!(
+        response["batchItemFailures"].as_array().map(Vec::len),
+        Some(1),
+        "{response}"
+    );
+}
+
 /// notify with `SPKEEPER_SECRETS_ARN` = `arns`: it must exit at init; what it printed.
 async fn refused_start(fx: &mut AwsFixture, arns: Vec<String>) -> String {
     fx.env.insert("SPKEEPER_SECRETS_ARN".into(), arns.join(","));

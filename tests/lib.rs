@@ -146,6 +146,18 @@ pub struct Received {
     pub id: String,
     pub signature_valid: bool,
     pub notice: Value,
+    body: Bytes,
+    headers: HeaderMap,
+}
+
+impl Received {
+    /// Does a receiver holding `secret` verify this webhook (Standard Webhooks: one of its
+    /// signatures is by that secret)?
+    pub fn verifies_with(&self, secret: &str) -> bool {
+        standardwebhooks::Webhook::new(secret)
+            .map(|wh| wh.verify(&self.body, &self.headers).is_ok())
+            .unwrap_or(false)
+    }
 }
 
 /// A webhook receiver that verifies each Standard Webhooks signature with the shared secret
@@ -196,6 +208,8 @@ async fn receive(
         id,
         signature_valid: valid,
         notice: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        body,
+        headers,
     });
     if valid {
         StatusCode::NO_CONTENT

@@ -52,6 +52,7 @@ pub const VARIABLES: &[&str] = &[
     "SPKEEPER_TABLE",
     "SPKEEPER_QUEUE_URL",
     "SPKEEPER_SECRETS_ARN",
+    "SPKEEPER_SECRETS_REFRESH_SECONDS",
 ];
 
 /// A configuration problem: which variable, and what is wrong with it (never its value).
@@ -531,7 +532,8 @@ pub enum Part {
     ClientSecret,
     /// `token_keys` and `active_token_key`: seal and open refresh and access tokens.
     TokenKeys,
-    /// `link_key`: signs renew links and session cookies.
+    /// `link_key` (and `link_key_secondary` during a rotation): signs renew links and session
+    /// cookies.
     LinkKey,
     /// `api_key` (and `api_key_secondary` during a rotation): the bearer key of the app-backend
     /// routes when API Gateway's IAM auth is not used.
@@ -558,7 +560,7 @@ impl Part {
         match self {
             Part::ClientSecret => &["client_secret", "client_secret_secondary"],
             Part::TokenKeys => &["token_keys", "active_token_key"],
-            Part::LinkKey => &["link_key"],
+            Part::LinkKey => &["link_key", "link_key_secondary"],
             Part::ApiKey => &["api_key", "api_key_secondary"],
             Part::WebhookSecret => &["webhook_secret", "webhook_secret_secondary"],
             Part::EntraCredential => &[
@@ -756,6 +758,10 @@ pub struct SecretDocument {
     /// base64 of at least 32 random bytes.
     #[serde(default)]
     pub link_key: Option<SecretString>,
+    /// The previous link key: what it signed (renew links already sent, sessions) still
+    /// verifies while the new one signs.
+    #[serde(default)]
+    pub link_key_secondary: Option<SecretString>,
     #[serde(default)]
     pub entra_client_secret: Option<SecretString>,
     /// PEM.
@@ -816,6 +822,7 @@ impl SecretDocument {
             ("token_keys", !self.token_keys.is_empty()),
             ("active_token_key", !self.active_token_key.trim().is_empty()),
             ("link_key", filled(&self.link_key)),
+            ("link_key_secondary", filled(&self.link_key_secondary)),
             ("api_key", filled(&self.api_key)),
             ("api_key_secondary", filled(&self.api_key_secondary)),
             ("webhook_secret", filled(&self.webhook_secret)),
@@ -882,6 +889,7 @@ impl SecretDocument {
                 self.active_token_key
             },
             link_key: either(self.link_key, other.link_key),
+            link_key_secondary: either(self.link_key_secondary, other.link_key_secondary),
             entra_client_secret: either(self.entra_client_secret, other.entra_client_secret),
             entra_certificate: either(self.entra_certificate, other.entra_certificate),
             entra_private_key: either(self.entra_private_key, other.entra_private_key),
@@ -1105,8 +1113,17 @@ impl Secrets {
             }
         };
 
+        let link_key_secondary = match needs.get(Part::LinkKey) {
+            Need::No => None,
+            _ => nonempty(doc.link_key_secondary)
+                .map(|k| decode_key("link_key_secondary", &k, 32))
+                .transpose()?,
+        };
         let links = match take(Part::LinkKey, needs.get(Part::LinkKey), doc.link_key)? {
-            Some(k) => LinkSigner::new(&decode_key("link_key", &k, 32)?),
+            Some(k) => LinkSigner::with_previous(
+                &decode_key("link_key", &k, 32)?,
+                link_key_secondary.as_deref(),
+            ),
             None => {
                 // Made up here, never kept: nothing signed with it verifies anywhere.
                 let mut k = [0u8; 32];
@@ -1181,6 +1198,9 @@ pub struct KeyFile {
     pub token_keys: BTreeMap<String, String>,
     pub active_token_key: String,
     pub link_key: String,
+    /// The previous link key during a rotation (docs/production-serve.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_key_secondary: Option<String>,
 }
 
 impl KeyFile {
@@ -1195,6 +1215,7 @@ impl KeyFile {
             token_keys: BTreeMap::from([(id.clone(), STANDARD.encode(token_key))]),
             active_token_key: id,
             link_key: STANDARD.encode(link_key),
+            link_key_secondary: None,
         })
     }
 
@@ -1207,6 +1228,7 @@ impl KeyFile {
                 .collect(),
             active_token_key: self.active_token_key,
             link_key: Some(SecretString::from(self.link_key)),
+            link_key_secondary: self.link_key_secondary.map(SecretString::from),
             ..SecretDocument::default()
         }
     }
@@ -1642,6 +1664,39 @@ mod tests {
         assert!(sweep.webhook_secret.is_none() && sweep.api_key.is_none());
         assert!(sweep.key_ring.open(&sealed, &place).is_err());
         assert_eq!(sweep.links.verify_session(&session, now).unwrap(), grant);
+    }
+
+    #[test]
+    fn link_key_secondary_verifies_what_the_previous_key_signed_and_a_bad_one_is_named() {
+        let now = Utc::now();
+        let grant = crate::core::grant::GrantId::derive("realm", "key");
+        let before = part_doc(Part::LinkKey);
+        let previous = before.link_key.clone().unwrap();
+        let signed_before = Secrets::for_needs(before, Needs::only(&[Part::LinkKey]))
+            .unwrap()
+            .links
+            .session_value(&grant, now);
+        let rotated = SecretDocument {
+            link_key: Some(SecretString::from(STANDARD.encode([7u8; 32]))),
+            link_key_secondary: Some(previous),
+            ..SecretDocument::default()
+        };
+        let links = Secrets::for_needs(rotated, Needs::only(&[Part::LinkKey]))
+            .unwrap()
+            .links;
+        assert_eq!(links.verify_session(&signed_before, now).unwrap(), grant);
+        let signed_after = links.session_value(&grant, now);
+        assert_ne!(signed_after, signed_before, "the new key signs");
+        for bad in ["not base64!", "c2hvcnQ="] {
+            let doc = SecretDocument {
+                link_key_secondary: Some(SecretString::from(bad)),
+                ..part_doc(Part::LinkKey)
+            };
+            let Err(err) = Secrets::for_needs(doc, Needs::only(&[Part::LinkKey])) else {
+                panic!("{bad}: refused");
+            };
+            assert_eq!(err.var, "link_key_secondary", "{err}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The secrets a running program uses, and how they change while it runs. In Lambda they come
 //! from Secrets Manager and an instance lives for hours: a rotated token key (or client
-//! secret) must reach it without a redeploy. So the secrets are read again every
-//! [`REFRESH_EVERY`], and at once (at most every [`MIN_GAP`]) when a sealed value names a key
+//! secret, webhook secret, link key) must reach it without a redeploy. So the secrets are read
+//! again every [`REFRESH_EVERY`] (`SPKEEPER_SECRETS_REFRESH_SECONDS`), and at once (at most every [`MIN_GAP`]) when a sealed value names a key
 //! id this instance does not know: another instance, started after the rotation, sealed it.
 //! Locally (`spkeeper serve`) they are fixed: the key file and the environment change only with
 //! a restart.
@@ -13,8 +13,27 @@ use async_trait::async_trait;
 
 use crate::config::{ConfigError, Secrets};
 
-/// How old the secrets may get before a request reads them again.
+/// How old the secrets may get before a request reads them again, by default.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
+/// The variable that sets it otherwise (seconds).
+pub const REFRESH_VAR: &str = "SPKEEPER_SECRETS_REFRESH_SECONDS";
+
+/// The refresh period `SPKEEPER_SECRETS_REFRESH_SECONDS` gives (1 to 3600 seconds), or
+/// [`REFRESH_EVERY`] when it is unset.
+pub fn refresh_every(value: Option<&str>) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(REFRESH_EVERY),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|s| (1..=3600).contains(s))
+            .map(Duration::from_secs)
+            .ok_or_else(|| {
+                ConfigError::new(REFRESH_VAR, "must be a number of seconds from 1 to 3600")
+            }),
+    }
+}
 /// The least time between two reads, whatever asks: sealed values come only from the store,
 /// yet a batch of them under a new key must not make every request read Secrets Manager.
 pub const MIN_GAP: Duration = Duration::from_secs(1);
@@ -34,6 +53,8 @@ pub struct SecretsCell {
 
 struct Refresh {
     source: Arc<dyn SecretsSource>,
+    /// How old the secrets may get.
+    every: Duration,
     /// When they were last read (or last tried); one reader at a time.
     last: tokio::sync::Mutex<Instant>,
 }
@@ -56,12 +77,18 @@ impl SecretsCell {
         }
     }
 
-    /// Secrets read at `read_at` from `source`, read again from it as they age.
-    pub fn refreshing(secrets: Secrets, source: Arc<dyn SecretsSource>, read_at: Instant) -> Self {
+    /// Secrets read at `read_at` from `source`, read again from it once older than `every`.
+    pub fn refreshing(
+        secrets: Secrets,
+        source: Arc<dyn SecretsSource>,
+        read_at: Instant,
+        every: Duration,
+    ) -> Self {
         SecretsCell {
             current: Arc::new(RwLock::new(Arc::new(secrets))),
             refresh: Some(Arc::new(Refresh {
                 source,
+                every,
                 last: tokio::sync::Mutex::new(read_at),
             })),
         }
@@ -75,10 +102,12 @@ impl SecretsCell {
         }
     }
 
-    /// Reads the secrets again if they are older than [`REFRESH_EVERY`] (at the start of a
-    /// request or a sweep). A failed read keeps the ones in use.
+    /// Reads the secrets again if they are older than the refresh period (at the start of a
+    /// request, a sweep or a batch of notices). A failed read keeps the ones in use.
     pub async fn refresh_if_stale(&self) {
-        self.refresh_older_than(REFRESH_EVERY).await;
+        if let Some(r) = &self.refresh {
+            self.refresh_older_than(r.every).await;
+        }
     }
 
     /// A sealed value names a key id this program does not know: reads the secrets again,
@@ -157,7 +186,8 @@ mod tests {
             doc: std::sync::Mutex::new(first.clone()),
         });
         let read_at = Instant::now().checked_sub(age).unwrap();
-        let cell = SecretsCell::refreshing(secrets_of(&first), source.clone(), read_at);
+        let cell =
+            SecretsCell::refreshing(secrets_of(&first), source.clone(), read_at, REFRESH_EVERY);
         (cell, source)
     }
 
@@ -187,6 +217,20 @@ mod tests {
         assert!(cell.refresh_for_unknown_key().await);
         assert!(!cell.refresh_for_unknown_key().await);
         assert_eq!(source.reads.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn the_refresh_period_is_five_minutes_unless_set_from_one_second_to_an_hour() {
+        assert_eq!(refresh_every(None), Ok(REFRESH_EVERY));
+        assert_eq!(refresh_every(Some(" 60 ")), Ok(Duration::from_secs(60)));
+        assert_eq!(refresh_every(Some("1")), Ok(Duration::from_secs(1)));
+        for bad in ["0", "3601", "-5", "5m", "1e3", "18446744073709551616"] {
+            assert_eq!(
+                refresh_every(Some(bad)).unwrap_err().var,
+                REFRESH_VAR,
+                "{bad}"
+            );
+        }
     }
 
     #[tokio::test]

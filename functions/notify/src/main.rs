@@ -11,13 +11,25 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use spkeeper::aws::sqs::{SqsQueue, receive_count};
 use spkeeper::clients::{DeliveryError, WebhookSender, http_client};
-use spkeeper::config::Program;
+use spkeeper::config::{Program, Settings};
+use spkeeper::secrets_cell::SecretsCell;
 use spkeeper::service::deliver::deliver_body;
 
-/// What a delivery needs: the webhook sender, and the queue to hold back failed notices.
+/// What a delivery needs: the webhook secrets (read again as they age, so a rotation reaches
+/// a running instance), where to send, and the queue to hold back failed notices.
 struct Notify {
-    sender: WebhookSender,
+    settings: Settings,
+    secrets: SecretsCell,
+    http: reqwest::Client,
     queue: SqsQueue,
+}
+
+impl Notify {
+    /// The sender for this batch: signed with the webhook secrets as they are now.
+    async fn sender(&self) -> Result<WebhookSender, spkeeper::config::ConfigError> {
+        self.secrets.refresh_if_stale().await;
+        spkeeper::aws::webhook_sender(&self.settings, &self.secrets.get(), self.http.clone())
+    }
 }
 
 #[tokio::main]
@@ -35,25 +47,42 @@ async fn main() -> Result<(), Error> {
     .await
 }
 
-/// Only what delivery needs: no table, and of the secrets only the webhook secret.
+/// Only what delivery needs: no table, and of the secrets only the webhook secret. A start
+/// without a webhook URL or secret stops here, not at the first notice.
 async fn init() -> Result<Notify, Error> {
     let sdk = spkeeper::aws::sdk_config().await;
-    let (settings, secrets) = spkeeper::aws::load_config(&sdk, Program::Notify).await?;
-    let sender = spkeeper::aws::webhook_sender(&settings, &secrets, http_client()?)?;
+    let (settings, secrets) = spkeeper::aws::load_refreshing(&sdk, Program::Notify).await?;
+    let http = http_client()?;
+    spkeeper::aws::webhook_sender(&settings, &secrets.get(), http.clone())?;
     let queue = spkeeper::aws::notice_queue(&sdk, &settings)?;
-    Ok(Notify { sender, queue })
+    Ok(Notify {
+        settings,
+        secrets,
+        http,
+        queue,
+    })
 }
 
 /// Delivers the batch's records at once (so one slow receiver costs one timeout, not ten)
 /// and names the messages that failed, each hidden for its backoff first.
 async fn deliver(notify: &Arc<Notify>, event: SqsEvent) -> SqsBatchResponse {
+    let sender = match notify.sender().await {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            // Checked at start, and a secret read again is checked before it is used: not
+            // expected; the batch goes back to the queue as it is.
+            tracing::error!(error = %e, "cannot sign notices");
+            return retry_everything();
+        }
+    };
     let mut deliveries = tokio::task::JoinSet::new();
     for record in event.records {
         let notify = Arc::clone(notify);
+        let sender = Arc::clone(&sender);
         deliveries.spawn(async move {
             let message_id = record.message_id.unwrap_or_default();
             let outcome = match record.body.as_deref() {
-                Some(body) => deliver_body(&notify.sender, body).await,
+                Some(body) => deliver_body(&sender, body).await,
                 None => Err(DeliveryError::Malformed),
             };
             match outcome {

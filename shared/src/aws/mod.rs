@@ -100,16 +100,8 @@ impl Aws {
 
 /// Settings from the environment, and the secrets `program` uses from the Secrets Manager
 /// secrets in `SPKEEPER_SECRETS_ARN`: each part it needs must be there, each part it does not
-/// need is dropped (and named in a warning: the function should not be given it).
-pub async fn load_config(
-    sdk: &SdkConfig,
-    program: Program,
-) -> Result<(Settings, Secrets), ConfigError> {
-    let (settings, secrets, _) = load_with_source(sdk, program).await?;
-    Ok((settings, secrets))
-}
-
-/// [`load_config`], and where the secrets came from (to read them again).
+/// need is dropped (and named in a warning: the function should not be given it); and where
+/// the secrets came from (to read them again).
 async fn load_with_source(
     sdk: &SdkConfig,
     program: Program,
@@ -167,12 +159,24 @@ impl SecretsSource for SecretsManager {
     }
 }
 
+/// The settings, and `program`'s secrets read now and again every
+/// `SPKEEPER_SECRETS_REFRESH_SECONDS` (five minutes by default) as the function runs.
+pub async fn load_refreshing(
+    sdk: &SdkConfig,
+    program: Program,
+) -> Result<(Settings, SecretsCell), ConfigError> {
+    let every =
+        crate::secrets_cell::refresh_every(Env.get(crate::secrets_cell::REFRESH_VAR).as_deref())?;
+    let (settings, secrets, source) = load_with_source(sdk, program).await?;
+    let cell = SecretsCell::refreshing(secrets, Arc::new(source), std::time::Instant::now(), every);
+    Ok((settings, cell))
+}
+
 /// What a Lambda function with the table needs, built once at init. Its secrets are read
 /// again every few minutes, and at once when a sealed value names a key it does not know.
 pub async fn init_context(program: Program) -> Result<(Arc<Context>, Aws), ConfigError> {
     let sdk = sdk_config().await;
-    let (settings, secrets, source) = load_with_source(&sdk, program).await?;
-    let cell = SecretsCell::refreshing(secrets, Arc::new(source), std::time::Instant::now());
+    let (settings, cell) = load_refreshing(&sdk, program).await?;
     let aws = Aws::from_settings(&sdk, &settings)?;
     let ctx = aws.context(settings, cell)?;
     Ok((ctx, aws))

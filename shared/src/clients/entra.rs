@@ -15,6 +15,7 @@ use crate::core::entra::{
     MIN_RETRY_SECONDS, Thumbprint, TokenForm, classify, client_assertion, parse_tokens,
     validate_id_token,
 };
+use crate::secrets_cell::SecretsCell;
 
 /// Keys are refetched at least this often (Microsoft: cache for a day).
 const JWKS_TTL: StdDuration = StdDuration::from_secs(24 * 3600);
@@ -40,7 +41,9 @@ struct KeyCache {
 pub struct EntraClient {
     http: reqwest::Client,
     settings: EntraSettings,
-    credential: EntraCredential,
+    /// The credential is taken from here at each redemption, so a rotated one (a new
+    /// certificate or secret in Secrets Manager) is used without a restart.
+    secrets: SecretsCell,
     keys: tokio::sync::Mutex<KeyCache>,
 }
 
@@ -48,7 +51,7 @@ impl std::fmt::Debug for EntraClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EntraClient")
             .field("client_id", &self.settings.client_id)
-            .field("credential", &self.credential)
+            .field("credential", &self.secrets.get().entra)
             .finish_non_exhaustive()
     }
 }
@@ -68,15 +71,13 @@ fn random_id() -> String {
 }
 
 impl EntraClient {
-    pub fn new(
-        http: reqwest::Client,
-        settings: EntraSettings,
-        credential: EntraCredential,
-    ) -> Self {
+    /// `secrets` holds the Entra credential (`None` there: every redemption fails as
+    /// unexpected, naming it).
+    pub fn new(http: reqwest::Client, settings: EntraSettings, secrets: SecretsCell) -> Self {
         EntraClient {
             http,
             settings,
-            credential,
+            secrets,
             keys: tokio::sync::Mutex::new(KeyCache {
                 jwks: Jwks::default(),
                 fetched: None,
@@ -89,8 +90,15 @@ impl EntraClient {
     }
 
     /// The credential as form fields: the secret, or a fresh client assertion.
-    fn auth(&self, now: DateTime<Utc>) -> Result<ClientAuth<'_>, EntraFailure> {
-        match &self.credential {
+    fn auth<'a>(
+        &self,
+        credential: Option<&'a EntraCredential>,
+        now: DateTime<Utc>,
+    ) -> Result<ClientAuth<'a>, EntraFailure> {
+        let credential = credential.ok_or_else(|| {
+            EntraFailure::Unexpected("this program holds no Entra credential".into())
+        })?;
+        match credential {
             EntraCredential::Secret(s) => Ok(ClientAuth::Secret(s)),
             EntraCredential::Certificate { key, x5t_s256, x5t } => {
                 let thumbprint = match self.settings.assertion_alg {
@@ -150,7 +158,8 @@ impl EntraClient {
         verifier: &SecretString,
         now: DateTime<Utc>,
     ) -> Result<EntraTokens, EntraFailure> {
-        let auth = self.auth(now)?;
+        let secrets = self.secrets.get();
+        let auth = self.auth(secrets.entra.as_ref(), now)?;
         let form = TokenForm::authorization_code(
             &self.settings.client_id,
             &auth,
@@ -168,7 +177,8 @@ impl EntraClient {
         scope: &str,
         now: DateTime<Utc>,
     ) -> Result<EntraTokens, EntraFailure> {
-        let auth = self.auth(now)?;
+        let secrets = self.secrets.get();
+        let auth = self.auth(secrets.entra.as_ref(), now)?;
         let form = TokenForm::refresh_token(&self.settings.client_id, &auth, refresh_token, scope);
         self.post(form, now).await
     }

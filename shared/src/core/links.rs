@@ -48,10 +48,13 @@ pub struct Ticket {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Signs and verifies links and cookies. The key never prints.
+/// Signs and verifies links and cookies with the link key; during a rotation also verifies
+/// with the previous key (`link_key_secondary`), so links already sent stay valid. The keys
+/// never print.
 #[derive(Clone)]
 pub struct LinkSigner {
-    key: Vec<u8>,
+    /// The key that signs, then the previous one (verifies only).
+    keys: Vec<Vec<u8>>,
 }
 
 impl fmt::Debug for LinkSigner {
@@ -60,25 +63,63 @@ impl fmt::Debug for LinkSigner {
     }
 }
 
+/// HMAC-SHA256 of `message` under `key`.
+fn mac(key: &[u8], message: &str) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(message.as_bytes());
+    mac
+}
+
+/// `{purpose}\n{grant}\n{exp}[\n{extra}]`: what a link or cookie signs.
+fn message(purpose: &str, grant: &GrantId, exp: i64, extra: Option<&str>) -> String {
+    match extra {
+        Some(extra) => format!("{purpose}\n{grant}\n{exp}\n{extra}"),
+        None => format!("{purpose}\n{grant}\n{exp}"),
+    }
+}
+
 impl LinkSigner {
     pub fn new(key: &[u8]) -> Self {
-        LinkSigner { key: key.to_vec() }
+        LinkSigner {
+            keys: vec![key.to_vec()],
+        }
     }
 
-    /// HMAC over `{purpose}\n{grant}\n{exp}[\n{extra}]`.
-    fn mac(&self, purpose: &str, grant: &GrantId, exp: i64, extra: Option<&str>) -> Hmac<Sha256> {
-        // HMAC accepts keys of any length.
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        mac.update(format!("{purpose}\n{grant}\n{exp}").as_bytes());
-        if let Some(extra) = extra {
-            mac.update(format!("\n{extra}").as_bytes());
+    /// Signs with `key`; verifies with `key` or `previous` (a rotation's overlap).
+    pub fn with_previous(key: &[u8], previous: Option<&[u8]>) -> Self {
+        LinkSigner {
+            keys: std::iter::once(key)
+                .chain(previous)
+                .map(<[u8]>::to_vec)
+                .collect(),
         }
-        mac
+    }
+
+    /// The signature of `message` by the signing key, base64url.
+    fn sign_message(&self, message: &str) -> String {
+        let key = self.keys.first().map(Vec::as_slice).unwrap_or_default();
+        URL_SAFE_NO_PAD.encode(mac(key, message).finalize().into_bytes())
+    }
+
+    /// Is `sig` (base64url) a signature of `message` by one of the keys?
+    fn verify_message(&self, message: &str, sig: &str) -> Result<(), LinkError> {
+        let sig = URL_SAFE_NO_PAD
+            .decode(sig)
+            .map_err(|_| LinkError::BadSignature)?;
+        if self
+            .keys
+            .iter()
+            .any(|k| mac(k, message).verify_slice(&sig).is_ok())
+        {
+            Ok(())
+        } else {
+            Err(LinkError::BadSignature)
+        }
     }
 
     fn sign(&self, purpose: &str, grant: &GrantId, exp: i64, extra: Option<&str>) -> String {
-        URL_SAFE_NO_PAD.encode(self.mac(purpose, grant, exp, extra).finalize().into_bytes())
+        self.sign_message(&message(purpose, grant, exp, extra))
     }
 
     fn verify(
@@ -92,12 +133,7 @@ impl LinkSigner {
         if exp.starts_with('+') || exp.starts_with('0') && exp.len() > 1 {
             return Err(LinkError::BadSignature);
         }
-        let sig = URL_SAFE_NO_PAD
-            .decode(sig)
-            .map_err(|_| LinkError::BadSignature)?;
-        self.mac(purpose, grant, exp_secs, extra)
-            .verify_slice(&sig)
-            .map_err(|_| LinkError::BadSignature)?;
+        self.verify_message(&message(purpose, grant, exp_secs, extra), sig)?;
         if now.timestamp() >= exp_secs {
             return Err(LinkError::Expired);
         }
@@ -150,10 +186,7 @@ impl LinkSigner {
     /// Signs a sign-in's state for its short-lived cookie: `{base64url(payload)}.{exp}.{sig}`.
     pub fn sign_in_cookie(&self, payload: &[u8], exp: i64) -> String {
         let data = URL_SAFE_NO_PAD.encode(payload);
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        mac.update(format!("{SIGNIN_PURPOSE}\n{data}\n{exp}").as_bytes());
-        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        let sig = self.sign_message(&format!("{SIGNIN_PURPOSE}\n{data}\n{exp}"));
         format!("{data}.{exp}.{sig}")
     }
 
@@ -170,14 +203,7 @@ impl LinkSigner {
             return Err(LinkError::BadSignature);
         };
         let exp_secs: i64 = exp.parse().map_err(|_| LinkError::BadSignature)?;
-        let sig = URL_SAFE_NO_PAD
-            .decode(sig)
-            .map_err(|_| LinkError::BadSignature)?;
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        mac.update(format!("{SIGNIN_PURPOSE}\n{data}\n{exp}").as_bytes());
-        mac.verify_slice(&sig)
-            .map_err(|_| LinkError::BadSignature)?;
+        self.verify_message(&format!("{SIGNIN_PURPOSE}\n{data}\n{exp}"), sig)?;
         if now.timestamp() >= exp_secs {
             return Err(LinkError::Expired);
         }
@@ -266,6 +292,95 @@ mod tests {
         let q: std::collections::HashMap<_, _> = u.query_pairs().into_owned().collect();
         let g = u.path().rsplit('/').next().unwrap().to_string();
         (g, q["exp"].clone(), q["sig"].clone())
+    }
+
+    #[test]
+    fn during_a_link_key_rotation_what_either_key_signed_verifies_and_only_the_new_key_signs() {
+        let (old_key, new_key) = (
+            b"0123456789abcdef0123456789abcdef",
+            b"fedcba9876543210fedcba9876543210",
+        );
+        let old = LinkSigner::new(old_key);
+        let overlap = LinkSigner::with_previous(new_key, Some(old_key));
+        let after = LinkSigner::new(new_key);
+        let public = Url::parse("https://addin.example.com").unwrap();
+        let (g, exp, sig) = parts(&old.renew_url(&public, &gid(), now()));
+        let g = GrantId::parse(&g).unwrap();
+        // Sent before the rotation: valid during the overlap, refused after it.
+        assert_eq!(overlap.verify_renew(&g, &exp, &sig, now()), Ok(()));
+        assert_eq!(
+            after.verify_renew(&g, &exp, &sig, now()),
+            Err(LinkError::BadSignature)
+        );
+        // Signed during the overlap: with the new key, so valid after it too.
+        let (_, exp2, sig2) = parts(&overlap.renew_url(&public, &gid(), now()));
+        assert_eq!(after.verify_renew(&g, &exp2, &sig2, now()), Ok(()));
+        assert_eq!(
+            old.verify_renew(&g, &exp2, &sig2, now()),
+            Err(LinkError::BadSignature)
+        );
+        // Sessions, sign-in cookies and tickets alike.
+        let session = old.session_value(&gid(), now());
+        assert_eq!(overlap.verify_session(&session, now()), Ok(gid()));
+        assert!(after.verify_session(&session, now()).is_err());
+        let cookie = old.sign_in_cookie(b"state", now().timestamp() + 600);
+        assert_eq!(
+            overlap.verify_sign_in_cookie(&cookie, now()),
+            Ok(b"state".to_vec())
+        );
+        assert!(after.verify_sign_in_cookie(&cookie, now()).is_err());
+        let ticket = old.ticket(&gid(), "ab12", now());
+        assert!(overlap.verify_ticket(&ticket, now()).is_ok());
+        assert!(after.verify_ticket(&ticket, now()).is_err());
+        // A key that is neither is refused.
+        let other = LinkSigner::new(b"another-key-another-key-another!");
+        let (_, exp3, sig3) = parts(&other.renew_url(&public, &gid(), now()));
+        assert_eq!(
+            overlap.verify_renew(&g, &exp3, &sig3, now()),
+            Err(LinkError::BadSignature)
+        );
+    }
+
+    /// The README's three steps, with instances at every stage of reading the secret again:
+    /// whatever one instance signs, every other one at the same or a neighbouring step
+    /// accepts (before step 3, links from before step 2 are still accepted).
+    #[test]
+    fn the_readme_link_key_rotation_never_refuses_a_link_between_instances() {
+        let (old, new) = (
+            b"0123456789abcdef0123456789abcdef".as_slice(),
+            b"fedcba9876543210fedcba9876543210".as_slice(),
+        );
+        // What an instance holds at each step of the procedure.
+        let steps = [
+            LinkSigner::new(old),                      // before
+            LinkSigner::with_previous(old, Some(new)), // 1. new key as secondary
+            LinkSigner::with_previous(new, Some(old)), // 2. swapped
+            LinkSigner::new(new),                      // 3. secondary removed
+        ];
+        let public = Url::parse("https://addin.example.com").unwrap();
+        let g = gid();
+        // Instances read the secret within five minutes of each other, and the steps are five
+        // minutes apart: two instances are at most one step apart. (Step 3 comes 45 days
+        // after step 2, when links signed before it have expired.)
+        for (i, signer) in steps.iter().enumerate() {
+            let (_, exp, sig) = parts(&signer.renew_url(&public, &g, now()));
+            let session = signer.session_value(&g, now());
+            let neighbours = steps.iter().enumerate().skip(i.saturating_sub(1)).take(3);
+            for (j, other) in neighbours.filter(|(j, _)| j.abs_diff(i) <= 1) {
+                assert_eq!(
+                    other.verify_renew(&g, &exp, &sig, now()),
+                    Ok(()),
+                    "signed at step {i}, checked at step {j}"
+                );
+                assert_eq!(other.verify_session(&session, now()), Ok(g.clone()));
+            }
+        }
+        // The overlap ends at step 3: what the old key signs is refused there.
+        let (_, exp, sig) = parts(&steps[0].renew_url(&public, &g, now()));
+        assert_eq!(
+            steps[3].verify_renew(&g, &exp, &sig, now()),
+            Err(LinkError::BadSignature)
+        );
     }
 
     #[test]

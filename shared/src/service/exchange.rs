@@ -38,16 +38,15 @@ pub const RETRY_AFTER_SECS: u64 = 5;
 /// A request's one quick retry of a transient Entra failure.
 const QUICK_RETRY: StdDuration = StdDuration::from_millis(500);
 
-/// The Entra client, when Entra is configured and this program holds its credential.
+/// The Entra client, when Entra is configured and this program holds its credential (which
+/// it then takes from the context's secrets at each redemption: a rotation reaches it).
 fn entra_client(ctx: &Context) -> Option<Arc<EntraClient>> {
-    let (settings, credential) = (
-        ctx.settings.entra.clone()?,
-        ctx.secrets.get().entra.clone()?,
-    );
+    let settings = ctx.settings.entra.clone()?;
+    ctx.secrets.get().entra.as_ref()?;
     Some(Arc::new(EntraClient::new(
         ctx.http.clone(),
         settings,
-        credential,
+        ctx.secrets.clone(),
     )))
 }
 
