@@ -187,9 +187,32 @@ pub struct Advance {
 /// Moves written at once by the default [`GrantStore::advance_all`].
 pub const ADVANCE_CONCURRENCY: usize = 16;
 
+/// A grant and the cached access tokens read with it ([`GrantStore::load_with_tokens`]).
+pub struct Prefetched {
+    pub grant: Option<StoredGrant>,
+    /// Cache key → what the cache held, for the keys that were read; a key absent here was
+    /// not read (ask the [`TokenCache`]).
+    pub tokens: std::collections::HashMap<String, Option<CachedToken>>,
+}
+
 #[async_trait]
 pub trait GrantStore: Send + Sync {
     async fn load(&self, id: &GrantId) -> Result<Option<StoredGrant>, StoreError>;
+
+    /// [`GrantStore::load`], and where the store can do it in the same request, the grant's
+    /// cached access tokens under `cache_keys` (so a cached `/token` costs one read). By
+    /// default the tokens are not read.
+    async fn load_with_tokens(
+        &self,
+        id: &GrantId,
+        cache_keys: &[String],
+    ) -> Result<Prefetched, StoreError> {
+        let _ = cache_keys;
+        Ok(Prefetched {
+            grant: self.load(id).await?,
+            tokens: std::collections::HashMap::new(),
+        })
+    }
 
     /// Creates the grant (`expected_rev` = `None`: it must not exist) or replaces it
     /// (`expected_rev` = the revision read), refresh token included. The record's `rev` is the

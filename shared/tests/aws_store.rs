@@ -556,11 +556,59 @@ async fn a_launch_a_relaunch_and_a_cached_token_send_these_dynamodb_requests() {
     println!("first launch: {first:?}\nrelaunch: {again:?}\ncached /token: {cached:?}");
     let total = |m: &BTreeMap<String, usize>| m.values().sum::<usize>();
     // Measured 2026-11-26: 12 (4 GetItem, 3 PutItem, 2 TransactGetItems, 1 each of
-    // TransactWriteItems, UpdateItem, DeleteItem), 5 and 2. More is a regression.
+    // TransactWriteItems, UpdateItem, DeleteItem), 5 and 1 (the grant, its refresh token and
+    // the cached token in one TransactGetItems). More is a regression.
     assert!(total(&first) <= 12, "{first:?}");
     assert!(total(&again) <= 5, "{again:?}");
-    assert!(total(&cached) <= 2, "{cached:?}");
+    assert_eq!(
+        cached,
+        BTreeMap::from([("TransactGetItems".to_string(), 1)])
+    );
     assert!(!first.contains_key("Scan") && !again.contains_key("Scan"));
+}
+
+/// A cached `POST /token` reads the grant, its refresh token and the cached token in one
+/// request: at once when the caller names the host, and from its second call on an instance
+/// when it names neither host nor scope (the first teaches the instance the grant's host).
+#[tokio::test]
+async fn a_cached_token_is_one_dynamodb_request_when_the_host_is_named_or_known() {
+    let ops = Arc::new(Mutex::new(Vec::new()));
+    let h = Harness::with(Options {
+        moto: true,
+        record_operations: Some(Arc::clone(&ops)),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(h.launch(&h.token("megan")).await.status().as_u16(), 303);
+    let record = h.ctx.grants.list().await.unwrap().remove(0);
+    let site = url::Url::parse(&record.site_url).unwrap();
+    let host = spkeeper::core::hosts::authority_of(&site);
+    let one = BTreeMap::from([("TransactGetItems".to_string(), 1)]);
+
+    // A new instance, the host named: one request.
+    counted(&ops);
+    let tokens = TokenService::for_context(&h.ctx);
+    let named = tokens
+        .access_token(&record.id, Some(&host), None)
+        .await
+        .unwrap();
+    assert_eq!(counted(&ops), one);
+
+    // Another new instance, nothing named: it learns the host from the grant first.
+    let tokens = TokenService::for_context(&h.ctx);
+    let first = tokens.access_token(&record.id, None, None).await.unwrap();
+    assert_eq!(
+        counted(&ops),
+        BTreeMap::from([
+            ("GetItem".to_string(), 1),
+            ("TransactGetItems".to_string(), 1)
+        ])
+    );
+    let second = tokens.access_token(&record.id, None, None).await.unwrap();
+    assert_eq!(counted(&ops), one);
+    // The same cached token every time, and nothing asked of ACS.
+    assert_eq!(named.expires_at, first.expires_at);
+    assert_eq!(first.expires_at, second.expires_at);
 }
 
 /// The operations recorded since the last call, counted by name (and forgotten).

@@ -27,8 +27,8 @@ use super::table::{
 use crate::core::grant::{GrantId, Kind, Progress, relaunch_retention};
 use crate::core::notice::{Notice, User};
 use crate::ports::{
-    CachedToken, DueCursor, DuePage, GrantRecord, GrantStore, StandardTokens, StoreError,
-    StoredGrant, TokenCache, UserKey, Written, entra_user_key, next_rev, user_index,
+    CachedToken, DueCursor, DuePage, GrantRecord, GrantStore, Prefetched, StandardTokens,
+    StoreError, StoredGrant, TokenCache, UserKey, Written, entra_user_key, next_rev, user_index,
 };
 
 pub type Item = HashMap<String, AttributeValue>;
@@ -114,6 +114,18 @@ fn refresh_key(id: &GrantId) -> Item {
 
 fn access_key(id: &GrantId, host: &str) -> Item {
     key(format!("AT#{id}"), host)
+}
+
+/// Cached access tokens read with a grant, at most ([`GrantStore::load_with_tokens`]).
+const MAX_PREFETCHED: usize = 4;
+
+/// A cached access token item.
+fn read_access_token(item: &Item) -> Result<CachedToken, StoreError> {
+    Ok(CachedToken {
+        sealed: get_s(item, "sealed")?,
+        expires_at: get_time(item, "expires_at")?,
+        resource: get_s(item, "resource")?,
+    })
 }
 
 fn lease_key(k: &str) -> Item {
@@ -675,6 +687,16 @@ impl GrantStore for DynamoStore {
     /// the launch's `TransactWriteItems`, so a reader racing a relaunch never sees the new
     /// record beside the old token (or the other way round).
     async fn load(&self, id: &GrantId) -> Result<Option<StoredGrant>, StoreError> {
+        Ok(self.load_with_tokens(id, &[]).await?.grant)
+    }
+
+    /// The same `TransactGetItems`, with the cached access tokens under `cache_keys` as more
+    /// items of it: a cached `/token` is one request.
+    async fn load_with_tokens(
+        &self,
+        id: &GrantId,
+        cache_keys: &[String],
+    ) -> Result<Prefetched, StoreError> {
         let get = |key: Item| {
             Get::builder()
                 .table_name(&self.table)
@@ -683,31 +705,45 @@ impl GrantStore for DynamoStore {
                 .map(|g| TransactGetItem::builder().get(g).build())
                 .map_err(StoreError::unavailable)
         };
-        let out = self
+        let mut request = self
             .client
             .transact_get_items()
             .transact_items(get(grant_key(id))?)
-            .transact_items(get(refresh_key(id))?)
-            .send()
-            .await
-            .map_err(sdk)?;
+            .transact_items(get(refresh_key(id))?);
+        // At most a few (the caller's guesses); a transaction takes up to 100 items.
+        for k in cache_keys.iter().take(MAX_PREFETCHED) {
+            request = request.transact_items(get(access_key(id, k))?);
+        }
+        let out = request.send().await.map_err(sdk)?;
         let mut items = out
             .responses
             .unwrap_or_default()
             .into_iter()
             .map(|r| r.item);
         let (grant, rt) = (items.next().flatten(), items.next().flatten());
-        let Some(grant) = grant else { return Ok(None) };
+        let mut tokens = HashMap::new();
+        for (k, item) in cache_keys.iter().take(MAX_PREFETCHED).zip(items) {
+            tokens.insert(k.clone(), item.map(|i| read_access_token(&i)).transpose()?);
+        }
+        let Some(grant) = grant else {
+            return Ok(Prefetched {
+                grant: None,
+                tokens,
+            });
+        };
         let record = read_grant(&grant)?;
         // The refresh token belongs to this record only if it is the same version.
         let sealed = rt
             .filter(|i| get_n(i, "rt_version").ok() == Some(record.rt_version))
             .map(|i| get_s(&i, "sealed"))
             .transpose()?;
-        Ok(Some(StoredGrant {
-            record,
-            sealed_refresh_token: sealed,
-        }))
+        Ok(Prefetched {
+            grant: Some(StoredGrant {
+                record,
+                sealed_refresh_token: sealed,
+            }),
+            tokens,
+        })
     }
 
     async fn put_grant(
@@ -993,14 +1029,10 @@ impl TokenCache for DynamoStore {
         id: &GrantId,
         host: &str,
     ) -> Result<Option<CachedToken>, StoreError> {
-        let Some(item) = self.get(access_key(id, host)).await? else {
-            return Ok(None);
-        };
-        Ok(Some(CachedToken {
-            sealed: get_s(&item, "sealed")?,
-            expires_at: get_time(&item, "expires_at")?,
-            resource: get_s(&item, "resource")?,
-        }))
+        self.get(access_key(id, host))
+            .await?
+            .map(|item| read_access_token(&item))
+            .transpose()
     }
 
     async fn put_access_token(

@@ -33,6 +33,8 @@ const WAIT_FOR_OTHERS: StdDuration = StdDuration::from_secs(25);
 const POLL: StdDuration = StdDuration::from_millis(100);
 /// Looking the user up is a nicety: never let it hold a request for long.
 const IDENTITY_TIMEOUT: StdDuration = StdDuration::from_secs(2);
+/// Default cache keys remembered at most (one per grant served; about 100 bytes each).
+const MAX_DEFAULT_KEYS: usize = 10_000;
 /// `Retry-After` on 503.
 pub const RETRY_AFTER_SECS: u64 = 5;
 /// A request's one quick retry of a transient Entra failure.
@@ -112,6 +114,10 @@ pub struct TokenService {
     entra: Option<Arc<EntraClient>>,
     /// One lock per (grant, host) in this process.
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Each grant's default cache key as last seen (its site's host, or that host's default
+    /// scope): a guess, checked after the load, that lets a call naming neither host nor
+    /// scope read its cached token with the grant in one request.
+    default_keys: Mutex<HashMap<GrantId, String>>,
     /// Names this process in leases.
     owner: String,
 }
@@ -145,6 +151,7 @@ impl TokenService {
             acs,
             entra,
             inflight: Mutex::new(HashMap::new()),
+            default_keys: Mutex::new(HashMap::new()),
             owner: lease_owner(),
         }
     }
@@ -175,8 +182,11 @@ impl TokenService {
         scope: Option<&str>,
     ) -> Result<IssuedToken, ExchangeError> {
         let now = self.ctx.now();
-        let stored = self.load(id).await?;
+        let guesses = self.cache_key_guesses(id, host, scope);
+        let mut prefetched = self.ctx.grants.load_with_tokens(id, &guesses).await?;
+        let stored = prefetched.grant.take().ok_or(ExchangeError::UnknownGrant)?;
         let rec = &stored.record;
+        let defaulted = host.is_none() && scope.is_none();
         let host = match host {
             Some(h) => self
                 .ctx
@@ -221,11 +231,56 @@ impl TokenService {
             });
         }
 
-        if let Some(t) = self.fresh_cached(id, &target.cache_key, now).await? {
+        if defaulted {
+            self.remember_default_key(id, &target.cache_key);
+        }
+        let read = prefetched.tokens.remove(&target.cache_key);
+        if let Some(t) = self.fresh_cached(id, &target.cache_key, now, read).await? {
             return Ok(self.issue(&stored.record, t, now));
         }
 
         self.serialised(&stored, &target, false).await
+    }
+
+    /// The cache keys a call may need, before the grant says its kind and site: for a host,
+    /// an ACS grant's key (the host) and an Entra grant's (its default scope); for a scope,
+    /// that scope; for neither, the grant's default key as last seen here. Anything that does
+    /// not check out is left to the checks after the load.
+    fn cache_key_guesses(
+        &self,
+        id: &GrantId,
+        host: Option<&str>,
+        scope: Option<&str>,
+    ) -> Vec<String> {
+        match (host, scope) {
+            (_, Some(scope)) => self.checked_scope(scope).into_iter().collect(),
+            (Some(host), None) => self
+                .ctx
+                .settings
+                .allowed_sp_hosts
+                .check_authority(host)
+                .map(|h| vec![default_scope(&h), h])
+                .unwrap_or_default(),
+            (None, None) => self
+                .default_keys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(id)
+                .cloned()
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    fn remember_default_key(&self, id: &GrantId, key: &str) {
+        let mut keys = self.default_keys.lock().unwrap_or_else(|p| p.into_inner());
+        // A hint per grant this instance served; bounded so a long-lived process does not grow.
+        if keys.len() >= MAX_DEFAULT_KEYS && !keys.contains_key(id) {
+            keys.clear();
+        }
+        if keys.get(id).map(String::as_str) != Some(key) {
+            keys.insert(id.clone(), key.to_string());
+        }
     }
 
     /// The sweep's keep-alive: redeems an idle Entra grant once (storing the rotated refresh
@@ -333,13 +388,20 @@ impl TokenService {
         }
     }
 
+    /// The cached token for `host` (or scope) if it has more than [`MIN_REMAINING`] left:
+    /// `read` if the cache was read with the grant, else from the cache now.
     async fn fresh_cached(
         &self,
         id: &GrantId,
         host: &str,
         now: DateTime<Utc>,
+        read: Option<Option<CachedToken>>,
     ) -> Result<Option<(SecretString, DateTime<Utc>, String)>, ExchangeError> {
-        let Some(t) = self.ctx.cache.get_access_token(id, host).await? else {
+        let cached = match read {
+            Some(read) => read,
+            None => self.ctx.cache.get_access_token(id, host).await?,
+        };
+        let Some(t) = cached else {
             return Ok(None);
         };
         if t.expires_at - now <= MIN_REMAINING {
@@ -385,7 +447,8 @@ impl TokenService {
         let started = Instant::now();
         loop {
             let now = self.ctx.now();
-            if !redeem_anyway && let Some(t) = self.fresh_cached(id, &target.cache_key, now).await?
+            if !redeem_anyway
+                && let Some(t) = self.fresh_cached(id, &target.cache_key, now, None).await?
             {
                 return Ok(self.issue(&stored.record, t, now));
             }
@@ -412,7 +475,7 @@ impl TokenService {
         let cached = if redeem_anyway {
             Ok(None)
         } else {
-            self.fresh_cached(id, &target.cache_key, now).await
+            self.fresh_cached(id, &target.cache_key, now, None).await
         };
         let result = match cached {
             Ok(Some(t)) => Ok(self.issue(&stored.record, t, now)),
