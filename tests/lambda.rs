@@ -396,24 +396,33 @@ impl AwsFixture {
 pub struct AcsStub {
     pub addr: SocketAddr,
     calls: Arc<AtomicUsize>,
+    secrets: Arc<Mutex<Option<Vec<String>>>>,
 }
 
 #[derive(Clone)]
 struct AcsState {
     calls: Arc<AtomicUsize>,
     refuse_client: bool,
+    /// The registered client secrets; `None`: any.
+    secrets: Arc<Mutex<Option<Vec<String>>>>,
 }
 
 async fn acs(State(st): State<AcsState>, body: Bytes) -> Response {
     let n = st.calls.fetch_add(1, Ordering::SeqCst) + 1;
-    if st.refuse_client {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let registered = st.secrets.lock().unwrap().clone();
+    let unregistered = registered.is_some_and(|secrets| {
+        !form
+            .get("client_secret")
+            .is_some_and(|s| secrets.contains(s))
+    });
+    if st.refuse_client || unregistered {
         return (
             StatusCode::UNAUTHORIZED,
             axum::Json(json!({"error": "invalid_client", "error_description": "AADSTS7000222: The provided client secret keys are expired."})),
         )
             .into_response();
     }
-    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let now = chrono::Utc::now().timestamp();
     axum::Json(json!({
         "token_type": "Bearer",
@@ -438,16 +447,28 @@ impl AcsStub {
 
     async fn serve(refuse_client: bool) -> AcsStub {
         let calls = Arc::new(AtomicUsize::new(0));
+        let secrets = Arc::new(Mutex::new(None));
         let app = Router::new()
             .route("/tokens/OAuth/2", post(acs))
             .with_state(AcsState {
                 calls: Arc::clone(&calls),
                 refuse_client,
+                secrets: Arc::clone(&secrets),
             });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
-        AcsStub { addr, calls }
+        AcsStub {
+            addr,
+            calls,
+            secrets,
+        }
+    }
+
+    /// From now on only these client secrets are registered for the add-in (a rotation adds
+    /// the new one, then the old one expires); before the first call, any is taken.
+    pub fn accept_secrets(&self, secrets: &[&str]) {
+        *self.secrets.lock().unwrap() = Some(secrets.iter().map(|s| s.to_string()).collect());
     }
 
     pub fn calls(&self) -> usize {

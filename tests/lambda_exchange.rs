@@ -225,6 +225,79 @@ async fn exchange_function_redeems_entra_grants_per_scope_and_stores_each_rotati
     assert_eq!(entra.refreshes(), 2);
 }
 
+/// `POST /token` for `grant` at another SharePoint host of the tenant (a host not cached yet:
+/// the call reaches ACS), with the API key.
+async fn for_host(ex: &Running, host: &str) -> Value {
+    let mut e = token_event(&ex.id, Some(&format!("Bearer {API_KEY}")), false);
+    e["body"] = Value::String(json!({"grant_id": ex.id, "host": host}).to_string());
+    ex.rt.invoke(e).await.1.response()
+}
+
+/// The README's ACS client secret rotation on a running instance: the new secret registered
+/// beside the old one, the secret's fields swapped (new primary, old secondary), the old one
+/// expiring at ACS; the instance, reading its secrets every second here, exchanges with the
+/// new one, without a redeploy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_exchange_instance_exchanges_with_a_rotated_client_secret_without_a_redeploy() {
+    const NEW: &str = "cm90YXRlZC1jbGllbnQtc2VjcmV0LTIwMjc=";
+    let ex = start(
+        AcsStub::start().await,
+        &[("SPKEEPER_SECRETS_REFRESH_SECONDS", "1")],
+    )
+    .await;
+    ex.acs.accept_secrets(&[CLIENT_SECRET]);
+    let r = for_host(&ex, "contoso.sharepoint.com").await;
+    assert_eq!(r["statusCode"], 200, "{r}");
+
+    ex.acs.accept_secrets(&[CLIENT_SECRET, NEW]);
+    ex.fx
+        .put_part(
+            Part::ClientSecret,
+            json!({"client_secret": NEW, "client_secret_secondary": CLIENT_SECRET}),
+        )
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    ex.acs.accept_secrets(&[NEW]);
+
+    let r = for_host(&ex, "fabrikam.sharepoint.com").await;
+    assert_eq!(r["statusCode"], 200, "{r}");
+    assert_eq!(ex.acs.calls(), 2, "one exchange per host, none refused");
+}
+
+/// The README's API key rotation on a running instance: the old key as `api_key_secondary`
+/// and the new one as `api_key` — both accepted — then the secondary removed — the old one
+/// refused. No redeploy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_exchange_instance_follows_an_api_key_rotation_without_a_redeploy() {
+    const NEW: &str = "rotated-api-key-0123456789abcdef";
+    let ex = start(
+        AcsStub::start().await,
+        &[("SPKEEPER_SECRETS_REFRESH_SECONDS", "1")],
+    )
+    .await;
+    let with = async |key: &str| {
+        let e = token_event(&ex.id, Some(&format!("Bearer {key}")), false);
+        ex.rt.invoke(e).await.1.response()["statusCode"].clone()
+    };
+    assert_eq!(with(API_KEY).await, 200);
+    assert_eq!(with(NEW).await, 401);
+
+    ex.fx
+        .put_part(
+            Part::ApiKey,
+            json!({"api_key": NEW, "api_key_secondary": API_KEY}),
+        )
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(with(NEW).await, 200);
+    assert_eq!(with(API_KEY).await, 200, "the old key, during the overlap");
+
+    ex.fx.put_part(Part::ApiKey, json!({"api_key": NEW})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(with(NEW).await, 200);
+    assert_eq!(with(API_KEY).await, 401, "the old key, after the overlap");
+}
+
 /// The README's Entra credential rotation on a running instance, without a redeploy: the new
 /// secret is registered beside the old one, put in Secrets Manager, and the old one removed
 /// from the registration; the instance (reading its secrets every second here) redeems with
