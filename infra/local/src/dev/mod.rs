@@ -126,11 +126,7 @@ impl DevValues {
     }
 
     pub fn existing(dir: &Path) -> Result<Option<Self>, String> {
-        let path = dir.join(DEV_FILE);
-        if !path.exists() {
-            return Ok(None);
-        }
-        keys::load_or_create(&path, || Err("dev.json vanished".to_string())).map(Some)
+        keys::existing(&dir.join(DEV_FILE))
     }
 
     /// Remembers the simulator's clock offset for the other commands.
