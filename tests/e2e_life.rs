@@ -811,7 +811,12 @@ async fn a_plain_command_never_uses_a_dev_configuration_beside_it() {
         ),
         ("GET", "/_api/web/currentuser"),
         ("GET", "/_vti_bin/client.svc"),
+        ("GET", "/sites/dev/_vti_bin/client.svc"),
         ("POST", "/dev/acs/tokens/OAuth/2"),
+        (
+            "GET",
+            "/dev/entra/organizations/v2.0/.well-known/openid-configuration",
+        ),
         ("GET", "/dev/webhook"),
     ] {
         let r = client()

@@ -96,6 +96,8 @@ def process(notice: dict) -> str:
         return f"clear the reminders for {who}: connected until {notice.get('refresh_token_expires_at')}"
     if kind == "client_secret.expiring":
         return f"page the operators: the add-in's client secret expires {notice.get('client_secret_expires_at')}"
+    if kind == "webhook.test":
+        return "nothing to do: a connectivity test from spkeeper doctor"
     return f"ignore unknown notice type {kind!r}"
 
 

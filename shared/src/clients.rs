@@ -60,7 +60,7 @@ pub async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, ReadErr
 }
 
 /// Describes a transport error without its URL's query or anything it carried.
-fn describe(e: &reqwest::Error) -> String {
+pub fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "timed out".into()
     } else if e.is_connect() {

@@ -722,6 +722,13 @@ impl Needs {
         self.0[part as usize]
     }
 
+    /// The same, but `part` is not used (`spkeeper doctor` on a data directory whose key file
+    /// does not exist yet checks the rest).
+    pub fn without(mut self, part: Part) -> Needs {
+        self.0[part as usize] = Need::No;
+        self
+    }
+
     /// The parts used at all (required or if present).
     pub fn used(&self) -> Vec<Part> {
         Part::ALL

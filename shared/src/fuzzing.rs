@@ -939,7 +939,7 @@ fn skipping(id: &str) -> bool {
 /// two non-empty labels; CSP sources that cannot break out of the header.
 pub fn assert_allowlist_shape(list_text: &str, list: &HostAllowlist, wildcards: bool) {
     let entries = entries(list_text);
-    let sources = list.csp_sources();
+    let sources = list.origins();
     assert_eq!(
         sources.len(),
         list_text

@@ -15,6 +15,7 @@ use axum::http::Request;
 use axum::response::Response;
 use chrono::Duration;
 use serde_json::{Value, json};
+use spkeeper::core::notice::Notice;
 
 use common::*;
 
@@ -511,6 +512,38 @@ fn the_notice_schema_refuses_what_no_notice_looks_like() {
         n[field] = bad;
         assert!(!v.is_valid(&n), "{field}");
     }
+}
+
+#[test]
+fn a_webhook_test_notice_matches_the_schema_and_carries_no_grant() {
+    let v = notice_validator();
+    let test: Value =
+        serde_json::from_str(&Notice::webhook_test("nonce", chrono::Utc::now()).to_json()).unwrap();
+    let errors: Vec<String> = v.iter_errors(&test).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{test} does not match: {errors:?}");
+    // It is about no grant and no secret: either would make it something else.
+    for (field, value) in [
+        (
+            "grant",
+            json!({"id": "a11af3a28442410f8fd8e4eebacce37d", "realm": "r",
+                   "site_url": "https://contoso.sharepoint.com/sites/a", "user": null}),
+        ),
+        ("client_secret_expires_at", json!("2027-05-25T22:15:56Z")),
+        (
+            "renew_url",
+            json!("https://addin.example.com/renew/a11af3a28442410f8fd8e4eebacce37d?exp=1&sig=x"),
+        ),
+    ] {
+        let mut n = test.clone();
+        n[field] = value;
+        assert!(!v.is_valid(&n), "webhook.test with {field}");
+    }
+    // client_secret.expiring still needs its expiry.
+    let mut n = test.clone();
+    n["type"] = json!("client_secret.expiring");
+    assert!(!v.is_valid(&n));
+    n["client_secret_expires_at"] = json!("2027-05-25T22:15:56Z");
+    assert!(v.is_valid(&n));
 }
 
 /// `template.yaml`'s HTTP routes are exactly the document's operations.

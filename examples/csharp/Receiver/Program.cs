@@ -160,6 +160,9 @@ public sealed class NoticeHandler(ILogger<NoticeHandler> log)
             case "client_secret.expiring":
                 log.LogWarning("The add-in's client secret expires {When}: rotate it", notice.ClientSecretExpiresAt);
                 break;
+            case "webhook.test":
+                log.LogInformation("A connectivity test from spkeeper doctor: nothing to do");
+                break;
             default:
                 log.LogInformation("Ignoring notice type {Type}", notice.Type);
                 break;

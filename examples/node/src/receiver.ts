@@ -70,6 +70,8 @@ function handle(notice: Notice): string {
       return `clear the reminders for ${who}: connected until ${notice.refresh_token_expires_at}`;
     case "client_secret.expiring":
       return `page the operators: the add-in's client secret expires ${notice.client_secret_expires_at}`;
+    case "webhook.test":
+      return "nothing to do: a connectivity test from spkeeper doctor";
     default:
       return `ignore unknown notice type ${JSON.stringify(notice.type)}`;
   }

@@ -47,6 +47,16 @@ where
     }
 }
 
+/// Reads `path` if it exists, with the same checks as [`load_or_create`] (a file others can
+/// read is refused), and creates nothing: `None` when there is no such file.
+pub fn existing<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
+    match fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Ok(_) => read(path).map(Some),
+    }
+}
+
 fn read<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
     // A file created this instant by another process may still be empty: wait for it.
     for _ in 0..50 {
@@ -93,6 +103,20 @@ mod tests {
         let b = key_file(dir.path()).unwrap();
         assert_eq!(a.link_key, b.link_key);
         assert_eq!(a.active_token_key, b.active_token_key);
+    }
+
+    #[test]
+    fn an_existing_file_is_read_with_the_same_checks_and_a_missing_one_is_not_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE);
+        assert!(existing::<KeyFile>(&path).unwrap().is_none());
+        assert!(!path.exists());
+        let made = key_file(dir.path()).unwrap();
+        let read = existing::<KeyFile>(&path).unwrap().unwrap();
+        assert_eq!(made.link_key, read.link_key);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        let err = existing::<KeyFile>(&path).err().unwrap();
+        assert!(err.contains("chmod 600"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod commands;
 mod dev;
+mod doctor;
 mod keys;
 mod serve;
 mod setup;
@@ -92,6 +93,20 @@ enum Command {
         #[arg(long)]
         dev: bool,
     },
+    /// Check the configuration and reach what spkeeper depends on: the token services,
+    /// SharePoint sites, the webhook (a signed webhook.test notice) and the store. One line per
+    /// check (ok, warn, fail, skip); exit 1 if a check failed, 2 if the configuration is unusable.
+    Doctor {
+        /// One JSON array of {"check","status","detail"} objects instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// A SharePoint site to check with realm discovery (repeat for several).
+        #[arg(long = "site", value_name = "URL", value_parser = parse_site)]
+        sites: Vec<String>,
+        /// Use the dev configuration made by `serve --dev`.
+        #[arg(long)]
+        dev: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish).
     ///
     /// bash: `spkeeper completions bash > /etc/bash_completion.d/spkeeper`; zsh: save it as
@@ -122,6 +137,17 @@ fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&chrono::Utc))
         .map_err(|_| "expected an RFC 3339 time, e.g. 2026-06-01T00:00:00Z".to_string())
+}
+
+fn parse_site(s: &str) -> Result<String, String> {
+    url::Url::parse(s.trim())
+        .ok()
+        .filter(|u| matches!(u.scheme(), "https" | "http") && u.host().is_some())
+        .map(|_| s.trim().to_string())
+        .ok_or_else(|| {
+            "expected a site's absolute URL, e.g. https://contoso.sharepoint.com/sites/sales"
+                .to_string()
+        })
 }
 
 /// How a command ended: the contract's exit statuses.
@@ -177,6 +203,7 @@ fn main() -> ExitCode {
                 dev,
                 dead_letter_queue,
             } => commands::notices(json, dev, dead_letter_queue.as_deref()).await,
+            Command::Doctor { json, sites, dev } => doctor::run(dev, json, &sites).await,
             Command::Completions { .. } => Ok(()),
         }
     });

@@ -1,13 +1,16 @@
 //! Reads configuration once, opens the store, and builds the shared context.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use spkeeper::aws::Aws;
+use spkeeper::aws::secrets::VAR as SECRETS_ARN;
 use spkeeper::clients::http_client;
 use spkeeper::clock::{Clock, OffsetClock};
-use spkeeper::config::{Env, Layered, Secrets, Settings, Source, StoreChoice};
+use spkeeper::config::{
+    ConfigError, Env, Layered, SecretDocument, Secrets, Settings, Source, StoreChoice,
+};
 use spkeeper::context::Context;
 use spkeeper::ports::{GrantStore, NoticeRelay, OutboxIsTheQueue, TokenCache};
 use spkeeper::store::sqlite::SqliteStore;
@@ -62,9 +65,36 @@ pub enum Mode {
     Plain,
 }
 
-pub async fn load(mode: Mode) -> Result<Loaded, Failure> {
+/// The configuration a command runs with, read before anything is opened: the settings, the
+/// dev values with `--dev`, and where the secrets come from.
+pub struct Configured {
+    pub settings: Settings,
+    pub dev: Option<DevValues>,
+    /// `SPKEEPER_DATA_DIR`.
+    pub data_dir: PathBuf,
+    dev_source: BTreeMap<String, String>,
+}
+
+impl Configured {
+    /// The environment, then (with `--dev`) the dev values for what it leaves unset.
+    pub fn source(&self) -> Layered<'_> {
+        Layered(vec![&Env, &self.dev_source])
+    }
+
+    /// Where the local key file lives (when the secrets are not in Secrets Manager).
+    pub fn key_dir(&self) -> &Path {
+        match &self.settings.store {
+            StoreChoice::Sqlite { data_dir } => data_dir,
+            StoreChoice::DynamoDb { .. } => &self.data_dir,
+        }
+    }
+}
+
+/// Reads the configuration for `mode`: the dev values (`--dev`), the settings, and the rules
+/// between them. Nothing is opened yet (`serve --dev` creates its dev values).
+pub fn configure(mode: &Mode) -> Result<Configured, Failure> {
     let dir = data_dir();
-    let dev = match &mode {
+    let dev = match mode {
         Mode::DevServe { listening } => {
             Some(DevValues::load_or_create(&dir, listening).map_err(Failure::Runtime)?)
         }
@@ -91,11 +121,42 @@ pub async fn load(mode: Mode) -> Result<Loaded, Failure> {
     };
     let dev_source: BTreeMap<String, String> =
         dev.as_ref().map(|d| d.as_source(&Env)).unwrap_or_default();
-    let source = Layered(vec![&Env, &dev_source]);
+    let settings = Settings::from_source(&Layered(vec![&Env, &dev_source]))
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    // Against DynamoDB the keys are the functions' own, from Secrets Manager: a local key file
+    // would seal and sign with keys production rejects. Only --dev (a stand-in for AWS, e.g. on
+    // moto) keeps its keys in the data directory.
+    if matches!(settings.store, StoreChoice::DynamoDb { .. })
+        && matches!(mode, Mode::Plain)
+        && Env.get(SECRETS_ARN).is_none()
+    {
+        return Err(Failure::Usage(
+            "SPKEEPER_SECRETS_ARN is required with SPKEEPER_STORE=dynamodb: the keys are the \
+             functions' own (the stack's secret ARNs, comma-separated), never a local key file"
+                .into(),
+        ));
+    }
+    Ok(Configured {
+        settings,
+        dev,
+        data_dir: dir,
+        dev_source,
+    })
+}
 
-    let settings = Settings::from_source(&source).map_err(|e| Failure::Usage(e.to_string()))?;
+/// The secret document from the Secrets Manager secrets in `SPKEEPER_SECRETS_ARN`, or `None`
+/// when it is not set (locally: the key file and the environment).
+pub async fn secrets_manager_document() -> Option<Result<SecretDocument, ConfigError>> {
+    let arns = Env.get(SECRETS_ARN)?;
+    let sdk = spkeeper::aws::sdk_config().await;
+    let client = aws_sdk_secretsmanager_client(&sdk);
+    Some(spkeeper::aws::secrets::load(&client, &arns).await)
+}
+
+pub async fn load(mode: Mode) -> Result<Loaded, Failure> {
+    let configured = configure(&mode)?;
     let runtime = |e: &dyn std::fmt::Display| Failure::Runtime(e.to_string());
-    let (backend, grants, cache, relay): Ports = match &settings.store {
+    let (backend, grants, cache, relay): Ports = match &configured.settings.store {
         StoreChoice::Sqlite { data_dir } => {
             let store = Arc::new(SqliteStore::open_dir(data_dir).map_err(|e| runtime(&e))?);
             let parts = (store.clone(), store.clone());
@@ -108,8 +169,8 @@ pub async fn load(mode: Mode) -> Result<Loaded, Failure> {
         }
         StoreChoice::DynamoDb { .. } => {
             let sdk = spkeeper::aws::sdk_config().await;
-            let aws =
-                Aws::from_settings(&sdk, &settings).map_err(|e| Failure::Usage(e.to_string()))?;
+            let aws = Aws::from_settings(&sdk, &configured.settings)
+                .map_err(|e| Failure::Usage(e.to_string()))?;
             let parts = (
                 Arc::new(aws.dynamo.clone()),
                 Arc::new(aws.dynamo.clone()),
@@ -118,38 +179,16 @@ pub async fn load(mode: Mode) -> Result<Loaded, Failure> {
             (Backend::Aws(Box::new(aws)), parts.0, parts.1, parts.2)
         }
     };
-    // Against DynamoDB the keys are the functions' own, from Secrets Manager: a local key file
-    // would seal and sign with keys production rejects. Only --dev (a stand-in for AWS, e.g. on
-    // moto) keeps its keys in the data directory.
-    if matches!(settings.store, StoreChoice::DynamoDb { .. })
-        && matches!(mode, Mode::Plain)
-        && Env.get("SPKEEPER_SECRETS_ARN").is_none()
-    {
-        return Err(Failure::Usage(
-            "SPKEEPER_SECRETS_ARN is required with SPKEEPER_STORE=dynamodb: the keys are the \
-             functions' own (the stack's secret ARNs, comma-separated), never a local key file"
-                .into(),
-        ));
-    }
-    let key_dir = match &settings.store {
-        StoreChoice::Sqlite { data_dir } => data_dir.clone(),
-        StoreChoice::DynamoDb { .. } => dir,
-    };
-    // In AWS the secrets are one Secrets Manager secret; locally, the key file and the
+    // In AWS the secrets are Secrets Manager secrets; locally, the key file and the
     // environment.
-    let doc = match Env.get("SPKEEPER_SECRETS_ARN") {
-        Some(arn) => {
-            let sdk = spkeeper::aws::sdk_config().await;
-            let client = aws_sdk_secretsmanager_client(&sdk);
-            spkeeper::aws::secrets::load(&client, &arn)
-                .await
-                .map_err(|e| Failure::Usage(e.to_string()))?
-        }
-        None => keys::key_file(&key_dir)
+    let doc = match secrets_manager_document().await {
+        Some(doc) => doc.map_err(|e| Failure::Usage(e.to_string()))?,
+        None => keys::key_file(configured.key_dir())
             .map_err(Failure::Runtime)?
             .into_document()
-            .with_env_fallback(&source),
+            .with_env_fallback(&configured.source()),
     };
+    let Configured { settings, dev, .. } = configured;
     let secrets =
         Secrets::from_document(doc, &settings).map_err(|e| Failure::Usage(e.to_string()))?;
     let http = http_client()

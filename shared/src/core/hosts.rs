@@ -189,9 +189,10 @@ impl HostAllowlist {
         Ok(SiteUrl(url))
     }
 
-    /// The list as Content-Security-Policy sources (`https://host[:port]`, `https://*.suffix`;
-    /// `http://` for loopback hosts, which is all `http` is ever allowed for).
-    pub fn csp_sources(&self) -> Vec<String> {
+    /// The list as origins (`https://host[:port]`, `https://*.suffix`; `http://` for loopback
+    /// hosts, which is all `http` is ever allowed for): the Content-Security-Policy sources of
+    /// the SharePoint hosts, and where `spkeeper doctor` reaches the token services.
+    pub fn origins(&self) -> Vec<String> {
         self.rules
             .iter()
             .map(|rule| {
@@ -506,7 +507,7 @@ mod tests {
             true,
         )
         .unwrap();
-        assert_eq!(ok.csp_sources().len(), 4);
+        assert_eq!(ok.origins().len(), 4);
     }
 
     #[test]
@@ -537,9 +538,9 @@ mod tests {
     }
 
     #[test]
-    fn allowlist_gives_its_csp_sources() {
+    fn allowlist_gives_its_origins() {
         assert_eq!(
-            sp().csp_sources(),
+            sp().origins(),
             vec![
                 "https://contoso.sharepoint.com",
                 "https://*.fabrikam.com",

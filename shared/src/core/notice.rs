@@ -22,10 +22,16 @@ pub enum NoticeType {
     /// the notice's link, which carries their grant over (`spkeeper migrate`).
     #[serde(rename = "grant.migration_required")]
     MigrationRequired,
+    /// A connectivity test from `spkeeper doctor`, sent straight to the webhook (never queued):
+    /// no grant, no link; receivers verify its signature, answer 2xx and do nothing else.
+    #[serde(rename = "webhook.test")]
+    WebhookTest,
 }
 
 impl NoticeType {
-    pub const ALL: [NoticeType; 6] = [
+    /// Every type the sweep and the commands queue (what a sweep's summary counts);
+    /// `webhook.test` is not one of them: it never goes through the queue.
+    pub const QUEUED: [NoticeType; 6] = [
         NoticeType::Expiring,
         NoticeType::Expired,
         NoticeType::Revoked,
@@ -42,6 +48,7 @@ impl NoticeType {
             NoticeType::Renewed => "refresh_token.renewed",
             NoticeType::ClientSecretExpiring => "client_secret.expiring",
             NoticeType::MigrationRequired => "grant.migration_required",
+            NoticeType::WebhookTest => "webhook.test",
         }
     }
 }
@@ -235,6 +242,27 @@ impl Notice {
         }
     }
 
+    /// `webhook.test`: what `spkeeper doctor` sends to check the webhook. Like
+    /// `client_secret.expiring` it is about no grant (`grant`, `refresh_token_expires_at` and
+    /// `renew_url` are null); `nonce` makes each test its own notice, with its own id.
+    pub fn webhook_test(nonce: &str, now: DateTime<Utc>) -> Self {
+        let created_at = rfc3339(now);
+        Notice {
+            version: 1,
+            id: notice_id(&[NoticeType::WebhookTest.as_str(), &created_at, nonce]),
+            kind: NoticeType::WebhookTest,
+            created_at,
+            grant: None,
+            refresh_token_expires_at: None,
+            days_left: 0,
+            renew_url: None,
+            client_secret_expires_at: None,
+            reason: None,
+            error_code: RevokedCode::Absent,
+            migrated_from: None,
+        }
+    }
+
     pub fn to_json(&self) -> String {
         // Serialising plain strings and numbers cannot fail.
         serde_json::to_string(self).unwrap_or_default()
@@ -309,6 +337,22 @@ mod tests {
         let mut newer = subject();
         newer.rt_version += 1;
         assert_ne!(a.id, Notice::for_stage(Stage::Expiring(7), newer, now).id);
+    }
+
+    #[test]
+    fn a_webhook_test_is_about_nothing_and_each_is_its_own_notice() {
+        let now = Utc.with_ymd_and_hms(2026, 6, 15, 0, 0, 0).unwrap();
+        let n = Notice::webhook_test("a1", now);
+        let v: Value = serde_json::from_str(&n.to_json()).unwrap();
+        assert_eq!(v["type"], "webhook.test");
+        assert_eq!(v["version"], 1);
+        for field in ["grant", "refresh_token_expires_at", "renew_url"] {
+            assert!(v[field].is_null(), "{field}");
+        }
+        assert_eq!(v["days_left"], 0);
+        assert!(v.get("client_secret_expires_at").is_none());
+        assert_ne!(n.id, Notice::webhook_test("a2", now).id);
+        assert!(!NoticeType::QUEUED.contains(&NoticeType::WebhookTest));
     }
 
     #[test]

@@ -53,7 +53,7 @@ struct SafeHeaders {
 
 impl SafeHeaders {
     fn new(settings: &Settings) -> Self {
-        let hosts = settings.allowed_sp_hosts.csp_sources().join(" ");
+        let hosts = settings.allowed_sp_hosts.origins().join(" ");
         let policy = format!(
             "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; \
              form-action 'self'; frame-ancestors 'self' {hosts}"

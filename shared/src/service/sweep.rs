@@ -55,7 +55,7 @@ impl SweepSummary {
     fn new(dry_run: bool) -> Self {
         SweepSummary {
             examined: 0,
-            notices: NoticeType::ALL.iter().map(|t| (t.as_str(), 0)).collect(),
+            notices: NoticeType::QUEUED.iter().map(|t| (t.as_str(), 0)).collect(),
             expired: 0,
             kept_alive: 0,
             keepalive_failures: 0,

@@ -146,6 +146,16 @@ const PURGE_EXPIRED: &[&str] = &[
 const PURGE_DELIVERED: &str = "DELETE FROM outbox INDEXED BY outbox_delivered \
      WHERE delivered_at IS NOT NULL AND delivered_at <= ?1";
 
+/// What an existing file holds, in counts ([`SqliteStore::inspect_dir`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileSummary {
+    pub grants: i64,
+    /// Notices not delivered yet, still being tried.
+    pub waiting: i64,
+    /// Notices the webhook never accepted (`spkeeper notices` lists them).
+    pub dead_letters: i64,
+}
+
 #[derive(Clone)]
 pub struct SqliteStore {
     /// The one connection that writes (SQLite has one writer at a time anyway).
@@ -252,6 +262,33 @@ impl SqliteStore {
         // After the writer has set WAL mode and created the schema.
         store.readers = Arc::new(Readers::open(path, READERS)?);
         Ok(store)
+    }
+
+    /// What `spkeeper doctor` reads: the data directory's file opened as it is, without
+    /// creating, migrating or writing anything (`query_only`). `None` when there is no file yet
+    /// (the first `spkeeper serve` or command creates it).
+    pub async fn inspect_dir(data_dir: &Path) -> Result<Option<FileSummary>, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        tokio::task::spawn_blocking(move || {
+            if !path.exists() {
+                return Ok(None);
+            }
+            let conn = Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(sql)?;
+            conn.busy_timeout(StdDuration::from_secs(2)).map_err(sql)?;
+            conn.pragma_update(None, "query_only", true).map_err(sql)?;
+            let count = |q: &str| conn.query_row(q, [], |r| r.get::<_, i64>(0)).map_err(sql);
+            Ok(Some(FileSummary {
+                grants: count("SELECT count(*) FROM grants")?,
+                waiting: count("SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL")?,
+                dead_letters: count("SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NOT NULL")?,
+            }))
+        })
+        .await
+        .map_err(StoreError::unavailable)?
     }
 
     pub fn open_in_memory() -> Result<Self, StoreError> {
@@ -1158,6 +1195,25 @@ mod tests {
                 .unwrap()
                 .map(|t| t.sealed),
             Some(token.sealed)
+        );
+    }
+
+    #[tokio::test]
+    async fn inspecting_a_data_directory_creates_nothing_and_counts_what_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        assert_eq!(SqliteStore::inspect_dir(&data).await.unwrap(), None);
+        assert!(!data.exists(), "inspecting made the directory");
+        let store = SqliteStore::open_dir(&data).unwrap();
+        let n = Notice::client_secret_expiring("cid", Utc::now(), Utc::now());
+        store.queue_once("doctor-test", &n).await.unwrap();
+        assert_eq!(
+            SqliteStore::inspect_dir(&data).await.unwrap(),
+            Some(FileSummary {
+                grants: 0,
+                waiting: 1,
+                dead_letters: 0
+            })
         );
     }
 

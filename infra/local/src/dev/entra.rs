@@ -613,6 +613,39 @@ pub async fn keys(State(sim): State<Arc<Sim>>) -> Json<Value> {
     Json(jwks(&keys.iter().collect::<Vec<_>>()))
 }
 
+/// `GET /dev/entra/{tenant}/v2.0/.well-known/openid-configuration`: the metadata document as
+/// Entra publishes it (`spkeeper doctor` checks its `token_endpoint` is where spkeeper posts).
+pub async fn openid_configuration(
+    State(sim): State<Arc<Sim>>,
+    Path(tenant): Path<String>,
+) -> Response {
+    if tenant.is_empty()
+        || !tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let base = format!("{}/{tenant}", authority(&sim));
+    // A multi-tenant document names no tenant in its issuer: Entra writes a placeholder.
+    let issuer_tenant = if tenant.len() == 36 {
+        tenant.as_str()
+    } else {
+        "{tenantid}"
+    };
+    Json(json!({
+        "issuer": format!("{}/{issuer_tenant}/v2.0", authority(&sim)),
+        "authorization_endpoint": format!("{base}/oauth2/v2.0/authorize"),
+        "token_endpoint": format!("{base}/oauth2/v2.0/token"),
+        "jwks_uri": format!("{base}/discovery/v2.0/keys"),
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+    }))
+    .into_response()
+}
+
 /// `POST /dev/entra/rotate-keys`: a new signing key (published beside the old one).
 pub async fn rotate_keys(State(sim): State<Arc<Sim>>) -> Response {
     let mut keys = lock(&sim.entra.keys);

@@ -126,11 +126,7 @@ impl DevValues {
     }
 
     pub fn existing(dir: &Path) -> Result<Option<Self>, String> {
-        let path = dir.join(DEV_FILE);
-        if !path.exists() {
-            return Ok(None);
-        }
-        keys::load_or_create(&path, || Err("dev.json vanished".to_string())).map(Some)
+        keys::existing(&dir.join(DEV_FILE))
     }
 
     /// Remembers the simulator's clock offset for the other commands.
@@ -201,6 +197,11 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/_layouts/15/AppRedirect.aspx", get(sim::app_redirect))
         .route("/_api/web/currentuser", get(sim::current_user))
         .route("/_vti_bin/client.svc", get(sim::realm_challenge))
+        // Every site collection of a SharePoint host answers realm discovery for its tenant.
+        .route(
+            "/sites/{site}/_vti_bin/client.svc",
+            get(sim::realm_challenge),
+        )
         .route("/dev/acs/tokens/OAuth/2", post(sim::acs_token))
         .route("/dev/acs/fault", post(sim::set_fault))
         .route("/dev/acs/stats", get(sim::acs_stats))
@@ -214,6 +215,10 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/dev/entra/authorize/decide", post(entra::decide))
         .route("/dev/entra/{tenant}/oauth2/v2.0/token", post(entra::token))
         .route("/dev/entra/{tenant}/discovery/v2.0/keys", get(entra::keys))
+        .route(
+            "/dev/entra/{tenant}/v2.0/.well-known/openid-configuration",
+            get(entra::openid_configuration),
+        )
         .route("/dev/entra/fault", post(entra::set_fault))
         .route("/dev/entra/rotate-keys", post(entra::rotate_keys))
         .route("/dev/entra/revoke", post(entra::revoke_sessions))
