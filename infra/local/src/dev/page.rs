@@ -13,7 +13,8 @@ use spkeeper::core::notice::rfc3339;
 
 use spkeeper::http::cookie;
 
-use super::sim::{self, Sim, USER_COOKIE, clean_user, display_name, known_users};
+use super::fault::describe;
+use super::sim::{self, Fault, Sim, USER_COOKIE, clean_user, display_name, known_users};
 
 #[derive(Deserialize)]
 pub struct PageQuery {
@@ -44,6 +45,28 @@ fn button(action: &str, fields: &[(&str, &str)], label: &str, light: bool) -> St
         attr(action),
         if light { " class=\"light\"" } else { "" },
         text(label)
+    )
+}
+
+/// One form for a token service's failures: how long (until turned off, or the next 1 or 3
+/// requests), then a button per failure (`mode`).
+fn fault_form(action: &str, modes: &[(String, String)]) -> String {
+    let buttons: String = modes
+        .iter()
+        .map(|(mode, label)| {
+            format!(
+                "<button class=\"light\" name=\"mode\" value=\"{}\">{}</button>",
+                attr(mode),
+                text(label)
+            )
+        })
+        .collect();
+    format!(
+        "<form method=\"post\" action=\"{}\"><label>For <select name=\"count\">\
+         <option value=\"until_off\" selected>until turned off</option>\
+         <option value=\"1\">the next request</option>\
+         <option value=\"3\">the next 3 requests</option></select></label> {buttons}</form>",
+        attr(action)
     )
 }
 
@@ -126,11 +149,6 @@ pub async fn sharepoint(
         .collect();
 
     let offset_days = sim.clock.offset().num_seconds() as f64 / 86_400.0;
-    let faults: Vec<String> = sim
-        .queued_faults()
-        .iter()
-        .map(|f| format!("{f:?}"))
-        .collect();
     let clock_buttons: String = [
         ("1", "+1 day"),
         ("7", "+7 days"),
@@ -148,37 +166,19 @@ pub async fn sharepoint(
         )
     })
     .collect();
-    let fault_buttons: String = [
-        ("500", "HTTP 500"),
-        ("429", "HTTP 429"),
-        ("slow", "slow (6 s)"),
-        ("invalid_grant", "invalid_grant"),
-        ("invalid_client", "invalid_client"),
-    ]
-    .iter()
-    .map(|(m, label)| {
-        button(
-            "/dev/acs/fault",
-            &[("mode", m), ("count", "1")],
-            label,
-            true,
-        )
-    })
-    .collect();
-
-    let entra_faults: String = super::entra::FAULT_CODES
-        .iter()
-        .map(|c| c.to_string())
-        .chain(["429".to_string(), "500".to_string()])
-        .map(|m| {
-            button(
-                "/dev/entra/fault",
-                &[("mode", &m), ("count", "1")],
-                &m,
-                true,
-            )
-        })
-        .collect();
+    let acs_fault_form = fault_form(
+        "/dev/acs/fault",
+        &Fault::ALL.map(|f| (f.mode().to_string(), f.label().to_string())),
+    );
+    let entra_fault_form = fault_form(
+        "/dev/entra/fault",
+        &super::entra::FAULT_CODES
+            .iter()
+            .map(|c| c.to_string())
+            .chain(["429".to_string(), "500".to_string()])
+            .map(|m| (m.clone(), m))
+            .collect::<Vec<_>>(),
+    );
     let connect = format!(
         "/connect?site={}",
         url::form_urlencoded::byte_serialize(sim.site_url().as_bytes()).collect::<String>()
@@ -196,16 +196,33 @@ pub async fn sharepoint(
         <section><h2>2 · Travel in time</h2><p>Simulated now: <b>{now}</b> ({offset:+.1} days from real time)</p>\
         {next} {clock_buttons} {reset} {sweep}\
         <p class=\"muted\">Each jump runs a sweep; notices fall due 30, 7 and 1 days before the refresh token expires, six months after the launch.</p></section>\
-        <section><h2>3 · Grants</h2><table><tr><th>grant</th><th>user</th><th>status</th><th>refresh token expires</th><th>days</th><th>notices</th><th></th></tr>{grant_rows}</table>\
-        <p class=\"muted\">{pending}</p></section>\
+        <section><h2>3 · Grants and access tokens</h2><table><tr><th>grant</th><th>user</th><th>status</th><th>refresh token expires</th><th>days</th><th>notices</th><th></th></tr>{grant_rows}</table>\
+        <p class=\"muted\">{pending}</p>\
+        <p>ACS token requests so far: <b id=\"acs-token-requests\">{requests}</b> · Entra ID token requests so far: <b id=\"entra-token-requests\">{entra_requests}</b> {forget}</p>\
+        <p class=\"muted\">The launch itself asks ACS once, for the access token that looks the user up in SharePoint; spkeeper caches that token. \
+        <code>/token</code> answers from the cache while the cached access token has more than 5 minutes left (ACS's last about 12 hours, Entra's one): \
+        forget them and the next <code>/token</code> asks the token service again. Grants and refresh tokens stay.</p></section>\
         <section><h2>4 · Webhook inbox</h2><table><tr><th>received</th><th>type</th><th>grant</th><th>days left</th><th>signature</th></tr>{inbox_rows}</table></section>\
-        <section><h2>5 · Make ACS misbehave</h2><p>The next token request gets: {fault_buttons} {clear}</p>\
-        <p class=\"muted\">Queued: {faults} · token requests so far: {requests}</p></section>\
-        <section><h2>6 · Make Entra ID misbehave</h2><p>The next Entra token request gets (AADSTS code): {entra_faults} {entra_clear}</p>\
+        <section><h2>5 · Make ACS misbehave</h2><p>ACS now answers with: <b id=\"acs-fault\">{acs_fault}</b></p>{acs_fault_form} {acs_off}\
+        <p class=\"muted\">A failure stays on until you turn it off, or for the number of token requests you choose. \
+        spkeeper tries ACS three times on a 500, a 429 or a timeout (slow: 6 s, past its 5-second limit) before it answers <code>503 sts_unavailable</code>; \
+        <code>invalid_grant</code> revokes the grant (<code>409 relaunch_required</code>), <code>invalid_client</code> is <code>502 sts_rejected_client</code>. \
+        Forget the cached access tokens first, or <code>/token</code> answers from the cache without asking ACS.</p></section>\
+        <section><h2>6 · Make Entra ID misbehave</h2><p>Entra ID now answers with: <b id=\"entra-fault\">{entra_fault}</b></p>{entra_fault_form} {entra_off}\
+        <p class=\"muted\">AADSTS codes, as Entra's token endpoint answers them; as for ACS, on until turned off or for the requests you choose.</p>\
         <p>{rotate} {revoke}</p></section>\
         </main>",
         connect = attr(&connect),
-        entra_clear = button("/dev/entra/fault", &[("mode", "clear")], "clear", false),
+        entra_off = button("/dev/entra/fault", &[("mode", "off")], "turn off", false),
+        entra_fault = text(&describe(sim.entra.fault())),
+        entra_requests = sim.entra.token_requests(),
+        acs_fault = text(&describe(sim.acs_fault_labelled(Fault::label))),
+        forget = button(
+            "/dev/access-tokens/forget",
+            &[],
+            "forget cached access tokens",
+            true
+        ),
         rotate = button(
             "/dev/entra/rotate-keys",
             &[],
@@ -236,12 +253,7 @@ pub async fn sharepoint(
             true
         ),
         sweep = button("/dev/sweep", &[], "sweep now", false),
-        clear = button("/dev/acs/fault", &[("mode", "clear")], "clear", false),
-        faults = text(&if faults.is_empty() {
-            "none".to_string()
-        } else {
-            faults.join(", ")
-        }),
+        acs_off = button("/dev/acs/fault", &[("mode", "off")], "turn off", false),
         requests = sim.token_requests(),
     );
     let html = format!(

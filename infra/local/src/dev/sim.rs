@@ -33,6 +33,7 @@ use spkeeper::service::sweep::SweepService;
 use spkeeper::testkit::{ContextTokenSpec, mint_context_token};
 
 use super::DevValues;
+use super::fault::{Switch, Times, describe, to_json};
 
 /// Simulated people of the simulated tenant.
 const USERS: [(&str, &str); 3] = [
@@ -45,7 +46,7 @@ pub const USER_COOKIE: &str = "spdev_user";
 /// ACS's access tokens live about 12 hours.
 const ACCESS_TOKEN_SECS: i64 = 43_199;
 
-/// A failure the simulated ACS plays on its next token request.
+/// A failure the simulated ACS plays on its token requests while it is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Fault {
     #[serde(rename = "500")]
@@ -58,6 +59,38 @@ pub enum Fault {
     InvalidGrant,
     #[serde(rename = "invalid_client")]
     InvalidClient,
+}
+
+impl Fault {
+    /// Its `mode` in a control request.
+    pub fn mode(self) -> &'static str {
+        match self {
+            Fault::ServerError => "500",
+            Fault::TooManyRequests => "429",
+            Fault::Slow => "slow",
+            Fault::InvalidGrant => "invalid_grant",
+            Fault::InvalidClient => "invalid_client",
+        }
+    }
+
+    /// Its name on the page.
+    pub fn label(self) -> &'static str {
+        match self {
+            Fault::ServerError => "HTTP 500",
+            Fault::TooManyRequests => "HTTP 429",
+            Fault::Slow => "slow (6 s)",
+            Fault::InvalidGrant => "invalid_grant",
+            Fault::InvalidClient => "invalid_client",
+        }
+    }
+
+    pub const ALL: [Fault; 5] = [
+        Fault::ServerError,
+        Fault::TooManyRequests,
+        Fault::Slow,
+        Fault::InvalidGrant,
+        Fault::InvalidClient,
+    ];
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,7 +109,7 @@ pub struct Sim {
     /// The embedded queue, to show what waits in it (none on DynamoDB: notices go to SQS).
     pub outbox: Option<Arc<dyn Outbox>>,
     sweep: Arc<SweepService>,
-    faults: Mutex<VecDeque<Fault>>,
+    faults: Switch<Fault>,
     token_requests: AtomicU64,
     inbox: Mutex<VecDeque<InboxEntry>>,
     /// The simulated Entra ID.
@@ -152,7 +185,7 @@ impl Sim {
             sim_key,
             outbox,
             sweep,
-            faults: Mutex::new(VecDeque::new()),
+            faults: Switch::new(),
             token_requests: AtomicU64::new(0),
             inbox: Mutex::new(VecDeque::new()),
         })
@@ -257,16 +290,17 @@ impl Sim {
             .unwrap_or_default()
     }
 
-    pub fn queued_faults(&self) -> Vec<Fault> {
-        lock(&self.faults).iter().copied().collect()
-    }
-
     pub fn token_requests(&self) -> u64 {
         self.token_requests.load(Ordering::SeqCst)
     }
 
     pub fn inbox(&self) -> Vec<InboxEntry> {
         lock(&self.inbox).iter().cloned().collect()
+    }
+
+    /// The ACS failure that is on, named by `name` (its mode, or its label on the page).
+    pub fn acs_fault_labelled(&self, name: fn(Fault) -> &'static str) -> Option<(String, Times)> {
+        self.faults.state().map(|(f, t)| (name(f).to_string(), t))
     }
 }
 
@@ -373,7 +407,7 @@ pub async fn app_redirect(
 /// The ACS token endpoint: the refresh-token grant, answered with string-typed fields.
 pub async fn acs_token(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
     sim.token_requests.fetch_add(1, Ordering::SeqCst);
-    let fault = lock(&sim.faults).pop_front();
+    let fault = sim.faults.take();
     match fault {
         Some(Fault::ServerError) => {
             return (StatusCode::INTERNAL_SERVER_ERROR, "ACS is having a bad day").into_response();
@@ -554,39 +588,86 @@ fn back_to_page() -> Response {
     Redirect::to("/dev/sharepoint").into_response()
 }
 
-/// `POST /dev/acs/fault` `{"mode":"500|429|slow|invalid_grant|invalid_client|clear","count":N}`.
+/// `POST /dev/acs/fault` `{"mode":"500|429|slow|invalid_grant|invalid_client|off","count":N}`:
+/// the failure stays on until turned off (`mode=off`; `clear` too), or for the next `count`
+/// token requests (absent, empty or `until_off`: until turned off).
 pub async fn set_fault(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
     let (input, from_page) = control_input(&headers, &body);
     let mode = input.get("mode").and_then(Value::as_str).unwrap_or("");
-    let count = number(input.get("count")).unwrap_or(1).clamp(1, 100) as usize;
-    {
-        let mut faults = lock(&sim.faults);
-        if mode == "clear" {
-            faults.clear();
-        } else {
-            match serde_json::from_value::<Fault>(Value::String(mode.to_string())) {
-                Ok(f) => faults.extend(std::iter::repeat_n(f, count)),
-                Err(_) => {
-                    return (StatusCode::BAD_REQUEST, Json(json!({"error": "bad_request", "message": "mode must be 500, 429, slow, invalid_grant, invalid_client or clear"}))).into_response();
-                }
+    if matches!(mode, "off" | "clear") {
+        sim.faults.turn_off();
+    } else {
+        let fault = Fault::ALL.into_iter().find(|f| f.mode() == mode);
+        let times = Times::parse(input.get("count"));
+        match (fault, times) {
+            (Some(f), Ok(t)) => sim.faults.turn_on(f, t),
+            (None, _) => {
+                return bad_control(
+                    "mode must be 500, 429, slow, invalid_grant, invalid_client or off",
+                );
             }
+            (_, Err(e)) => return bad_control(&e),
         }
     }
-    tracing::info!(mode, count, "simulated ACS fault set");
+    let state = sim.acs_fault_labelled(Fault::mode);
+    tracing::info!(fault = %describe(sim.acs_fault_labelled(Fault::label)), "simulated ACS failure switched");
     if from_page {
         back_to_page()
     } else {
-        Json(json!({"faults": sim.queued_faults()})).into_response()
+        Json(json!({"fault": to_json(state)})).into_response()
     }
 }
 
+pub fn bad_control(message: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": "bad_request", "message": message})),
+    )
+        .into_response()
+}
+
 pub async fn acs_stats(State(sim): State<Arc<Sim>>) -> Json<Value> {
-    Json(json!({"token_requests": sim.token_requests(), "faults": sim.queued_faults()}))
+    Json(json!({
+        "token_requests": sim.token_requests(),
+        "fault": to_json(sim.acs_fault_labelled(Fault::mode)),
+    }))
+}
+
+/// `POST /dev/access-tokens/forget`: drops every cached access token (of every grant), so the
+/// next `/token` asks the simulated ACS or Entra again. Grants and refresh tokens stay.
+pub async fn forget_access_tokens(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (_, from_page) = control_input(&headers, &body);
+    let forgotten = async {
+        let grants = sim.ctx.grants.list().await?;
+        for g in &grants {
+            sim.ctx.cache.forget_access_tokens(&g.id).await?;
+        }
+        Ok::<usize, spkeeper::ports::StoreError>(grants.len())
+    }
+    .await;
+    match (forgotten, from_page) {
+        (Ok(n), false) => Json(json!({"grants": n})).into_response(),
+        (Ok(n), true) => {
+            tracing::info!(grants = n, "cached access tokens forgotten");
+            back_to_page()
+        }
+        (Err(e), _) => {
+            tracing::error!(error = %e, "could not forget the cached access tokens");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": "internal_error", "message": "the store failed; see the server's log"})),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// `POST /dev/clock` `{"now":"RFC 3339"}`, `{"advance_days":N}`, `{"next_notice":true}` or
-/// `{"reset":true}`; add
-/// `"sweep":true` to sweep at the new time.
+/// `{"reset":true}`; add `"sweep":true` to sweep at the new time.
 pub async fn set_clock(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
     let (input, from_page) = control_input(&headers, &body);
     if let Some(at) = input
@@ -616,7 +697,7 @@ pub async fn set_clock(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: By
             }
         }
     } else {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "bad_request", "message": "give now, advance_days, next_notice or reset"}))).into_response();
+        return bad_control("give now, advance_days, next_notice or reset");
     }
     tracing::info!(now = %rfc3339(sim.now()), "simulated clock moved");
     if let Err(e) =
