@@ -14,7 +14,9 @@ use spkeeper::core::notice::rfc3339;
 use spkeeper::http::cookie;
 
 use super::fault::describe;
-use super::sim::{self, Fault, Sim, USER_COOKIE, clean_user, display_name, known_users};
+use super::sim::{
+    self, Fault, InboxEntry, Sim, USER_COOKIE, clean_user, display_name, known_users,
+};
 
 #[derive(Deserialize)]
 pub struct PageQuery {
@@ -27,7 +29,8 @@ section{border:1px solid #e1e1e1;border-radius:6px;padding:1rem 1.2rem;margin-bo
 button{background:#03787c;color:#fff;border:0;border-radius:4px;padding:.45rem .9rem;font-size:.95rem;cursor:pointer;margin:.15rem}\
 button.light{background:#e9f1f1;color:#03787c}table{border-collapse:collapse;width:100%;font-size:.9rem}\
 td,th{border-bottom:1px solid #eee;padding:.3rem .4rem;text-align:left}form{display:inline}.muted{color:#666;font-size:.85rem}\
-code{background:#f4f4f4;padding:0 .2rem}.bad{color:#a4262c}.ok{color:#107c10}";
+code{background:#f4f4f4;padding:0 .2rem}.bad{color:#a4262c}.ok{color:#107c10}\
+pre{background:#f8f8f8;padding:.5rem;margin:.2rem 0;overflow-x:auto;font-size:.8rem}tr.notice-body td{border-bottom:1px solid #ddd}";
 
 fn button(action: &str, fields: &[(&str, &str)], label: &str, light: bool) -> String {
     let inputs: String = fields
@@ -67,6 +70,47 @@ fn fault_form(action: &str, modes: &[(String, String)]) -> String {
          <option value=\"1\">the next request</option>\
          <option value=\"3\">the next 3 requests</option></select></label> {buttons}</form>",
         attr(action)
+    )
+}
+
+/// A notice in the inbox: when, what, for whom, its signature, its renew link (a link), and
+/// its JSON body (escaped; the newest one unfolded).
+fn inbox_row(e: &InboxEntry, newest: bool) -> String {
+    let n = &e.notice;
+    let renew = n["renew_url"]
+        .as_str()
+        .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+        .map(|u| {
+            format!(
+                "<a class=\"renew-link\" href=\"{}\">renew link</a>",
+                attr(u)
+            )
+        })
+        .unwrap_or_else(|| "—".into());
+    let body = serde_json::to_string_pretty(n).unwrap_or_default();
+    format!(
+        "<tr class=\"notice\"><td>{}</td><td><b>{}</b></td><td><code>{}</code></td><td>{}</td><td class=\"{}\">{}</td><td>{renew}</td></tr>\
+         <tr class=\"notice-body\"><td colspan=\"6\"><details{}><summary class=\"muted\">body</summary><pre>{}</pre></details></td></tr>",
+        text(n["created_at"].as_str().unwrap_or(&e.received_at)),
+        text(n["type"].as_str().unwrap_or("?")),
+        text(
+            &n["grant"]["id"]
+                .as_str()
+                .map(|s| s.chars().take(8).collect::<String>())
+                .unwrap_or_else(|| "-".into())
+        ),
+        n["days_left"]
+            .as_i64()
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "—".into()),
+        if e.signature_valid { "ok" } else { "bad" },
+        if e.signature_valid {
+            "signature ok"
+        } else {
+            "BAD SIGNATURE"
+        },
+        if newest { " open" } else { "" },
+        text(&body),
     )
 }
 
@@ -134,18 +178,8 @@ pub async fn sharepoint(
         .iter()
         .rev()
         .take(20)
-        .map(|e| {
-            let n = &e.notice;
-            format!(
-                "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td class=\"{}\">{}</td></tr>",
-                text(&e.received_at),
-                text(n["type"].as_str().unwrap_or("?")),
-                text(n["grant"]["id"].as_str().map(|s| &s[..8.min(s.len())]).unwrap_or("-")),
-                n["days_left"],
-                if e.signature_valid { "ok" } else { "bad" },
-                if e.signature_valid { "signature ok" } else { "BAD SIGNATURE" },
-            )
-        })
+        .enumerate()
+        .map(|(i, e)| inbox_row(e, i == 0))
         .collect();
 
     let offset_days = sim.clock.offset().num_seconds() as f64 / 86_400.0;
@@ -202,7 +236,8 @@ pub async fn sharepoint(
         <p class=\"muted\">The launch itself asks ACS once, for the access token that looks the user up in SharePoint; spkeeper caches that token. \
         <code>/token</code> answers from the cache while the cached access token has more than 5 minutes left (ACS's last about 12 hours, Entra's one): \
         forget them and the next <code>/token</code> asks the token service again. Grants and refresh tokens stay.</p></section>\
-        <section><h2>4 · Webhook inbox</h2><table><tr><th>received</th><th>type</th><th>grant</th><th>days left</th><th>signature</th></tr>{inbox_rows}</table></section>\
+        <section><h2>4 · Webhook inbox</h2><table><tr><th>created</th><th>type</th><th>grant</th><th>days left</th><th>signature</th><th>renew link</th></tr>{inbox_rows}</table>\
+        <p class=\"muted\">The last 20 notices, newest first, as spkeeper delivered them here (also as JSON: <a href=\"/dev/webhook\">GET /dev/webhook</a>).</p></section>\
         <section><h2>5 · Make ACS misbehave</h2><p>ACS now answers with: <b id=\"acs-fault\">{acs_fault}</b></p>{acs_fault_form} {acs_off}\
         <p class=\"muted\">A failure stays on until you turn it off, or for the number of token requests you choose. \
         spkeeper tries ACS three times on a 500, a 429 or a timeout (slow: 6 s, past its 5-second limit) before it answers <code>503 sts_unavailable</code>; \

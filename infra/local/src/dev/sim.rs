@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
+use std::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -26,6 +27,7 @@ use url::Url;
 use spkeeper::clock::OffsetClock;
 use spkeeper::context::Context;
 use spkeeper::core::context_token::SHAREPOINT_PRINCIPAL;
+use spkeeper::core::links::{SESSION_COOKIE, SESSION_HOURS};
 use spkeeper::core::notice::rfc3339;
 use spkeeper::http::cookie;
 use spkeeper::ports::Outbox;
@@ -45,6 +47,9 @@ const USERS: [(&str, &str); 3] = [
 pub const USER_COOKIE: &str = "spdev_user";
 /// ACS's access tokens live about 12 hours.
 const ACCESS_TOKEN_SECS: i64 = 43_199;
+/// How long a press on the page waits for the notices its sweep queued to reach the inbox
+/// (the delivery loop looks every second).
+const DELIVERY_WAIT: StdDuration = StdDuration::from_secs(5);
 
 /// A failure the simulated ACS plays on its token requests while it is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +117,7 @@ pub struct Sim {
     faults: Switch<Fault>,
     token_requests: AtomicU64,
     inbox: Mutex<VecDeque<InboxEntry>>,
+    received: AtomicU64,
     /// The simulated Entra ID.
     pub entra: super::entra::EntraSim,
 }
@@ -130,6 +136,9 @@ struct AccessClaims {
     sub: String,
     aud: String,
     exp: i64,
+    /// Every access token is a new one, as ACS's are, even twice in the same second.
+    #[serde(default)]
+    jti: String,
 }
 
 pub fn display_name(user: &str) -> String {
@@ -188,6 +197,7 @@ impl Sim {
             faults: Switch::new(),
             token_requests: AtomicU64::new(0),
             inbox: Mutex::new(VecDeque::new()),
+            received: AtomicU64::new(0),
         })
     }
 
@@ -298,9 +308,35 @@ impl Sim {
         lock(&self.inbox).iter().cloned().collect()
     }
 
+    /// How many notices the inbox has received (it keeps the last 200).
+    fn received(&self) -> u64 {
+        self.received.load(Ordering::SeqCst)
+    }
+
     /// The ACS failure that is on, named by `name` (its mode, or its label on the page).
     pub fn acs_fault_labelled(&self, name: fn(Fault) -> &'static str) -> Option<(String, Times)> {
         self.faults.state().map(|(f, t)| (name(f).to_string(), t))
+    }
+
+    /// Is the inbox where notices go (the dev default), rather than a receiver of the user's?
+    fn inbox_is_the_webhook(&self) -> bool {
+        self.ctx
+            .settings
+            .webhook_url
+            .as_ref()
+            .is_some_and(|u| u.as_str() == format!("{}/dev/webhook", self.base()))
+    }
+
+    /// After a sweep from the page queued `queued` notices: waits (a few seconds at most) for
+    /// the delivery loop to bring them to the inbox, so the page it returns to shows them.
+    async fn wait_for_delivery(&self, before: u64, queued: u64) {
+        if queued == 0 || !self.inbox_is_the_webhook() {
+            return;
+        }
+        let started = Instant::now();
+        while self.received() < before + queued && started.elapsed() < DELIVERY_WAIT {
+            tokio::time::sleep(StdDuration::from_millis(50)).await;
+        }
     }
 }
 
@@ -508,10 +544,13 @@ pub async fn acs_token(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
         );
     }
     let expires_on = now.timestamp() + ACCESS_TOKEN_SECS;
+    let mut jti = [0u8; 12];
+    let _ = getrandom::fill(&mut jti);
     let access = sim.sign(&AccessClaims {
         sub: refresh.sub,
         aud: resource.clone(),
         exp: expires_on,
+        jti: hex::encode(jti),
     });
     Json(json!({
         "token_type": "Bearer",
@@ -668,8 +707,20 @@ pub async fn forget_access_tokens(
 
 /// `POST /dev/clock` `{"now":"RFC 3339"}`, `{"advance_days":N}`, `{"next_notice":true}` or
 /// `{"reset":true}`; add `"sweep":true` to sweep at the new time.
+///
+/// A browser that held a valid session when it pressed the button keeps it across the jump:
+/// its session (12 hours on the simulated clock, as in production) is issued again at the new
+/// time, as if the user had opened the add-in just then, so `/status` goes on showing the grant.
 pub async fn set_clock(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
     let (input, from_page) = control_input(&headers, &body);
+    let session = cookie(&headers, SESSION_COOKIE).and_then(|v| {
+        sim.ctx
+            .secrets
+            .get()
+            .links
+            .verify_session(v, sim.now())
+            .ok()
+    });
     if let Some(at) = input
         .get("now")
         .and_then(Value::as_str)
@@ -705,27 +756,50 @@ pub async fn set_clock(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: By
     {
         tracing::warn!(error = %e, "could not remember the clock offset for other commands");
     }
+    let received = sim.received();
     let summary = if truthy(input.get("sweep")) {
         match sim.sweep.run(sim.now(), false).await {
-            Ok(s) => serde_json::to_value(s).unwrap_or(Value::Null),
+            Ok(s) => {
+                if from_page {
+                    sim.wait_for_delivery(received, s.notices.values().sum())
+                        .await;
+                }
+                serde_json::to_value(s).unwrap_or(Value::Null)
+            }
             Err(e) => json!({"error": e.to_string()}),
         }
     } else {
         Value::Null
     };
-    if from_page {
+    let mut resp = if from_page {
         back_to_page()
     } else {
         Json(json!({"now": rfc3339(sim.now()), "offset_seconds": sim.clock.offset().num_seconds(), "sweep": summary})).into_response()
+    };
+    if let Some(id) = session {
+        let value = sim.ctx.secrets.get().links.session_value(&id, sim.now());
+        let carried = format!(
+            "{SESSION_COOKIE}={value}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=None",
+            SESSION_HOURS * 3600
+        );
+        if let Ok(v) = header::HeaderValue::from_str(&carried) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
     }
+    resp
 }
 
 /// `POST /dev/sweep`: one sweep at the simulated time.
 pub async fn sweep_now(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
     let (_, from_page) = control_input(&headers, &body);
+    let received = sim.received();
     let result = sim.sweep.run(sim.now(), false).await;
     match (result, from_page) {
-        (Ok(_), true) => back_to_page(),
+        (Ok(s), true) => {
+            sim.wait_for_delivery(received, s.notices.values().sum())
+                .await;
+            back_to_page()
+        }
         (Ok(s), false) => Json(s).into_response(),
         (Err(e), _) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -766,6 +840,7 @@ pub async fn receive_webhook(
             inbox.pop_front();
         }
     }
+    sim.received.fetch_add(1, Ordering::SeqCst);
     if valid {
         StatusCode::NO_CONTENT.into_response()
     } else {
