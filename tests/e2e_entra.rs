@@ -1353,3 +1353,82 @@ async fn an_error_from_entra_cannot_forge_a_log_line() {
         "a forged line"
     );
 }
+
+/// The README's step 7 failure controls work as step 5's ACS ones: pressed on the page, an
+/// Entra failure stays on until turned off (or for the requests chosen), the page says what is
+/// on, and once the cached access tokens are forgotten `/token` meets it.
+#[tokio::test]
+async fn entra_failures_from_the_page_stay_on_until_turned_off_like_the_acs_ones() {
+    let dev = start(&[]).await;
+    assert_eq!(sign_in(&dev, "megan").await.status().as_u16(), 303);
+    let id = entra_grant(&dev, "megan")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let browser = Browser::new();
+    let by_id = |page: &Page, id: &str| {
+        let start = page.html.find(&format!("id=\"{id}\">")).unwrap();
+        let rest = &page.html[start..];
+        let inner = &rest[rest.find('>').unwrap() + 1..];
+        page_text(&inner[..inner.find('<').unwrap()])
+    };
+    let entra_state = |page: &Page| by_id(page, "entra-fault");
+    let page = browser.open(&format!("{}/dev/sharepoint", dev.base)).await;
+    assert_eq!(entra_state(&page), "nothing: it answers normally");
+    // the sign-in's access token is cached: /token does not meet a failure until it is forgotten
+    let page = browser
+        .press_in(&page, Some("/dev/entra/fault"), "500", &[])
+        .await;
+    assert_eq!(entra_state(&page), "500, until turned off");
+    assert_eq!(dev.token(json!({"grant_id": id})).await.status(), 200);
+    let page = browser.press(&page, "forget cached access tokens").await;
+    let requests = |p: &Page| by_id(p, "entra-token-requests").parse::<u64>().unwrap();
+    let before = requests(&page);
+    for _ in 0..2 {
+        let r = dev.token(json!({"grant_id": id})).await;
+        assert_eq!(r.headers()["retry-after"], "5");
+        assert_code(r, 503, "sts_unavailable").await;
+    }
+    let page = browser.open(&format!("{}/dev/sharepoint", dev.base)).await;
+    assert_eq!(requests(&page), before + 4, "one quick retry each");
+    let page = browser
+        .press_in(&page, Some("/dev/entra/fault"), "turn off", &[])
+        .await;
+    assert_eq!(entra_state(&page), "nothing: it answers normally");
+    assert_eq!(dev.token(json!({"grant_id": id})).await.status(), 200);
+
+    // for the next request: one 429 (Retry-After 7, longer than a request waits), then normal
+    let page = browser
+        .press_in(&page, Some("/dev/entra/fault"), "429", &[("count", "1")])
+        .await;
+    assert_eq!(entra_state(&page), "429, for the next request");
+    browser.press(&page, "forget cached access tokens").await;
+    let r = dev.token(json!({"grant_id": id})).await;
+    assert_eq!(r.headers()["retry-after"], "7");
+    assert_code(r, 503, "sts_unavailable").await;
+    let page = browser.open(&format!("{}/dev/sharepoint", dev.base)).await;
+    assert_eq!(entra_state(&page), "nothing: it answers normally");
+    assert_eq!(dev.token(json!({"grant_id": id})).await.status(), 200);
+
+    // revoked sessions, as AADSTS50173: 409 with the reason, and a revoked notice
+    let page = browser
+        .press_in(&page, Some("/dev/entra/fault"), "50173", &[])
+        .await;
+    assert_eq!(entra_state(&page), "50173, until turned off");
+    assert_eq!(
+        dev.stats().await["fault"],
+        json!({"mode": "50173", "remaining": null}),
+        "GET /dev/entra/stats says what is on"
+    );
+    browser.press(&page, "forget cached access tokens").await;
+    let body = assert_code(
+        dev.token(json!({"grant_id": id})).await,
+        409,
+        "relaunch_required",
+    )
+    .await;
+    assert_eq!(body["reason"], "revoked");
+    let inbox = dev.inbox(1).await;
+    assert_eq!(inbox[0]["notice"]["type"], "refresh_token.revoked");
+    assert_eq!(inbox[0]["notice"]["error_code"], 50173);
+}

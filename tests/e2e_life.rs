@@ -587,8 +587,161 @@ async fn failed_deliveries_are_retried_until_the_receiver_takes_them() {
     assert!(got[0].signature_valid);
 }
 
-/// The README's walkthrough exactly: `serve --dev` with nothing configured, the page's buttons
-/// (as their JSON twins), and the simulator's own webhook inbox.
+/// What the README's walkthrough has the user look at: the page, the inbox on it, `/status`,
+/// and the curl of step 2.
+struct Walk<'a> {
+    server: &'a Server,
+    env: &'a Env,
+    browser: Browser,
+    key: String,
+    grant: String,
+}
+
+/// A notice as the page's Webhook inbox shows it.
+#[derive(Debug)]
+struct InboxRow {
+    text: String,
+    renew_link: Option<String>,
+    body: Value,
+    /// The body is unfolded (`<details open>`).
+    unfolded: bool,
+}
+
+/// The inbox on the page, newest first: each row's text, its renew link (an `<a href>`) and
+/// its body (the escaped JSON in the row under it).
+fn inbox_rows(page: &Page) -> Vec<InboxRow> {
+    page.html
+        .split("<tr class=\"notice\">")
+        .skip(1)
+        .map(|chunk| {
+            let (row, rest) = chunk.split_once("</tr>").unwrap();
+            let renew_link = row
+                .split_once("<a class=\"renew-link\" href=\"")
+                .map(|(_, r)| {
+                    html_escape::decode_html_entities(r.split('"').next().unwrap()).into_owned()
+                });
+            let unfolded = rest.split_once("<details").unwrap().1.starts_with(" open");
+            let pre = rest
+                .split_once("<pre>")
+                .unwrap()
+                .1
+                .split_once("</pre>")
+                .unwrap()
+                .0;
+            InboxRow {
+                text: page_text(row),
+                renew_link,
+                unfolded,
+                body: serde_json::from_str(&html_escape::decode_html_entities(pre)).unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// The text of the element with this id on the page.
+fn by_id(page: &Page, id: &str) -> String {
+    let start = page
+        .html
+        .find(&format!("id=\"{id}\">"))
+        .unwrap_or_else(|| panic!("no #{id} on the page"));
+    let rest = &page.html[start..];
+    let inner = &rest[rest.find('>').unwrap() + 1..];
+    page_text(&inner[..inner.find('<').unwrap()])
+}
+
+impl Walk<'_> {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server.base)
+    }
+
+    async fn sharepoint(&self) -> Page {
+        self.browser.open(&self.url("/dev/sharepoint")).await
+    }
+
+    /// "ACS token requests so far", as the page shows it.
+    async fn acs_requests(&self) -> u64 {
+        by_id(&self.sharepoint().await, "acs-token-requests")
+            .parse()
+            .unwrap()
+    }
+
+    /// The README's curl: (status, Retry-After, body).
+    async fn curl(&self) -> (u16, Option<String>, Value) {
+        let resp = client()
+            .post(self.url("/token"))
+            .header("Authorization", format!("Bearer {}", self.key))
+            .header("content-type", "application/json")
+            .body(format!("{{\"grant_id\":\"{}\"}}", self.grant))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        (status, retry_after, resp.json().await.unwrap())
+    }
+
+    /// Reloads the page until the inbox holds `n` notices (delivery takes about a second).
+    async fn inbox_until(&self, n: usize) -> (Page, Vec<InboxRow>) {
+        for _ in 0..100 {
+            let page = self.sharepoint().await;
+            let rows = inbox_rows(&page);
+            if rows.len() >= n {
+                return (page, rows);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("the page's inbox did not show {n} notices");
+    }
+
+    async fn status_page(&self) -> Page {
+        self.browser.open(&self.url("/status")).await
+    }
+
+    fn grants(&self) -> Value {
+        serde_json::from_str(&cli(self.env, &["grants", "--json"]).0).unwrap()
+    }
+}
+
+/// The newest notice on the page: of this type and days left, its signature checked, a renew
+/// link for the grant, and its body the notice itself.
+fn assert_newest(rows: &[InboxRow], walk: &Walk<'_>, kind: &str, days: i64) {
+    let newest = &rows[0];
+    assert!(newest.unfolded, "the newest body is unfolded");
+    assert!(
+        rows[1..].iter().all(|r| !r.unfolded),
+        "the others are folded"
+    );
+    assert_eq!(newest.body["type"], kind, "{newest:?}");
+    assert_eq!(newest.body["days_left"], days, "{newest:?}");
+    assert_eq!(newest.body["grant"]["id"], walk.grant.as_str());
+    assert_eq!(
+        newest.body["renew_url"].as_str(),
+        newest.renew_link.as_deref()
+    );
+    assert!(
+        newest
+            .renew_link
+            .as_deref()
+            .is_some_and(|l| l.starts_with(&walk.url(&format!("/renew/{}?", walk.grant)))),
+        "{newest:?}"
+    );
+    let created = newest.body["created_at"].as_str().unwrap();
+    assert!(
+        newest.text.starts_with(&format!(
+            "{created} {kind} {} {days} signature ok renew link",
+            &walk.grant[..8]
+        )),
+        "{newest:?}"
+    );
+}
+
+/// The README's "Five minutes with the simulator", steps 1 to 5, as written: `serve --dev` with
+/// nothing configured, a browser that opens the README's URLs and presses the page's buttons
+/// (posting the page's own forms), the README's curl, the README's CLI commands, and at each
+/// step what the README says the user sees there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_walkthrough_works_with_nothing_but_serve_dev() {
     let dir = tempfile::tempdir().unwrap();
@@ -599,80 +752,459 @@ async fn readme_walkthrough_works_with_nothing_but_serve_dev() {
         _dir: dir,
     };
     let server = start(&env).await;
-    launch_via(&server, &format!("{}/dev/sharepoint", server.base)).await;
+    let mut walk = Walk {
+        server: &server,
+        env: &env,
+        browser: Browser::new(),
+        key: String::new(),
+        grant: String::new(),
+    };
 
+    // 1. Launch: the page's button, then /status with the site, the user (looked up with the
+    // launch's own access token), "connected until" six months from now, and Renew now.
+    let page = walk.sharepoint().await;
+    let launched_at = Utc::now();
+    let status = walk.browser.press(&page, "Launch add-in").await;
+    assert_eq!(
+        (status.status, status.url.as_str()),
+        (200, walk.url("/status").as_str())
+    );
+    let text = page_text(&status.html);
+    assert!(text.contains("The add-in is connected"), "{text}");
+    assert!(text.contains(&format!("Site {}", server.base)), "{text}");
+    assert!(
+        text.contains("User Megan Bowen <megan@contoso.example>"),
+        "{text}"
+    );
+    let six_months = |t: DateTime<Utc>| {
+        t.checked_add_months(chrono::Months::new(6))
+            .unwrap()
+            .format("Connected until %Y-%m-%d")
+            .to_string()
+    };
+    assert!(
+        text.contains(&six_months(launched_at)) || text.contains(&six_months(Utc::now())),
+        "{text}"
+    );
+    assert!(text.contains("Renew now"), "{text}");
+
+    // 2. The curl, with KEY from dev.json and GRANT from `grants --json --dev`. The launch made
+    // the first ACS call: the counter reads 1, and the curl is answered from that cached token.
     let dev: Value =
         serde_json::from_str(&std::fs::read_to_string(data.join("dev.json")).unwrap()).unwrap();
+    walk.key = dev["api_key"].as_str().unwrap().to_string();
+    walk.grant = walk.grants()[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(walk.acs_requests().await, 1, "the launch's own exchange");
+    let (code, _, first) = walk.curl().await;
+    assert_eq!(code, 200, "{first}");
+    assert_eq!(first["token_type"], "Bearer");
+    assert_eq!(walk.acs_requests().await, 1, "from the cache");
+    // forget the cached access tokens: a miss (ACS asked), then a hit
+    let page = walk
+        .browser
+        .press(&walk.sharepoint().await, "forget cached access tokens")
+        .await;
+    assert_eq!(by_id(&page, "acs-token-requests"), "1");
+    let (code, _, fresh) = walk.curl().await;
+    assert_eq!(code, 200);
+    // (compared without printing: a failing test shows no token)
+    assert!(
+        fresh["access_token"] != first["access_token"],
+        "a new token"
+    );
+    assert_eq!(walk.acs_requests().await, 2, "a cache miss asks ACS");
+    let (code, _, again) = walk.curl().await;
+    assert_eq!(code, 200);
+    assert!(
+        again["access_token"] == fresh["access_token"],
+        "the same token"
+    );
+    assert_eq!(walk.acs_requests().await, 2, "a cache hit does not");
+
+    // 3. Travel in time: each press shows the new notice in the page's inbox (with its
+    // signature checked, renew link and body), and /status, reloaded, follows the clock.
+    let mut page = walk.sharepoint().await;
+    for (n, (kind, days, headline)) in [
+        (
+            "refresh_token.expiring",
+            30,
+            "The connection ends in 30 days",
+        ),
+        ("refresh_token.expiring", 7, "The connection ends in 7 days"),
+        ("refresh_token.expiring", 1, "The connection ends in 1 day"),
+        ("refresh_token.expired", 0, "The connection has expired"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        page = walk.browser.press(&page, "jump to the next notice").await;
+        let rows = inbox_rows(&page);
+        assert_eq!(
+            rows.len(),
+            n + 1,
+            "the notice is on the page the button returns to"
+        );
+        assert_newest(&rows, &walk, kind, days);
+        let status = walk.status_page().await;
+        assert_eq!(
+            status.status, 200,
+            "the session went along: {}",
+            status.html
+        );
+        assert!(
+            page_text(&status.html).contains(headline),
+            "{}",
+            status.html
+        );
+    }
+    let (code, _, body) = walk.curl().await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (409, Some("relaunch_required")),
+        "{body}"
+    );
+    assert!(body["renew_url"].is_string());
+    // a browser whose session has ended is told so, and what to do
+    let signed_out = Browser::new().open(&walk.url("/status")).await;
+    assert_eq!(signed_out.status, 401);
+    let text = page_text(&signed_out.html);
+    assert!(
+        text.contains("your session has ended")
+            && text.contains("Open the add-in from your SharePoint site"),
+        "{text}"
+    );
+    // the inbox as JSON is what the page shows
+    let inbox: Value = get_json(&walk.url("/dev/webhook")).await;
+    let shown: Vec<Value> = inbox_rows(&page).into_iter().map(|r| r.body).collect();
+    let mut listed: Vec<Value> = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert!(e["received_at"].is_string() && e["webhook_id"] == e["notice"]["id"]);
+            assert_eq!(e["signature_valid"], true);
+            e["notice"].clone()
+        })
+        .collect();
+    listed.reverse();
+    assert_eq!(shown, listed, "newest first on the page");
+    // +1 day moves the clock by hand
+    let simulated_now = |p: &Page| -> DateTime<Utc> {
+        let t = page_text(&p.html);
+        let at = t.split("Simulated now: ").nth(1).unwrap();
+        at.split(' ').next().unwrap().parse().unwrap()
+    };
+    let was = simulated_now(&page);
+    page = walk.browser.press(&page, "+1 day").await;
+    let moved = simulated_now(&page) - was;
+    // (real time goes on meanwhile)
+    assert!(
+        moved >= Days::days(1) && moved < Days::days(1) + Days::minutes(1),
+        "{moved}"
+    );
+    // the CLI runs on the same configuration and simulated time
+    assert_eq!(walk.grants()[0]["status"], "expired");
+    assert_eq!(
+        serde_json::from_str::<Value>(&cli(&env, &["notices", "--json"]).0).unwrap(),
+        json!([]),
+        "all delivered"
+    );
+    let swept: Value = serde_json::from_str(cli(&env, &["sweep"]).0.trim()).unwrap();
+    assert_eq!(
+        swept["notices"]["refresh_token.expired"], 0,
+        "once: {swept}"
+    );
+    let (cli_link, _) = cli(&env, &["renew-link", &walk.grant]);
+    assert_eq!(
+        client()
+            .get(cli_link.trim())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        302
+    );
+
+    // 4. Renew: the expired notice's renew link on the page → AppRedirect.aspx → a fresh
+    // launch → /status; the all-clear lands in the inbox; tokens again.
+    let link = inbox_rows(&page)[0].renew_link.clone().unwrap();
+    let hop = walk.browser.send("GET", &link, None).await;
+    assert_eq!(hop.status().as_u16(), 302);
+    let to = hop.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        to.starts_with(&walk.url("/_layouts/15/AppRedirect.aspx?")),
+        "{to}"
+    );
+    let app_redirect = walk.browser.open(&to).await;
+    let status = walk.browser.press(&app_redirect, "Launch add-in").await;
+    assert_eq!(status.url, walk.url("/status"));
+    assert!(page_text(&status.html).contains("The add-in is connected"));
+    let (_, rows) = walk.inbox_until(5).await;
+    assert_newest(
+        &rows,
+        &walk,
+        "refresh_token.renewed",
+        rows[0].body["days_left"].as_i64().unwrap(),
+    );
+    assert!(rows[0].body["days_left"].as_i64().unwrap() >= 181);
+    assert_eq!(walk.curl().await.0, 200);
+
+    // 5. Break ACS: failures stay on until turned off (or for the requests chosen); forget the
+    // cached access tokens so the curl reaches ACS.
+    let before = walk.grants();
+    for (button, slow) in [
+        ("HTTP 500", false),
+        ("HTTP 429", false),
+        ("slow (6 s)", true),
+    ] {
+        let page = walk.browser.press(&walk.sharepoint().await, button).await;
+        assert_eq!(
+            by_id(&page, "acs-fault"),
+            format!("{button}, until turned off")
+        );
+        let page = walk
+            .browser
+            .press(&page, "forget cached access tokens")
+            .await;
+        let calls = by_id(&page, "acs-token-requests").parse::<u64>().unwrap();
+        let started = std::time::Instant::now();
+        let (code, retry_after, body) = walk.curl().await;
+        assert_eq!(
+            (code, body["error"].as_str()),
+            (503, Some("sts_unavailable")),
+            "{button}: {body}"
+        );
+        assert_eq!(retry_after.as_deref(), Some("5"), "{button}");
+        assert_eq!(
+            walk.acs_requests().await,
+            calls + 3,
+            "{button}: three tries"
+        );
+        if slow {
+            assert!(
+                started.elapsed() >= Duration::from_secs(15),
+                "three 5-second timeouts"
+            );
+        } else {
+            // still on: the next curl fails too
+            assert_eq!(walk.curl().await.0, 503, "{button}");
+        }
+        let page = walk
+            .browser
+            .press(&walk.sharepoint().await, "turn off")
+            .await;
+        assert_eq!(by_id(&page, "acs-fault"), "nothing: it answers normally");
+    }
+    assert_eq!(walk.grants(), before, "the grant is untouched");
+    // for the next 3 requests: the three tries of one curl, then ACS answers again
+    let page = walk
+        .browser
+        .press_in(
+            &walk.sharepoint().await,
+            Some("/dev/acs/fault"),
+            "HTTP 500",
+            &[("count", "3")],
+        )
+        .await;
+    assert_eq!(
+        by_id(&page, "acs-fault"),
+        "HTTP 500, for the next 3 requests"
+    );
+    walk.browser
+        .press(&page, "forget cached access tokens")
+        .await;
+    assert_eq!(walk.curl().await.0, 503);
+    assert_eq!(walk.curl().await.0, 200);
+    // for the next request only: the retry succeeds
+    let page = walk
+        .browser
+        .press_in(
+            &walk.sharepoint().await,
+            Some("/dev/acs/fault"),
+            "HTTP 500",
+            &[("count", "1")],
+        )
+        .await;
+    assert_eq!(by_id(&page, "acs-fault"), "HTTP 500, for the next request");
+    let page = walk
+        .browser
+        .press(&page, "forget cached access tokens")
+        .await;
+    let calls = by_id(&page, "acs-token-requests").parse::<u64>().unwrap();
+    assert_eq!(walk.curl().await.0, 200);
+    let page = walk.sharepoint().await;
+    assert_eq!(by_id(&page, "acs-token-requests"), (calls + 2).to_string());
+    assert_eq!(by_id(&page, "acs-fault"), "nothing: it answers normally");
+    // invalid_client: an operator problem
+    let page = walk.browser.press(&page, "invalid_client").await;
+    let page = walk
+        .browser
+        .press(&page, "forget cached access tokens")
+        .await;
+    let (code, _, body) = walk.curl().await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (502, Some("sts_rejected_client")),
+        "{body}"
+    );
+    let page = walk.browser.press(&page, "turn off").await;
+    // invalid_grant: the user revoked the add-in
+    let page = walk.browser.press(&page, "invalid_grant").await;
+    let page = walk
+        .browser
+        .press(&page, "forget cached access tokens")
+        .await;
+    let calls = by_id(&page, "acs-token-requests").parse::<u64>().unwrap();
+    let (code, _, body) = walk.curl().await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (409, Some("relaunch_required")),
+        "{body}"
+    );
+    assert!(body["renew_url"].is_string());
+    let (_, rows) = walk.inbox_until(6).await;
+    assert_newest(
+        &rows,
+        &walk,
+        "refresh_token.revoked",
+        rows[0].body["days_left"].as_i64().unwrap(),
+    );
+    assert_eq!(walk.curl().await.0, 409);
+    assert_eq!(
+        walk.acs_requests().await,
+        calls + 1,
+        "a revoked grant does not ask ACS"
+    );
+    // turned off, a launch brings it back
+    let page = walk
+        .browser
+        .press(&walk.sharepoint().await, "turn off")
+        .await;
+    let status = walk.browser.press(&page, "Launch add-in").await;
+    assert!(page_text(&status.html).contains("The add-in is connected"));
+    let (_, rows) = walk.inbox_until(7).await;
+    assert_eq!(rows[0].body["type"], "refresh_token.renewed");
+    assert_eq!(walk.curl().await.0, 200);
+}
+
+/// The page's inbox shows whatever reached `/dev/webhook` as text: a forged notice is flagged,
+/// its fields escaped, and a renew link that is not http(s) is not a link.
+#[tokio::test]
+async fn the_page_inbox_escapes_what_it_received_and_flags_a_bad_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env {
+        vars: BTreeMap::from([(
+            "SPKEEPER_DATA_DIR".to_string(),
+            dir.path().join("data").display().to_string(),
+        )]),
+        logs: dir.path().to_path_buf(),
+        _dir: dir,
+    };
+    let server = start(&env).await;
+    let forged = json!({"type": "<script>alert(1)</script>", "created_at": "<b>now</b>",
+        "grant": {"id": "é<i>ü€xyzxyz"}, "renew_url": "javascript:alert(1)", "days_left": "<b>"});
+    let r = client()
+        .post(format!("{}/dev/webhook", server.base))
+        .header("content-type", "application/json")
+        .body(forged.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400, "no signature");
+    let page = Browser::new()
+        .open(&format!("{}/dev/sharepoint", server.base))
+        .await;
+    assert_eq!(page.status, 200);
+    assert!(!page.html.contains("<script>alert"), "escaped");
+    assert!(!page.html.contains("<b>now"), "escaped");
+    assert!(!page.html.contains("href=\"javascript:"), "not a link");
+    let rows = inbox_rows(&page);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].body, forged,
+        "the body, escaped, reads back as it came"
+    );
+    assert!(rows[0].renew_link.is_none());
+    assert!(rows[0].text.contains("BAD SIGNATURE"), "{:?}", rows[0]);
+}
+
+/// The JSON twins of the page's ACS controls, as the README gives them: a failure stays on
+/// until `{"mode":"off"}`, or for `count` requests; the stats say what is on; forgetting the
+/// cached access tokens sends the next `/token` to ACS; nonsense is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acs_failures_by_json_stay_on_until_turned_off_or_for_their_count() {
+    let receiver = Receiver::start(WEBHOOK_SECRET).await;
+    let env = env(&receiver, &[]);
+    let server = start(&env).await;
+    launch_via(&server, &format!("{}/dev/sharepoint", server.base)).await;
     let (grants, _) = cli(&env, &["grants", "--json"]);
     let gid = serde_json::from_str::<Value>(&grants).unwrap()[0]["id"]
         .as_str()
         .unwrap()
         .to_string();
-    let resp = client()
-        .post(format!("{}/token", server.base))
-        .bearer_auth(dev["api_key"].as_str().unwrap())
-        .json(&json!({"grant_id": gid}))
-        .send()
+    let post = |path: &str, body: Value| {
+        client()
+            .post(format!("{}{path}", server.base))
+            .json(&body)
+            .send()
+    };
+    let stats_url = format!("{}/dev/acs/stats", server.base);
+    let stats = || get_json(&stats_url);
+
+    let r = post("/dev/acs/fault", json!({"mode": "500", "count": 3}))
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(r.status(), 200);
+    let on = json!({"mode": "500", "remaining": 3});
+    assert_eq!(r.json::<Value>().await.unwrap()["fault"], on);
+    assert_eq!(stats().await["fault"], on);
+    // cached: ACS is not asked
+    assert_eq!(server.token(&gid).await.status(), 200);
+    assert_eq!(stats().await["fault"], on);
+    let r = post("/dev/access-tokens/forget", json!({})).await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"grants": 1}));
+    let calls = server.acs_calls().await;
+    assert_code(server.token(&gid).await, 503, "sts_unavailable").await;
+    assert_eq!(server.acs_calls().await, calls + 3);
+    assert_eq!(
+        stats().await["fault"],
+        Value::Null,
+        "three requests, then off"
+    );
+    assert_eq!(server.token(&gid).await.status(), 200);
 
-    let inbox = || async {
-        let v: Value = get_json(&format!("{}/dev/webhook", server.base)).await;
-        v.as_array().unwrap().clone()
-    };
-    let wait_inbox = |n: usize| async move {
-        for _ in 0..200 {
-            let got = inbox().await;
-            if got.len() >= n {
-                return got;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the inbox did not get {n} notices: {:?}", inbox().await);
-    };
-    let mut expected = Vec::new();
-    for (t, days) in [
-        ("refresh_token.expiring", 30),
-        ("refresh_token.expiring", 7),
-        ("refresh_token.expiring", 1),
-        ("refresh_token.expired", 0),
-    ] {
-        let r: Value = client()
-            .post(format!("{}/dev/clock", server.base))
-            .json(&json!({"next_notice": true, "sweep": true}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(r["sweep"]["notices"][t], 1, "{r}");
-        expected.push((t.to_string(), days));
-        let got = wait_inbox(expected.len()).await;
-        let seen: Vec<(String, i64)> = got
-            .iter()
-            .map(|e| {
-                (
-                    e["notice"]["type"].as_str().unwrap().to_string(),
-                    e["notice"]["days_left"].as_i64().unwrap(),
-                )
-            })
-            .collect();
-        assert_eq!(seen, expected);
-        assert!(got.iter().all(|e| e["signature_valid"] == true));
+    // without a count: on until turned off
+    let r = post("/dev/acs/fault", json!({"mode": "invalid_client"}))
+        .await
+        .unwrap();
+    let until_off = json!({"mode": "invalid_client", "remaining": null});
+    assert_eq!(r.json::<Value>().await.unwrap()["fault"], until_off);
+    post("/dev/access-tokens/forget", json!({})).await.unwrap();
+    for _ in 0..3 {
+        assert_code(server.token(&gid).await, 502, "sts_rejected_client").await;
     }
+    assert_eq!(stats().await["fault"], until_off);
+    let r = post("/dev/acs/fault", json!({"mode": "off"}))
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["fault"], Value::Null);
+    assert_eq!(server.token(&gid).await.status(), 200);
 
-    let renew_url = wait_inbox(4).await[3]["notice"]["renew_url"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let hop = client().get(&renew_url).send().await.unwrap();
-    assert_eq!(hop.status().as_u16(), 302);
-    launch_via(&server, hop.headers()["location"].to_str().unwrap()).await;
-    let got = wait_inbox(5).await;
-    assert_eq!(got[4]["notice"]["type"], "refresh_token.renewed");
-    assert_eq!(got[4]["signature_valid"], true);
+    for bad in [
+        json!({"mode": "teapot"}),
+        json!({"mode": "500", "count": 0}),
+        json!({"mode": "500", "count": "lots"}),
+        json!({"mode": "500", "count": 100_000}),
+    ] {
+        let r = post("/dev/acs/fault", bad.clone()).await.unwrap();
+        assert_code(r, 400, "bad_request").await;
+    }
+    assert_eq!(
+        stats().await["fault"],
+        Value::Null,
+        "a refused request changes nothing"
+    );
 }
 
 #[test]
@@ -801,6 +1333,7 @@ async fn a_plain_command_never_uses_a_dev_configuration_beside_it() {
         "serve",
     );
     let base = plain.wait_for_line("spkeeper listening on ", Duration::from_secs(30));
+    let mut tried = Vec::new();
     for (method, path) in [
         ("GET", "/dev/sharepoint"),
         ("GET", "/dev/info"),
@@ -817,8 +1350,22 @@ async fn a_plain_command_never_uses_a_dev_configuration_beside_it() {
             "GET",
             "/dev/entra/organizations/v2.0/.well-known/openid-configuration",
         ),
+        ("POST", "/dev/acs/fault"),
+        ("GET", "/dev/acs/stats"),
+        ("POST", "/dev/access-tokens/forget"),
+        ("POST", "/dev/sweep"),
         ("GET", "/dev/webhook"),
+        ("POST", "/dev/webhook"),
+        ("GET", "/dev/entra/organizations/oauth2/v2.0/authorize"),
+        ("POST", "/dev/entra/authorize/decide"),
+        ("POST", "/dev/entra/organizations/oauth2/v2.0/token"),
+        ("GET", "/dev/entra/organizations/discovery/v2.0/keys"),
+        ("POST", "/dev/entra/fault"),
+        ("POST", "/dev/entra/rotate-keys"),
+        ("POST", "/dev/entra/revoke"),
+        ("GET", "/dev/entra/stats"),
     ] {
+        tried.push(path.split('?').next().unwrap().to_string());
         let r = client()
             .request(method.parse().unwrap(), format!("{base}{path}"))
             .send()
@@ -826,7 +1373,32 @@ async fn a_plain_command_never_uses_a_dev_configuration_beside_it() {
             .unwrap();
         assert_eq!(r.status().as_u16(), 404, "{method} {path}");
     }
+    // every route of the simulator was tried
+    for route in dev_routes() {
+        assert!(
+            tried.contains(
+                &route
+                    .replace("{tenant}", "organizations")
+                    .replace("{site}", "dev")
+            ),
+            "{route} is a dev route: add it to this test"
+        );
+    }
     plain.stop();
+}
+
+/// The paths the simulator's router mounts, read from its source.
+fn dev_routes() -> Vec<String> {
+    let source =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/dev/mod.rs"))
+            .unwrap();
+    let routes: Vec<String> = source
+        .split(".route(")
+        .skip(1)
+        .filter_map(|r| r.split('"').nth(1).map(String::from))
+        .collect();
+    assert!(routes.len() >= 20, "the routes were read: {routes:?}");
+    routes
 }
 
 /// Against DynamoDB the CLI uses the functions' keys (Secrets Manager) or none: it never makes

@@ -335,3 +335,214 @@ pub fn assert_no_secrets(text: &str, secrets: &[String]) {
         }
     }
 }
+
+/// A page a [`Browser`] landed on, after any redirects.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub status: u16,
+    pub url: String,
+    pub html: String,
+}
+
+/// A browser, as far as the README's walkthrough needs one: it keeps cookies (the `Secure`
+/// ones too, as browsers do on loopback), follows redirects, reads pages and presses their
+/// buttons, posting exactly the form the page holds.
+#[derive(Default)]
+pub struct Browser {
+    cookies: Mutex<BTreeMap<String, String>>,
+}
+
+/// The value of `name="…"` in a tag, decoded.
+fn tag_attr(tag: &str, name: &str) -> Option<String> {
+    let key = format!(" {name}=\"");
+    let start = tag.find(&key)? + key.len();
+    let end = start + tag[start..].find('"')?;
+    Some(html_escape::decode_html_entities(&tag[start..end]).into_owned())
+}
+
+/// The text of some HTML, without its tags, decoded and with its spaces collapsed.
+pub fn page_text(html: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => {
+                in_tag = true;
+                out.push(' ');
+            }
+            '>' => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    let text = html_escape::decode_html_entities(&out).into_owned();
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The form holding the button labelled `label` (in a form whose action starts with `action`,
+/// when given): its action and what pressing the button posts — hidden inputs, each select's
+/// selected option (or `choose`'s value for it), and the button's own name and value.
+pub fn form_for_button(
+    html: &str,
+    action: Option<&str>,
+    label: &str,
+    choose: &[(&str, &str)],
+) -> Option<(String, Vec<(String, String)>)> {
+    for chunk in html.split("<form").skip(1) {
+        let Some(form) = chunk.split("</form>").next() else {
+            continue;
+        };
+        let open = &form[..form.find('>')?];
+        let form_action = tag_attr(open, "action").unwrap_or_default();
+        if action.is_some_and(|a| !form_action.starts_with(a)) {
+            continue;
+        }
+        let button = form.split("<button").skip(1).find_map(|b| {
+            let (tag, rest) = b.split_once('>')?;
+            let text = page_text(rest.split("</button>").next()?);
+            (text == label).then(|| (tag_attr(tag, "name"), tag_attr(tag, "value")))
+        });
+        let Some((name, value)) = button else {
+            continue;
+        };
+        let mut fields = Vec::new();
+        for input in form.split("<input").skip(1) {
+            let tag = input.split('>').next().unwrap_or("");
+            if let (Some(n), Some(v)) = (tag_attr(tag, "name"), tag_attr(tag, "value")) {
+                fields.push((n, v));
+            }
+        }
+        for select in form.split("<select").skip(1) {
+            let tag = select.split('>').next().unwrap_or("");
+            let Some(n) = tag_attr(tag, "name") else {
+                continue;
+            };
+            let options = select.split("</select>").next().unwrap_or("");
+            let chosen = choose
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.to_string());
+            let selected = options
+                .split("<option")
+                .skip(1)
+                .map(|o| o.split('>').next().unwrap_or(""))
+                .find(|o| o.contains(" selected"))
+                .or_else(|| options.split("<option").nth(1))
+                .and_then(|o| tag_attr(o, "value"));
+            if let Some(v) = chosen.or(selected) {
+                fields.push((n, v));
+            }
+        }
+        if let (Some(n), Some(v)) = (name, value) {
+            fields.push((n, v));
+        }
+        return Some((form_action, fields));
+    }
+    None
+}
+
+impl Browser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn cookie_header(&self) -> String {
+        let jar = self.cookies.lock().unwrap();
+        jar.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn keep_cookies(&self, resp: &reqwest::Response) {
+        let mut jar = self.cookies.lock().unwrap();
+        for v in resp.headers().get_all("set-cookie") {
+            let v = v.to_str().unwrap_or("");
+            let Some((name, value)) = v.split(';').next().and_then(|kv| kv.split_once('=')) else {
+                continue;
+            };
+            if v.to_ascii_lowercase().contains("max-age=0") {
+                jar.remove(name.trim());
+            } else {
+                jar.insert(name.trim().to_string(), value.trim().to_string());
+            }
+        }
+    }
+
+    /// One request, no redirect followed; cookies kept.
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        form: Option<&[(String, String)]>,
+    ) -> reqwest::Response {
+        let mut req = client()
+            .request(method.parse().unwrap(), url)
+            .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8");
+        let cookies = self.cookie_header();
+        if !cookies.is_empty() {
+            req = req.header("cookie", cookies);
+        }
+        if let Some(fields) = form {
+            let body = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(fields)
+                .finish();
+            req = req
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body);
+        }
+        let resp = req.send().await.unwrap();
+        self.keep_cookies(&resp);
+        resp
+    }
+
+    /// Follows redirects from a first answer to the page it ends on.
+    async fn land(&self, mut url: String, mut resp: reqwest::Response) -> Page {
+        for _ in 0..10 {
+            if !resp.status().is_redirection() {
+                let status = resp.status().as_u16();
+                let html = resp.text().await.unwrap();
+                return Page { status, url, html };
+            }
+            let location = resp.headers()["location"].to_str().unwrap().to_string();
+            url = url::Url::parse(&url)
+                .unwrap()
+                .join(&location)
+                .unwrap()
+                .to_string();
+            resp = self.send("GET", &url, None).await;
+        }
+        panic!("too many redirects, last at {url}");
+    }
+
+    /// Opens a URL, as typing it in or following a link does.
+    pub async fn open(&self, url: &str) -> Page {
+        let resp = self.send("GET", url, None).await;
+        self.land(url.to_string(), resp).await
+    }
+
+    /// Presses the button labelled `label` on `page`.
+    pub async fn press(&self, page: &Page, label: &str) -> Page {
+        self.press_in(page, None, label, &[]).await
+    }
+
+    /// Presses a button in a form whose action starts with `action`, with `choose` picked in
+    /// its selects.
+    pub async fn press_in(
+        &self,
+        page: &Page,
+        action: Option<&str>,
+        label: &str,
+        choose: &[(&str, &str)],
+    ) -> Page {
+        let (form_action, fields) = form_for_button(&page.html, action, label, choose)
+            .unwrap_or_else(|| panic!("no button {label:?} on {}", page.url));
+        let target = url::Url::parse(&page.url)
+            .unwrap()
+            .join(&form_action)
+            .unwrap()
+            .to_string();
+        let resp = self.send("POST", &target, Some(&fields)).await;
+        self.land(target, resp).await
+    }
+}

@@ -358,6 +358,10 @@ pub trait TokenCache: Send + Sync {
         token: &CachedToken,
     ) -> Result<(), StoreError>;
 
+    /// Drops every access token cached for the grant (every host and scope); the grant and
+    /// its refresh token stay. The next `/token` asks the token service again.
+    async fn forget_access_tokens(&self, id: &GrantId) -> Result<(), StoreError>;
+
     /// Takes the lease `key` for `owner` until `until`, if it is free or has lapsed.
     async fn try_lease(
         &self,

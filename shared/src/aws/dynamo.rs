@@ -410,6 +410,50 @@ impl fmt::Debug for DynamoStore {
 }
 
 impl DynamoStore {
+    /// The keys of every access token cached for the grant (a Query on their own partition).
+    async fn access_token_keys(&self, id: &GrantId) -> Result<Vec<Item>, StoreError> {
+        let mut keys = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#p = :p")
+                .expression_attribute_names("#p", PK)
+                .expression_attribute_values(":p", s(format!("AT#{id}")))
+                .projection_expression("#p, sk")
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk)?;
+            for item in page.items() {
+                keys.push(key(get_s(item, PK)?, &get_s(item, SK)?));
+            }
+            match page.last_evaluated_key {
+                Some(k) => start = Some(k),
+                None => return Ok(keys),
+            }
+        }
+    }
+
+    /// Deletes the items, in transactions of at most 100 (a grant has a handful of hosts).
+    async fn delete_all(&self, keys: &[Item]) -> Result<(), StoreError> {
+        for chunk in keys.chunks(100) {
+            let mut tx = self.client.transact_write_items();
+            for k in chunk {
+                let delete = aws_sdk_dynamodb::types::Delete::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(k.clone()))
+                    .build()
+                    .map_err(StoreError::unavailable)?;
+                tx = tx.transact_items(TransactWriteItem::builder().delete(delete).build());
+            }
+            tx.send().await.map_err(sdk)?;
+        }
+        Ok(())
+    }
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         DynamoStore {
             client,
@@ -963,43 +1007,9 @@ impl GrantStore for DynamoStore {
     /// their own partition).
     async fn forget(&self, id: &GrantId) -> Result<bool, StoreError> {
         let mut keys = vec![grant_key(id), refresh_key(id)];
-        let mut start = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#p = :p")
-                .expression_attribute_names("#p", PK)
-                .expression_attribute_values(":p", s(format!("AT#{id}")))
-                .projection_expression("#p, sk")
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(sdk)?;
-            for item in page.items() {
-                keys.push(key(get_s(item, PK)?, &get_s(item, SK)?));
-            }
-            match page.last_evaluated_key {
-                Some(k) => start = Some(k),
-                None => break,
-            }
-        }
+        keys.extend(self.access_token_keys(id).await?);
         let existed = self.get(grant_key(id)).await?.is_some();
-        // A transaction holds at most 100 items: a grant has a handful of hosts.
-        for chunk in keys.chunks(100) {
-            let mut tx = self.client.transact_write_items();
-            for k in chunk {
-                let delete = aws_sdk_dynamodb::types::Delete::builder()
-                    .table_name(&self.table)
-                    .set_key(Some(k.clone()))
-                    .build()
-                    .map_err(StoreError::unavailable)?;
-                tx = tx.transact_items(TransactWriteItem::builder().delete(delete).build());
-            }
-            tx.send().await.map_err(sdk)?;
-        }
+        self.delete_all(&keys).await?;
         Ok(existed)
     }
 
@@ -1054,6 +1064,11 @@ impl TokenCache for DynamoStore {
             .await
             .map_err(sdk)?;
         Ok(())
+    }
+
+    async fn forget_access_tokens(&self, id: &GrantId) -> Result<(), StoreError> {
+        let keys = self.access_token_keys(id).await?;
+        self.delete_all(&keys).await
     }
 
     async fn try_lease(

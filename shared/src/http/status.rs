@@ -13,7 +13,7 @@ use super::pages::{escape, escape_attr, html};
 use super::{cookie, into_response};
 use crate::context::Context;
 use crate::core::grant::Status;
-use crate::core::links::SESSION_COOKIE;
+use crate::core::links::{SESSION_COOKIE, SESSION_HOURS};
 
 pub fn router(ctx: Arc<Context>) -> Router {
     Router::new().route("/status", get(status)).with_state(ctx)
@@ -23,7 +23,11 @@ fn no_session() -> ApiError {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
         "no_session",
-        "You are not signed in here. Open the add-in from your SharePoint site to connect it.",
+        format!(
+            "You are not signed in here, or your session has ended (a session lasts \
+             {SESSION_HOURS} hours after you open the add-in). Open the add-in from your \
+             SharePoint site to see its connection."
+        ),
     )
 }
 

@@ -78,6 +78,7 @@ pub async fn run<S: GrantStore + TokenCache + ?Sized>(store: &S, probe: &dyn Not
     set_user_keeps_the_revision(store).await;
     queue_once_queues_once(store, probe).await;
     access_tokens_are_cached_per_grant_and_host(store).await;
+    forgetting_access_tokens_drops_every_one_of_that_grant_and_nothing_else(store).await;
     leases_are_exclusive_until_released_or_lapsed(store).await;
     host_realms_are_remembered_until_they_lapse(store).await;
     users_are_found_by_email_or_login_name_whatever_the_case(store).await;
@@ -395,6 +396,46 @@ async fn access_tokens_are_cached_per_grant_and_host<S: TokenCache + ?Sized>(s: 
             .sealed,
         "v1.k.at2"
     );
+}
+
+async fn forgetting_access_tokens_drops_every_one_of_that_grant_and_nothing_else<
+    S: GrantStore + TokenCache + ?Sized,
+>(
+    s: &S,
+) {
+    let g = record("forget-tokens", 0);
+    s.put_grant(None, &g, "v1.k.rt", None).await.unwrap();
+    let other = GrantId::derive("r", "forget-tokens-other");
+    let t = CachedToken {
+        sealed: "v1.k.at".into(),
+        expires_at: t0() + Duration::hours(12),
+        resource: "r".into(),
+    };
+    for key in ["a.sharepoint.com", "https://graph.microsoft.com/.default"] {
+        s.put_access_token(&g.id, key, &t).await.unwrap();
+    }
+    s.put_access_token(&other, "a.sharepoint.com", &t)
+        .await
+        .unwrap();
+
+    s.forget_access_tokens(&g.id).await.unwrap();
+    for key in ["a.sharepoint.com", "https://graph.microsoft.com/.default"] {
+        assert!(
+            s.get_access_token(&g.id, key).await.unwrap().is_none(),
+            "{key} was forgotten"
+        );
+    }
+    assert!(
+        s.get_access_token(&other, "a.sharepoint.com")
+            .await
+            .unwrap()
+            .is_some(),
+        "another grant's token stays"
+    );
+    let kept = s.load(&g.id).await.unwrap().expect("the grant stays");
+    assert_eq!(kept.sealed_refresh_token.as_deref(), Some("v1.k.rt"));
+    // nothing cached: nothing to do, no error
+    s.forget_access_tokens(&g.id).await.unwrap();
 }
 
 async fn leases_are_exclusive_until_released_or_lapsed<S: TokenCache + ?Sized>(s: &S) {

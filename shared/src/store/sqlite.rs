@@ -871,6 +871,16 @@ impl TokenCache for SqliteStore {
         .await
     }
 
+    async fn forget_access_tokens(&self, id: &GrantId) -> Result<(), StoreError> {
+        let id = id.as_str().to_string();
+        self.call(move |c| {
+            c.execute("DELETE FROM access_tokens WHERE grant_id = ?1", params![id])
+                .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn try_lease(
         &self,
         key: &str,

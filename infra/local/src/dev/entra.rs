@@ -4,7 +4,7 @@
 //! JWKS endpoint (and key rotation), 90 days of inactivity on the simulated clock, revoked
 //! sessions, and failures on demand (ENTRA.md §5).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -24,9 +24,10 @@ use spkeeper::config::{EntraCredential, Source};
 use spkeeper::core::entra::{INACTIVITY_DAYS, pkce_challenge};
 use spkeeper::testkit::rsa::{RsaKey, jwks};
 
-use super::sim::{Sim, display_name, known_users};
+use super::fault::{Switch, Times, to_json};
+use super::sim::{Sim, bad_control, display_name, known_users};
 
-/// A failure the simulated Entra plays on its next token request.
+/// A failure the simulated Entra plays on its token requests while it is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// An AADSTS code answered as Entra does (`invalid_grant`, `invalid_client`, …).
@@ -53,7 +54,7 @@ impl Fault {
         }
     }
 
-    fn label(self) -> String {
+    pub fn label(self) -> String {
         match self {
             Fault::Code(c) => c.to_string(),
             Fault::TooManyRequests => "429".into(),
@@ -187,7 +188,7 @@ pub struct EntraSim {
     refresh_tokens: Mutex<HashMap<String, Refresh>>,
     /// Sessions revoked at (revokeSignInSessions): tokens issued before die.
     revoked: Mutex<HashMap<String, DateTime<Utc>>>,
-    faults: Mutex<VecDeque<Fault>>,
+    faults: Switch<Fault>,
     credential: AppCredential,
     token_requests: AtomicU64,
     refreshes: AtomicU64,
@@ -244,7 +245,7 @@ impl EntraSim {
             codes: Mutex::new(HashMap::new()),
             refresh_tokens: Mutex::new(HashMap::new()),
             revoked: Mutex::new(HashMap::new()),
-            faults: Mutex::new(VecDeque::new()),
+            faults: Switch::new(),
             credential,
             token_requests: AtomicU64::new(0),
             refreshes: AtomicU64::new(0),
@@ -497,7 +498,7 @@ pub async fn token(
     if f.get("client_id") != Some(&app) {
         return aad_error(700016);
     }
-    let fault = lock(&sim.entra.faults).pop_front();
+    let fault = sim.entra.faults.take();
     match fault {
         Some(Fault::TooManyRequests) => {
             let mut r = (StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": "temporarily_unavailable", "error_description": "AADSTS90033: throttled"}))).into_response();
@@ -669,7 +670,20 @@ pub async fn revoke_sessions(State(sim): State<Arc<Sim>>, body: Bytes) -> Respon
     Json(json!({"revoked": user})).into_response()
 }
 
-/// `POST /dev/entra/fault` `mode=700082|50173|…|429|500|clear&count=N`.
+impl EntraSim {
+    /// The Entra failure that is on, if any (by its mode), and for how long.
+    pub fn fault(&self) -> Option<(String, Times)> {
+        self.faults.state().map(|(f, t)| (f.label(), t))
+    }
+
+    pub fn token_requests(&self) -> u64 {
+        self.token_requests.load(Ordering::SeqCst)
+    }
+}
+
+/// `POST /dev/entra/fault` `mode=700082|50173|…|429|500|id_token|off&count=N`: as for ACS, the
+/// failure stays on until turned off (`mode=off`; `clear` too), or for the next `count` token
+/// requests (absent, empty or `until_off`: until turned off).
 pub async fn set_fault(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -683,31 +697,28 @@ pub async fn set_fault(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: By
             .map(|(k, v)| (k, Value::String(v)))
             .collect()
     };
-    let text = |v: Option<&Value>| match v {
+    let mode = match input.get("mode") {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
         _ => String::new(),
     };
-    let mode = text(input.get("mode"));
-    let count = text(input.get("count"))
-        .parse::<usize>()
-        .unwrap_or(1)
-        .clamp(1, 100);
-    let mut faults = lock(&sim.entra.faults);
-    if mode == "clear" {
-        faults.clear();
+    if matches!(mode.as_str(), "off" | "clear") {
+        sim.entra.faults.turn_off();
     } else {
-        match Fault::parse(&mode) {
-            Some(f) => faults.extend(std::iter::repeat_n(f, count)),
-            None => {
-                return (StatusCode::BAD_REQUEST, Json(json!({"error": "bad_request", "message": format!("mode must be one of {FAULT_CODES:?}, 429, 500, id_token or clear")}))).into_response();
+        match (Fault::parse(&mode), Times::parse(input.get("count"))) {
+            (Some(f), Ok(t)) => sim.entra.faults.turn_on(f, t),
+            (None, _) => {
+                return bad_control(&format!(
+                    "mode must be one of {FAULT_CODES:?}, 429, 500, id_token or off"
+                ));
             }
+            (_, Err(e)) => return bad_control(&e),
         }
     }
-    let queued: Vec<String> = faults.iter().map(|f| f.label()).collect();
-    drop(faults);
+    let state = sim.entra.fault();
+    tracing::info!(fault = %super::fault::describe(state.clone()), "simulated Entra failure switched");
     if is_json {
-        Json(json!({"faults": queued})).into_response()
+        Json(json!({"fault": to_json(state)})).into_response()
     } else {
         axum::response::Redirect::to("/dev/sharepoint").into_response()
     }
@@ -723,7 +734,7 @@ pub async fn stats(State(sim): State<Arc<Sim>>) -> Json<Value> {
         // every rotation makes none.
         "stale_refreshes": e.stale_refreshes.load(Ordering::SeqCst),
         "live_refresh_tokens": lock(&e.refresh_tokens).values().filter(|r| !r.superseded).count(),
-        "faults": lock(&e.faults).iter().map(|f| f.label()).collect::<Vec<_>>(),
+        "fault": to_json(e.fault()),
         "kids": lock(&e.keys).iter().map(|k| k.kid.clone()).collect::<Vec<_>>(),
         "client_id": sim.ctx.settings.entra.as_ref().map(|x| x.client_id.clone()),
         "authority": authority(&sim),

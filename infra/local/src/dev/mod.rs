@@ -2,6 +2,7 @@
 //! None of this exists without `--dev`, and none of it is in a Lambda binary.
 
 mod entra;
+mod fault;
 mod page;
 mod sim;
 
@@ -205,6 +206,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/dev/acs/tokens/OAuth/2", post(sim::acs_token))
         .route("/dev/acs/fault", post(sim::set_fault))
         .route("/dev/acs/stats", get(sim::acs_stats))
+        .route("/dev/access-tokens/forget", post(sim::forget_access_tokens))
         .route("/dev/clock", post(sim::set_clock))
         .route("/dev/sweep", post(sim::sweep_now))
         .route("/dev/webhook", post(sim::receive_webhook).get(sim::inbox))

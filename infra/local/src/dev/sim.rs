@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
+use std::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -26,6 +27,7 @@ use url::Url;
 use spkeeper::clock::OffsetClock;
 use spkeeper::context::Context;
 use spkeeper::core::context_token::SHAREPOINT_PRINCIPAL;
+use spkeeper::core::links::{SESSION_COOKIE, SESSION_HOURS};
 use spkeeper::core::notice::rfc3339;
 use spkeeper::http::cookie;
 use spkeeper::ports::Outbox;
@@ -33,6 +35,7 @@ use spkeeper::service::sweep::SweepService;
 use spkeeper::testkit::{ContextTokenSpec, mint_context_token};
 
 use super::DevValues;
+use super::fault::{Switch, Times, describe, to_json};
 
 /// Simulated people of the simulated tenant.
 const USERS: [(&str, &str); 3] = [
@@ -44,8 +47,11 @@ const USERS: [(&str, &str); 3] = [
 pub const USER_COOKIE: &str = "spdev_user";
 /// ACS's access tokens live about 12 hours.
 const ACCESS_TOKEN_SECS: i64 = 43_199;
+/// How long a press on the page waits for the notices its sweep queued to reach the inbox
+/// (the delivery loop looks every second).
+const DELIVERY_WAIT: StdDuration = StdDuration::from_secs(5);
 
-/// A failure the simulated ACS plays on its next token request.
+/// A failure the simulated ACS plays on its token requests while it is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Fault {
     #[serde(rename = "500")]
@@ -58,6 +64,38 @@ pub enum Fault {
     InvalidGrant,
     #[serde(rename = "invalid_client")]
     InvalidClient,
+}
+
+impl Fault {
+    /// Its `mode` in a control request.
+    pub fn mode(self) -> &'static str {
+        match self {
+            Fault::ServerError => "500",
+            Fault::TooManyRequests => "429",
+            Fault::Slow => "slow",
+            Fault::InvalidGrant => "invalid_grant",
+            Fault::InvalidClient => "invalid_client",
+        }
+    }
+
+    /// Its name on the page.
+    pub fn label(self) -> &'static str {
+        match self {
+            Fault::ServerError => "HTTP 500",
+            Fault::TooManyRequests => "HTTP 429",
+            Fault::Slow => "slow (6 s)",
+            Fault::InvalidGrant => "invalid_grant",
+            Fault::InvalidClient => "invalid_client",
+        }
+    }
+
+    pub const ALL: [Fault; 5] = [
+        Fault::ServerError,
+        Fault::TooManyRequests,
+        Fault::Slow,
+        Fault::InvalidGrant,
+        Fault::InvalidClient,
+    ];
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,9 +114,10 @@ pub struct Sim {
     /// The embedded queue, to show what waits in it (none on DynamoDB: notices go to SQS).
     pub outbox: Option<Arc<dyn Outbox>>,
     sweep: Arc<SweepService>,
-    faults: Mutex<VecDeque<Fault>>,
+    faults: Switch<Fault>,
     token_requests: AtomicU64,
     inbox: Mutex<VecDeque<InboxEntry>>,
+    received: AtomicU64,
     /// The simulated Entra ID.
     pub entra: super::entra::EntraSim,
 }
@@ -97,6 +136,9 @@ struct AccessClaims {
     sub: String,
     aud: String,
     exp: i64,
+    /// Every access token is a new one, as ACS's are, even twice in the same second.
+    #[serde(default)]
+    jti: String,
 }
 
 pub fn display_name(user: &str) -> String {
@@ -152,9 +194,10 @@ impl Sim {
             sim_key,
             outbox,
             sweep,
-            faults: Mutex::new(VecDeque::new()),
+            faults: Switch::new(),
             token_requests: AtomicU64::new(0),
             inbox: Mutex::new(VecDeque::new()),
+            received: AtomicU64::new(0),
         })
     }
 
@@ -257,16 +300,43 @@ impl Sim {
             .unwrap_or_default()
     }
 
-    pub fn queued_faults(&self) -> Vec<Fault> {
-        lock(&self.faults).iter().copied().collect()
-    }
-
     pub fn token_requests(&self) -> u64 {
         self.token_requests.load(Ordering::SeqCst)
     }
 
     pub fn inbox(&self) -> Vec<InboxEntry> {
         lock(&self.inbox).iter().cloned().collect()
+    }
+
+    /// How many notices the inbox has received (it keeps the last 200).
+    fn received(&self) -> u64 {
+        self.received.load(Ordering::SeqCst)
+    }
+
+    /// The ACS failure that is on, named by `name` (its mode, or its label on the page).
+    pub fn acs_fault_labelled(&self, name: fn(Fault) -> &'static str) -> Option<(String, Times)> {
+        self.faults.state().map(|(f, t)| (name(f).to_string(), t))
+    }
+
+    /// Is the inbox where notices go (the dev default), rather than a receiver of the user's?
+    fn inbox_is_the_webhook(&self) -> bool {
+        self.ctx
+            .settings
+            .webhook_url
+            .as_ref()
+            .is_some_and(|u| u.as_str() == format!("{}/dev/webhook", self.base()))
+    }
+
+    /// After a sweep from the page queued `queued` notices: waits (a few seconds at most) for
+    /// the delivery loop to bring them to the inbox, so the page it returns to shows them.
+    async fn wait_for_delivery(&self, before: u64, queued: u64) {
+        if queued == 0 || !self.inbox_is_the_webhook() {
+            return;
+        }
+        let started = Instant::now();
+        while self.received() < before + queued && started.elapsed() < DELIVERY_WAIT {
+            tokio::time::sleep(StdDuration::from_millis(50)).await;
+        }
     }
 }
 
@@ -373,7 +443,7 @@ pub async fn app_redirect(
 /// The ACS token endpoint: the refresh-token grant, answered with string-typed fields.
 pub async fn acs_token(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
     sim.token_requests.fetch_add(1, Ordering::SeqCst);
-    let fault = lock(&sim.faults).pop_front();
+    let fault = sim.faults.take();
     match fault {
         Some(Fault::ServerError) => {
             return (StatusCode::INTERNAL_SERVER_ERROR, "ACS is having a bad day").into_response();
@@ -474,10 +544,13 @@ pub async fn acs_token(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
         );
     }
     let expires_on = now.timestamp() + ACCESS_TOKEN_SECS;
+    let mut jti = [0u8; 12];
+    let _ = getrandom::fill(&mut jti);
     let access = sim.sign(&AccessClaims {
         sub: refresh.sub,
         aud: resource.clone(),
         exp: expires_on,
+        jti: hex::encode(jti),
     });
     Json(json!({
         "token_type": "Bearer",
@@ -554,41 +627,100 @@ fn back_to_page() -> Response {
     Redirect::to("/dev/sharepoint").into_response()
 }
 
-/// `POST /dev/acs/fault` `{"mode":"500|429|slow|invalid_grant|invalid_client|clear","count":N}`.
+/// `POST /dev/acs/fault` `{"mode":"500|429|slow|invalid_grant|invalid_client|off","count":N}`:
+/// the failure stays on until turned off (`mode=off`; `clear` too), or for the next `count`
+/// token requests (absent, empty or `until_off`: until turned off).
 pub async fn set_fault(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
     let (input, from_page) = control_input(&headers, &body);
     let mode = input.get("mode").and_then(Value::as_str).unwrap_or("");
-    let count = number(input.get("count")).unwrap_or(1).clamp(1, 100) as usize;
-    {
-        let mut faults = lock(&sim.faults);
-        if mode == "clear" {
-            faults.clear();
-        } else {
-            match serde_json::from_value::<Fault>(Value::String(mode.to_string())) {
-                Ok(f) => faults.extend(std::iter::repeat_n(f, count)),
-                Err(_) => {
-                    return (StatusCode::BAD_REQUEST, Json(json!({"error": "bad_request", "message": "mode must be 500, 429, slow, invalid_grant, invalid_client or clear"}))).into_response();
-                }
+    if matches!(mode, "off" | "clear") {
+        sim.faults.turn_off();
+    } else {
+        let fault = Fault::ALL.into_iter().find(|f| f.mode() == mode);
+        let times = Times::parse(input.get("count"));
+        match (fault, times) {
+            (Some(f), Ok(t)) => sim.faults.turn_on(f, t),
+            (None, _) => {
+                return bad_control(
+                    "mode must be 500, 429, slow, invalid_grant, invalid_client or off",
+                );
             }
+            (_, Err(e)) => return bad_control(&e),
         }
     }
-    tracing::info!(mode, count, "simulated ACS fault set");
+    let state = sim.acs_fault_labelled(Fault::mode);
+    tracing::info!(fault = %describe(sim.acs_fault_labelled(Fault::label)), "simulated ACS failure switched");
     if from_page {
         back_to_page()
     } else {
-        Json(json!({"faults": sim.queued_faults()})).into_response()
+        Json(json!({"fault": to_json(state)})).into_response()
     }
 }
 
+pub fn bad_control(message: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": "bad_request", "message": message})),
+    )
+        .into_response()
+}
+
 pub async fn acs_stats(State(sim): State<Arc<Sim>>) -> Json<Value> {
-    Json(json!({"token_requests": sim.token_requests(), "faults": sim.queued_faults()}))
+    Json(json!({
+        "token_requests": sim.token_requests(),
+        "fault": to_json(sim.acs_fault_labelled(Fault::mode)),
+    }))
+}
+
+/// `POST /dev/access-tokens/forget`: drops every cached access token (of every grant), so the
+/// next `/token` asks the simulated ACS or Entra again. Grants and refresh tokens stay.
+pub async fn forget_access_tokens(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (_, from_page) = control_input(&headers, &body);
+    let forgotten = async {
+        let grants = sim.ctx.grants.list().await?;
+        for g in &grants {
+            sim.ctx.cache.forget_access_tokens(&g.id).await?;
+        }
+        Ok::<usize, spkeeper::ports::StoreError>(grants.len())
+    }
+    .await;
+    match (forgotten, from_page) {
+        (Ok(n), false) => Json(json!({"grants": n})).into_response(),
+        (Ok(n), true) => {
+            tracing::info!(grants = n, "cached access tokens forgotten");
+            back_to_page()
+        }
+        (Err(e), _) => {
+            tracing::error!(error = %e, "could not forget the cached access tokens");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": "internal_error", "message": "the store failed; see the server's log"})),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// `POST /dev/clock` `{"now":"RFC 3339"}`, `{"advance_days":N}`, `{"next_notice":true}` or
-/// `{"reset":true}`; add
-/// `"sweep":true` to sweep at the new time.
+/// `{"reset":true}`; add `"sweep":true` to sweep at the new time.
+///
+/// A browser that held a valid session when it pressed the button keeps it across the jump:
+/// its session (12 hours on the simulated clock, as in production) is issued again at the new
+/// time, as if the user had opened the add-in just then, so `/status` goes on showing the grant.
 pub async fn set_clock(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
     let (input, from_page) = control_input(&headers, &body);
+    let session = cookie(&headers, SESSION_COOKIE).and_then(|v| {
+        sim.ctx
+            .secrets
+            .get()
+            .links
+            .verify_session(v, sim.now())
+            .ok()
+    });
     if let Some(at) = input
         .get("now")
         .and_then(Value::as_str)
@@ -616,7 +748,7 @@ pub async fn set_clock(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: By
             }
         }
     } else {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "bad_request", "message": "give now, advance_days, next_notice or reset"}))).into_response();
+        return bad_control("give now, advance_days, next_notice or reset");
     }
     tracing::info!(now = %rfc3339(sim.now()), "simulated clock moved");
     if let Err(e) =
@@ -624,27 +756,50 @@ pub async fn set_clock(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: By
     {
         tracing::warn!(error = %e, "could not remember the clock offset for other commands");
     }
+    let received = sim.received();
     let summary = if truthy(input.get("sweep")) {
         match sim.sweep.run(sim.now(), false).await {
-            Ok(s) => serde_json::to_value(s).unwrap_or(Value::Null),
+            Ok(s) => {
+                if from_page {
+                    sim.wait_for_delivery(received, s.notices.values().sum())
+                        .await;
+                }
+                serde_json::to_value(s).unwrap_or(Value::Null)
+            }
             Err(e) => json!({"error": e.to_string()}),
         }
     } else {
         Value::Null
     };
-    if from_page {
+    let mut resp = if from_page {
         back_to_page()
     } else {
         Json(json!({"now": rfc3339(sim.now()), "offset_seconds": sim.clock.offset().num_seconds(), "sweep": summary})).into_response()
+    };
+    if let Some(id) = session {
+        let value = sim.ctx.secrets.get().links.session_value(&id, sim.now());
+        let carried = format!(
+            "{SESSION_COOKIE}={value}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=None",
+            SESSION_HOURS * 3600
+        );
+        if let Ok(v) = header::HeaderValue::from_str(&carried) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
     }
+    resp
 }
 
 /// `POST /dev/sweep`: one sweep at the simulated time.
 pub async fn sweep_now(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
     let (_, from_page) = control_input(&headers, &body);
+    let received = sim.received();
     let result = sim.sweep.run(sim.now(), false).await;
     match (result, from_page) {
-        (Ok(_), true) => back_to_page(),
+        (Ok(s), true) => {
+            sim.wait_for_delivery(received, s.notices.values().sum())
+                .await;
+            back_to_page()
+        }
         (Ok(s), false) => Json(s).into_response(),
         (Err(e), _) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -685,6 +840,7 @@ pub async fn receive_webhook(
             inbox.pop_front();
         }
     }
+    sim.received.fetch_add(1, Ordering::SeqCst);
     if valid {
         StatusCode::NO_CONTENT.into_response()
     } else {
