@@ -839,6 +839,22 @@ mod on_moto {
         (sdk, table, vars, dir)
     }
 
+    /// Turns point-in-time recovery on or off, as an operator (or a restore) leaves it.
+    async fn backups(dynamo: &aws_sdk_dynamodb::Client, table: &str, on: bool) {
+        dynamo
+            .update_continuous_backups()
+            .table_name(table)
+            .point_in_time_recovery_specification(
+                aws_sdk_dynamodb::types::PointInTimeRecoverySpecification::builder()
+                    .point_in_time_recovery_enabled(on)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_table_without_ttl_or_backups_warns_and_a_missing_table_fails() {
         let stand_in = StandIn::start(Behaviour::default()).await;
@@ -846,18 +862,7 @@ mod on_moto {
         let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
 
         // As the stack makes it: TTL on `ttl`, point-in-time recovery on.
-        dynamo
-            .update_continuous_backups()
-            .table_name(&table)
-            .point_in_time_recovery_specification(
-                aws_sdk_dynamodb::types::PointInTimeRecoverySpecification::builder()
-                    .point_in_time_recovery_enabled(true)
-                    .build()
-                    .unwrap(),
-            )
-            .send()
-            .await
-            .unwrap();
+        backups(&dynamo, &table, true).await;
         let r = doctor(&vars, &[]);
         assert_eq!(r.code, 0, "{}", r.all_output());
         r.assert_line("key_file", "skip", "Secrets Manager");
@@ -887,18 +892,7 @@ mod on_moto {
             .send()
             .await
             .unwrap();
-        dynamo
-            .update_continuous_backups()
-            .table_name(&table)
-            .point_in_time_recovery_specification(
-                aws_sdk_dynamodb::types::PointInTimeRecoverySpecification::builder()
-                    .point_in_time_recovery_enabled(false)
-                    .build()
-                    .unwrap(),
-            )
-            .send()
-            .await
-            .unwrap();
+        backups(&dynamo, &table, false).await;
         let r = doctor(&vars, &[]);
         assert_eq!(r.code, 0, "{}", r.all_output());
         r.assert_line("store.ttl", "warn", "TTL is off");

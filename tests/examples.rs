@@ -261,13 +261,14 @@ fn signed(secret: &str, id: &str, timestamp: i64, body: &str) -> Vec<(&'static s
     ]
 }
 
-/// The receiver's story: every real notice of a grant's life verified, processed and recorded
-/// once; forgeries refused with 401; redeliveries answered 2xx and not processed again.
-async fn receiver_takes_real_notices_once_and_refuses_forgeries(
+/// The example receiver `program` (its own SQLite file, on a free port) and a `serve --dev`
+/// delivering to it with the same webhook secret, in one temporary directory (returned: the
+/// two live as long as it does), and the receiver's URL.
+fn receiver_and_spkeeper(
     name: &str,
     program: &Path,
     args: &[String],
-) {
+) -> (tempfile::TempDir, Proc, String, Server) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("receiver.sqlite3").display().to_string();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -290,6 +291,17 @@ async fn receiver_takes_real_notices_once_and_refuses_forgeries(
             ("SPKEEPER_WEBHOOK_SECRET", WEBHOOK_SECRET),
         ],
     );
+    (dir, receiver, hook, server)
+}
+
+/// The receiver's story: every real notice of a grant's life verified, processed and recorded
+/// once; forgeries refused with 401; redeliveries answered 2xx and not processed again.
+async fn receiver_takes_real_notices_once_and_refuses_forgeries(
+    name: &str,
+    program: &Path,
+    args: &[String],
+) {
+    let (_dir, receiver, hook, server) = receiver_and_spkeeper(name, program, args);
 
     // A launch, then the clock jumped to each notice in turn: the real deliveries.
     let landed = server.launch("megan").await;
@@ -465,28 +477,7 @@ async fn receiver_takes_doctors_test_notice_as_a_no_op(
     program: &Path,
     args: &[String],
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("receiver.sqlite3").display().to_string();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut receiver = Proc::spawn(
-        program,
-        &args,
-        &vars(&[
-            ("SPKEEPER_WEBHOOK_SECRET", WEBHOOK_SECRET),
-            ("RECEIVER_ADDR", "127.0.0.1:0"),
-            ("RECEIVER_DB", &db),
-        ]),
-        dir.path(),
-        name,
-    );
-    let hook = receiver.wait_for_line("receiver listening on ", WAIT);
-    let server = start_spkeeper(
-        dir.path(),
-        &[
-            ("SPKEEPER_WEBHOOK_URL", &hook),
-            ("SPKEEPER_WEBHOOK_SECRET", WEBHOOK_SECRET),
-        ],
-    );
+    let (_dir, receiver, _hook, server) = receiver_and_spkeeper(name, program, args);
     let (code, out, err) = run(&spkeeper(), &["doctor", "--dev"], &server.vars);
     assert_eq!(code, 0, "{out}{err}");
     let webhook: Vec<&str> = out.lines().filter(|l| l.contains(" webhook ")).collect();

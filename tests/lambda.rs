@@ -380,6 +380,19 @@ impl AwsFixture {
             .unwrap()
     }
 
+    /// `bin` started as `function` against the Runtime API `rt`, with [`Self::env_for`]; its
+    /// output goes to the directory returned with it (kept as long as the directory is).
+    pub fn spawn(
+        &self,
+        bin: &std::path::Path,
+        rt: &RuntimeApi,
+        function: &str,
+    ) -> (crate::Proc, tempfile::TempDir) {
+        let logs = tempfile::tempdir().unwrap();
+        let proc = crate::Proc::spawn(bin, &[], &self.env_for(rt, function), logs.path(), function);
+        (proc, logs)
+    }
+
     /// The function's environment: ours (with only its own secrets, unless the test set
     /// `SPKEEPER_SECRETS_ARN` itself) and the Runtime API's.
     pub fn env_for(&self, rt: &RuntimeApi, function: &str) -> BTreeMap<String, String> {

@@ -62,14 +62,7 @@ async fn start(acs: AcsStub, extra: &[(&str, &str)]) -> Running {
     let fx = AwsFixture::new(&env).await;
     let id = seed(&fx, &acs).await;
     let rt = RuntimeApi::start().await;
-    let logs = tempfile::tempdir().unwrap();
-    let proc = Proc::spawn(
-        &bin(),
-        &[],
-        &fx.env_for(&rt, "exchange"),
-        logs.path(),
-        "exchange",
-    );
+    let (proc, logs) = fx.spawn(&bin(), &rt, "exchange");
     Running {
         fx,
         acs,
@@ -195,14 +188,7 @@ async fn exchange_function_redeems_entra_grants_per_scope_and_stores_each_rotati
     let ctx = fx.context();
     let id = entra.seed_grant(&ctx, 0).await;
     let rt = RuntimeApi::start().await;
-    let logs = tempfile::tempdir().unwrap();
-    let _proc = Proc::spawn(
-        &bin(),
-        &[],
-        &fx.env_for(&rt, "exchange"),
-        logs.path(),
-        "exchange",
-    );
+    let (_proc, _logs) = fx.spawn(&bin(), &rt, "exchange");
 
     for (n, scope) in [
         (1, "https://graph.microsoft.com/.default"),
@@ -316,14 +302,7 @@ async fn a_running_exchange_instance_redeems_with_a_rotated_entra_secret_without
     .await;
     let id = entra.seed_grant(&fx.context(), 0).await;
     let rt = RuntimeApi::start().await;
-    let logs = tempfile::tempdir().unwrap();
-    let _proc = Proc::spawn(
-        &bin(),
-        &[],
-        &fx.env_for(&rt, "exchange"),
-        logs.path(),
-        "exchange",
-    );
+    let (_proc, _logs) = fx.spawn(&bin(), &rt, "exchange");
     // Each scope is a redemption of its own (nothing cached for it yet).
     let token = async |scope: &str| {
         let mut e = fixture("apigw-http-token-entra.json");

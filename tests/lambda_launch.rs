@@ -22,14 +22,7 @@ async fn launch_function_serves_health_launch_and_refusals_from_the_fixtures() {
     // effort and must not fail it.
     let fx = AwsFixture::new(&[("SPKEEPER_STS_HOSTS", "127.0.0.1:9")]).await;
     let rt = RuntimeApi::start().await;
-    let logs = tempfile::tempdir().unwrap();
-    let proc = Proc::spawn(
-        &bin(),
-        &[],
-        &fx.env_for(&rt, "launch"),
-        logs.path(),
-        "launch",
-    );
+    let (proc, logs) = fx.spawn(&bin(), &rt, "launch");
 
     let (_, o) = rt.invoke(fixture("apigw-http-healthz.json")).await;
     let r = o.response();
@@ -223,14 +216,7 @@ async fn launch_function_refuses_to_start_without_its_secret() {
         "arn:aws:secretsmanager:us-east-1:123456789012:secret:missing".into(),
     );
     let rt = RuntimeApi::start().await;
-    let logs = tempfile::tempdir().unwrap();
-    let mut proc = Proc::spawn(
-        &bin(),
-        &[],
-        &fx.env_for(&rt, "launch"),
-        logs.path(),
-        "launch",
-    );
+    let (mut proc, _logs) = fx.spawn(&bin(), &rt, "launch");
     let status = proc
         .wait_exit(std::time::Duration::from_secs(30))
         .expect("the function exits at init");
@@ -247,14 +233,7 @@ async fn launch_function_signs_users_in_with_entra_from_the_fixtures() {
     let entra = EntraStub::start().await;
     let fx = AwsFixture::with_entra(&entra, &[]).await;
     let rt = RuntimeApi::start().await;
-    let logs = tempfile::tempdir().unwrap();
-    let proc = Proc::spawn(
-        &bin(),
-        &[],
-        &fx.env_for(&rt, "launch"),
-        logs.path(),
-        "launch",
-    );
+    let (proc, logs) = fx.spawn(&bin(), &rt, "launch");
 
     // The fixtures as recorded: /connect for a SharePoint Online site...
     let r = rt

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use spkeeper::config::Part;
 use spkeeper_e2e::lambda::*;
-use spkeeper_e2e::{Proc, Receiver, assert_no_secrets};
+use spkeeper_e2e::{Receiver, assert_no_secrets};
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_notify"))
@@ -26,14 +26,7 @@ async fn notify_function_delivers_signed_webhooks_and_reports_only_failed_messag
         fx.secret_arns[&Part::WebhookSecret]
     );
     let rt = RuntimeApi::start().await;
-    let logs = tempfile::tempdir().unwrap();
-    let _proc = Proc::spawn(
-        &bin(),
-        &[],
-        &fx.env_for(&rt, "notify"),
-        logs.path(),
-        "notify",
-    );
+    let (_proc, _logs) = fx.spawn(&bin(), &rt, "notify");
 
     let response = match rt.invoke(fixture("sqs-notices.json")).await.1 {
         Outcome::Response(v) => v,
@@ -72,14 +65,7 @@ async fn a_running_notify_instance_follows_a_webhook_secret_rotation_without_a_r
     ])
     .await;
     let rt = RuntimeApi::start().await;
-    let logs = tempfile::tempdir().unwrap();
-    let _proc = Proc::spawn(
-        &bin(),
-        &[],
-        &fx.env_for(&rt, "notify"),
-        logs.path(),
-        "notify",
-    );
+    let (_proc, _logs) = fx.spawn(&bin(), &rt, "notify");
     let deliver_one = async || {
         let mut one = fixture("sqs-notices.json");
         one["Records"].as_array_mut().unwrap().truncate(1);
@@ -127,14 +113,7 @@ async fn a_running_notify_instance_follows_a_webhook_secret_rotation_without_a_r
 async fn refused_start(fx: &mut AwsFixture, arns: Vec<String>) -> String {
     fx.env.insert("SPKEEPER_SECRETS_ARN".into(), arns.join(","));
     let rt = RuntimeApi::start().await;
-    let logs = tempfile::tempdir().unwrap();
-    let mut proc = Proc::spawn(
-        &bin(),
-        &[],
-        &fx.env_for(&rt, "notify"),
-        logs.path(),
-        "notify",
-    );
+    let (mut proc, _logs) = fx.spawn(&bin(), &rt, "notify");
     let status = proc
         .wait_exit(Duration::from_secs(30))
         .expect("the function exits at init");
@@ -249,14 +228,7 @@ async fn a_failed_delivery_is_hidden_for_its_backoff_by_receive_count_and_report
     let fx = AwsFixture::new(&[("SPKEEPER_WEBHOOK_URL", &receiver.url())]).await;
     let sqs = aws_sdk_sqs::Client::new(&fx.sdk);
     let rt = RuntimeApi::start().await;
-    let logs = tempfile::tempdir().unwrap();
-    let _proc = Proc::spawn(
-        &bin(),
-        &[],
-        &fx.env_for(&rt, "notify"),
-        logs.path(),
-        "notify",
-    );
+    let (_proc, logs) = fx.spawn(&bin(), &rt, "notify");
     let is_refused =
         |m: &aws_sdk_sqs::types::Message| m.body().is_some_and(|b| b.contains(refused));
 

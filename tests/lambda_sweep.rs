@@ -36,8 +36,7 @@ async fn sweep_function_queues_due_notices_on_sqs_once_however_often_it_runs() {
         .unwrap();
 
     let rt = RuntimeApi::start().await;
-    let logs = tempfile::tempdir().unwrap();
-    let _proc = Proc::spawn(&bin(), &[], &fx.env_for(&rt, "sweep"), logs.path(), "sweep");
+    let (_proc, _logs) = fx.spawn(&bin(), &rt, "sweep");
 
     let summary = match rt.invoke(fixture("eventbridge-scheduled.json")).await.1 {
         Outcome::Response(v) => v,
@@ -73,8 +72,7 @@ async fn spawn_with(parts: &[Part]) -> (RuntimeApi, tempfile::TempDir, Proc) {
     let arns: Vec<String> = parts.iter().map(|p| fx.secret_arns[p].clone()).collect();
     fx.env.insert("SPKEEPER_SECRETS_ARN".into(), arns.join(","));
     let rt = RuntimeApi::start().await;
-    let logs = tempfile::tempdir().unwrap();
-    let proc = Proc::spawn(&bin(), &[], &fx.env_for(&rt, "sweep"), logs.path(), "sweep");
+    let (proc, logs) = fx.spawn(&bin(), &rt, "sweep");
     (rt, logs, proc)
 }
 
@@ -141,8 +139,7 @@ async fn sweep_function_keeps_idle_entra_grants_alive_and_stores_the_rotation() 
     let id = entra.seed_grant(&ctx, 40).await;
 
     let rt = RuntimeApi::start().await;
-    let logs = tempfile::tempdir().unwrap();
-    let mut proc = Proc::spawn(&bin(), &[], &fx.env_for(&rt, "sweep"), logs.path(), "sweep");
+    let (mut proc, _logs) = fx.spawn(&bin(), &rt, "sweep");
     let summary = rt
         .invoke(fixture("eventbridge-scheduled.json"))
         .await

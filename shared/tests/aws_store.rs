@@ -383,13 +383,7 @@ async fn a_crash_between_the_store_update_and_the_sqs_send_loses_no_notice() {
 
 #[tokio::test]
 async fn the_sweep_only_queries_the_index_and_never_scans() {
-    let ops = Arc::new(Mutex::new(Vec::new()));
-    let h = Harness::with(Options {
-        moto: true,
-        record_operations: Some(Arc::clone(&ops)),
-        ..Options::default()
-    })
-    .await;
+    let (h, ops) = recording().await;
     let ids = launch_many(&h, 3).await;
     let exp = h.store_load(&ids[0]).await.record.rt_expires_at;
     ops.lock().unwrap().clear();
@@ -529,13 +523,7 @@ async fn an_entra_refresh_token_item_expires_90_days_after_its_last_redemption()
 /// cached), a relaunch, and a cached `/token`.
 #[tokio::test]
 async fn a_launch_a_relaunch_and_a_cached_token_send_these_dynamodb_requests() {
-    let ops = Arc::new(Mutex::new(Vec::new()));
-    let h = Harness::with(Options {
-        moto: true,
-        record_operations: Some(Arc::clone(&ops)),
-        ..Options::default()
-    })
-    .await;
+    let (h, ops) = recording().await;
     ops.lock().unwrap().clear();
     assert_eq!(h.launch(&h.token("megan")).await.status().as_u16(), 303);
     let first = counted(&ops);
@@ -572,13 +560,7 @@ async fn a_launch_a_relaunch_and_a_cached_token_send_these_dynamodb_requests() {
 /// when it names neither host nor scope (the first teaches the instance the grant's host).
 #[tokio::test]
 async fn a_cached_token_is_one_dynamodb_request_when_the_host_is_named_or_known() {
-    let ops = Arc::new(Mutex::new(Vec::new()));
-    let h = Harness::with(Options {
-        moto: true,
-        record_operations: Some(Arc::clone(&ops)),
-        ..Options::default()
-    })
-    .await;
+    let (h, ops) = recording().await;
     assert_eq!(h.launch(&h.token("megan")).await.status().as_u16(), 303);
     let record = h.ctx.grants.list().await.unwrap().remove(0);
     let site = url::Url::parse(&record.site_url).unwrap();
@@ -609,6 +591,18 @@ async fn a_cached_token_is_one_dynamodb_request_when_the_host_is_named_or_known(
     // The same cached token every time, and nothing asked of ACS.
     assert_eq!(named.expires_at, first.expires_at);
     assert_eq!(first.expires_at, second.expires_at);
+}
+
+/// A harness on moto that records every DynamoDB operation it sends, by name.
+async fn recording() -> (Harness, Arc<Mutex<Vec<String>>>) {
+    let ops = Arc::new(Mutex::new(Vec::new()));
+    let h = Harness::with(Options {
+        moto: true,
+        record_operations: Some(Arc::clone(&ops)),
+        ..Options::default()
+    })
+    .await;
+    (h, ops)
 }
 
 /// The operations recorded since the last call, counted by name (and forgotten).
