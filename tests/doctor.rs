@@ -716,6 +716,63 @@ async fn a_key_file_others_can_read_fails() {
     );
 }
 
+/// A key file lost beside a database that holds grants: every stored token is sealed with
+/// it, and any command would make a new one that opens none of them. Doctor fails, says to
+/// restore it, and makes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_key_file_beside_a_database_with_grants_fails_and_says_to_restore_it() {
+    let stand_in = StandIn::start(Behaviour::default()).await;
+    let receiver = Receiver::start(WEBHOOK_SECRET).await;
+    let d = Deployment::new(&stand_in, &receiver.url());
+    d.first_run();
+    {
+        use spkeeper::ports::GrantStore;
+        let store = spkeeper::store::sqlite::SqliteStore::open_dir(&d.data()).unwrap();
+        let nbf = Utc::now();
+        let record = spkeeper_e2e::lambda::grant_record(
+            "megan",
+            "https://accounts.accesscontrol.windows.net/tokens/OAuth/2",
+            nbf,
+            spkeeper::core::grant::refresh_token_expiry(nbf),
+        );
+        store
+            .put_grant(None, &record, "sealed-elsewhere", None)
+            .await
+            .unwrap();
+    }
+    std::fs::remove_file(d.data().join("keys.json")).unwrap();
+    let r = doctor(&d.vars, &[]);
+    assert_eq!(r.code, 1, "{}", r.all_output());
+    r.assert_line("key_file", "fail", "restore it from the backup");
+    assert!(
+        !d.data().join("keys.json").exists(),
+        "doctor made a key file"
+    );
+}
+
+/// A reader that stops early (`spkeeper doctor | head -1`) is no crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_goes_away_does_not_crash_doctor() {
+    let stand_in = StandIn::start(Behaviour::default()).await;
+    let receiver = Receiver::start(WEBHOOK_SECRET).await;
+    let d = Deployment::new(&stand_in, &receiver.url());
+    d.first_run();
+    let mut child = std::process::Command::new(bin())
+        .arg("doctor")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(&d.vars)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_on_a_fresh_data_directory_warns_and_creates_nothing() {
     let stand_in = StandIn::start(Behaviour::default()).await;

@@ -15,6 +15,9 @@ use crate::config::{ConfigError, Secrets};
 
 /// How old the secrets may get before a request reads them again, by default.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
+/// The longest a read of the secrets may hold the request that made it: a slow Secrets
+/// Manager costs one request this much at most, then the secrets in use stay.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// The variable that sets it otherwise (seconds).
 pub const REFRESH_VAR: &str = "SPKEEPER_SECRETS_REFRESH_SECONDS";
 
@@ -126,7 +129,15 @@ impl SecretsCell {
             return false;
         }
         *last = Instant::now();
-        match r.source.fetch().await {
+        let fetched = tokio::time::timeout(FETCH_TIMEOUT, r.source.fetch())
+            .await
+            .unwrap_or_else(|_| {
+                Err(ConfigError::new(
+                    "SPKEEPER_SECRETS_ARN",
+                    "Secrets Manager did not answer within 3 s",
+                ))
+            });
+        match fetched {
             Ok(fresh) => {
                 let fresh = Arc::new(fresh);
                 match self.current.write() {
@@ -231,6 +242,32 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// A source that never answers.
+    struct Hanging;
+
+    #[async_trait]
+    impl SecretsSource for Hanging {
+        async fn fetch(&self) -> Result<Secrets, ConfigError> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_secrets_read_that_hangs_gives_up_after_three_seconds_and_keeps_the_secrets() {
+        let first = keys("k1");
+        let read_at = Instant::now().checked_sub(REFRESH_EVERY * 2).unwrap();
+        let cell = SecretsCell::refreshing(
+            secrets_of(&first),
+            Arc::new(Hanging),
+            read_at,
+            REFRESH_EVERY,
+        );
+        let started = Instant::now();
+        cell.refresh_if_stale().await;
+        assert!(started.elapsed() < FETCH_TIMEOUT + Duration::from_secs(1));
+        assert_eq!(cell.get().key_ring.active_key_id(), "k1");
     }
 
     #[tokio::test]

@@ -143,16 +143,21 @@ pub async fn run(dev: bool, as_json: bool, sites: &[String]) -> Result<(), Failu
     Ok(())
 }
 
+/// The report on stdout. A reader that goes away (`spkeeper doctor | head -1`) ends it
+/// quietly: the exit status still says how the checks went.
 fn print(checks: &[Check], as_json: bool) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
     if as_json {
-        println!(
-            "{}",
-            serde_json::to_string(checks).unwrap_or_else(|_| "[]".into())
-        );
+        let json = serde_json::to_string(checks).unwrap_or_else(|_| "[]".into());
+        let _ = writeln!(out, "{json}");
         return;
     }
     for c in checks {
-        println!("{:<4}  {:<20}  {}", c.status.word(), c.check, c.detail);
+        let line = format!("{:<4}  {:<20}  {}", c.status.word(), c.check, c.detail);
+        if writeln!(out, "{line}").is_err() {
+            return;
+        }
     }
 }
 
@@ -186,6 +191,44 @@ struct LoadedSecrets {
     secrets: Option<(Secrets, Needs)>,
     /// A configuration error (exit 2), already reported as a `fail` line.
     config_error: Option<String>,
+}
+
+/// The key file is not there. Before the first run that is expected; beside a database that
+/// holds grants it is the loss of every stored token: a new key file (which any command would
+/// make) could never open them, so the only way on is the key file's backup.
+async fn missing_key_file(path: &std::path::Path, c: &Configured) -> Check {
+    let holding = match &c.settings.store {
+        StoreChoice::Sqlite { data_dir } => {
+            tokio::time::timeout(CHECK_TIMEOUT, SqliteStore::inspect_dir(data_dir))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+        }
+        StoreChoice::DynamoDb { .. } => None,
+    };
+    match holding {
+        Some(f) if f.grants > 0 => check(
+            "key_file",
+            Status::Fail,
+            format!(
+                "{} is missing, and the database holds {} grants sealed with its keys: restore \
+                 it from the backup taken with the database, and run no spkeeper command (which \
+                 would make new keys) until then",
+                path.display(),
+                f.grants
+            ),
+        ),
+        _ => check(
+            "key_file",
+            Status::Warn,
+            format!(
+                "{} does not exist yet: the first spkeeper command creates it; keep it with the \
+                 database (it opens the stored tokens)",
+                path.display()
+            ),
+        ),
+    }
 }
 
 /// The secret document, as every command reads it (Secrets Manager, or the key file and the
@@ -238,15 +281,7 @@ async fn load_secrets(c: &Configured) -> LoadedSecrets {
                         Some(file)
                     }
                     Ok(None) => {
-                        checks.push(check(
-                            "key_file",
-                            Status::Warn,
-                            format!(
-                                "{} does not exist yet: the first spkeeper command creates it; \
-                                 keep it with the database (it opens the stored tokens)",
-                                path.display()
-                            ),
-                        ));
+                        checks.push(missing_key_file(&path, c).await);
                         None
                     }
                     Err(e) => {

@@ -73,12 +73,15 @@ fn fault_form(action: &str, modes: &[(String, String)]) -> String {
     )
 }
 
-/// A notice in the inbox: when, what, for whom, its signature, its renew link (a link), and
+/// A notice in the inbox: when, what, for whom, its signature, its renew link (a link, if the
+/// signature verified), and
 /// its JSON body (escaped; the newest one unfolded).
 fn inbox_row(e: &InboxEntry, newest: bool) -> String {
     let n = &e.notice;
+    // A link only from a notice whose signature checked out: anyone can post to the inbox.
     let renew = n["renew_url"]
         .as_str()
+        .filter(|_| e.signature_valid)
         .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
         .map(|u| {
             format!(
