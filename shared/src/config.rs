@@ -1707,6 +1707,29 @@ mod tests {
     }
 
     #[test]
+    fn a_key_file_with_a_previous_link_key_verifies_what_it_signed() {
+        let json = serde_json::to_value(KeyFile::generate().unwrap()).unwrap();
+        let read = |v: &serde_json::Value| -> Secrets {
+            let file: KeyFile = serde_json::from_value(v.clone()).unwrap();
+            Secrets::for_needs(file.into_document(), Needs::only(&[Part::LinkKey])).unwrap()
+        };
+        let grant = crate::core::grant::GrantId::derive("r", "k");
+        let signed = read(&json).links.session_value(&grant, Utc::now());
+        assert!(
+            json.get("link_key_secondary").is_none(),
+            "written as before"
+        );
+        // The operator's edit of keys.json: a new link_key, the old one as secondary.
+        let mut rotated = json.clone();
+        rotated["link_key_secondary"] = json["link_key"].clone();
+        rotated["link_key"] = serde_json::Value::String(STANDARD.encode([9u8; 32]));
+        assert_eq!(
+            read(&rotated).links.verify_session(&signed, Utc::now()),
+            Ok(grant)
+        );
+    }
+
+    #[test]
     fn documents_merge_and_a_field_in_two_of_them_is_refused() {
         let d = merged(&Part::ALL);
         assert_eq!(
