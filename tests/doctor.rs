@@ -585,6 +585,40 @@ async fn unreachable_token_services_fail_and_the_clock_is_then_not_judged() {
     assert_eq!(r.failed().len(), 2, "{:?}", r.failed());
 }
 
+/// The default list names the global ACS and China's; a deployment reaches only its own
+/// cloud's. One token service of the list answering makes the others a warning, not a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_token_service_out_of_reach_warns_when_another_answers() {
+    let stand_in = StandIn::start(Behaviour::default()).await;
+    let receiver = Receiver::start(WEBHOOK_SECRET).await;
+    let mut d = Deployment::new(&stand_in, &receiver.url());
+    d.first_run();
+    let nowhere = closed_port();
+    d.set(
+        "SPKEEPER_STS_HOSTS",
+        &format!("{},{nowhere}", stand_in.authority),
+    );
+    let r = doctor(&d.vars, &[]);
+    assert_eq!(r.code, 0, "{}", r.all_output());
+    let acs: Vec<(String, String)> = r
+        .lines()
+        .into_iter()
+        .filter(|(_, check, _)| check == "acs")
+        .map(|(status, _, detail)| (status, detail))
+        .collect();
+    assert_eq!(acs.len(), 2, "{acs:?}");
+    assert!(
+        acs.iter()
+            .any(|(st, d)| st == "ok" && d.contains(&stand_in.authority)),
+        "{acs:?}"
+    );
+    assert!(
+        acs.iter()
+            .any(|(st, d)| st == "warn" && d.contains(&nowhere)),
+        "{acs:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entra_metadata_naming_another_token_endpoint_fails() {
     let stand_in = StandIn::start(Behaviour {

@@ -616,24 +616,21 @@ fn origin(url: &url::Url) -> String {
 /// ACS (each `SPKEEPER_STS_HOSTS` host answers at all) and Entra ID (its metadata names the
 /// token endpoint spkeeper posts to), and the clock against the first of them to answer.
 async fn token_services(http: &reqwest::Client, settings: &Settings) -> (Vec<Check>, Check) {
-    let acs = async {
-        if settings.client_id.is_none() {
-            return vec![(
-                check(
-                    "acs",
-                    Status::Skip,
-                    "no ACS add-in configured (SPKEEPER_CLIENT_ID)",
-                ),
-                None,
-            )];
-        }
-        // ACS's metadata document; any HTTP answer shows the host is there and speaks TLS.
-        join_all(
-            settings
-                .sts_hosts
-                .origins()
-                .into_iter()
-                .map(|host| async move {
+    let acs =
+        async {
+            if settings.client_id.is_none() {
+                return vec![(
+                    check(
+                        "acs",
+                        Status::Skip,
+                        "no ACS add-in configured (SPKEEPER_CLIENT_ID)",
+                    ),
+                    None,
+                )];
+            }
+            // ACS's metadata document; any HTTP answer shows the host is there and speaks TLS.
+            let results = join_all(settings.sts_hosts.origins().into_iter().map(
+                |host| async move {
                     match get(http, &format!("{host}/metadata/json/1")).await {
                         Ok(a) => {
                             let date = http_date(&a.headers).map(|d| (host.clone(), a.local, d));
@@ -646,10 +643,27 @@ async fn token_services(http: &reqwest::Client, settings: &Settings) -> (Vec<Che
                         }
                         Err(e) => (check("acs", Status::Fail, format!("{host}: {e}")), None),
                     }
-                }),
-        )
-        .await
-    };
+                },
+            ))
+            .await;
+            // A deployment lives in one cloud: the default list names the global ACS and China's,
+            // and only one of them need answer. Any that does makes the others a warning.
+            let mut answered = results;
+            if answered.iter().any(|(c, _)| c.status == Status::Ok) {
+                for (c, _) in answered
+                    .iter_mut()
+                    .filter(|(c, _)| c.status == Status::Fail)
+                {
+                    c.status = Status::Warn;
+                    c.detail = format!(
+                        "{} (another token service answered; a launch whose token names this one \
+                     would fail)",
+                        c.detail
+                    );
+                }
+            }
+            answered
+        };
     let entra = async {
         match &settings.entra {
             Some(e) => entra_metadata(http, e).await,
