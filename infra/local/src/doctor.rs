@@ -1005,12 +1005,40 @@ async fn aws_checks(aws: &Aws) -> Vec<Check> {
     let client = aws.dynamo.client();
     let timeout = |what: &str| format!("{what}: no answer within 5 s");
     let mut out = Vec::new();
+    let queue = aws.queue.url().to_string();
 
-    let described = tokio::time::timeout(
-        CHECK_TIMEOUT,
-        client.describe_table().table_name(&table).send(),
-    )
-    .await;
+    // The four questions at once: the whole store check takes one timeout at most.
+    let (described, ttl, backups, attrs) = tokio::join!(
+        tokio::time::timeout(
+            CHECK_TIMEOUT,
+            client.describe_table().table_name(&table).send(),
+        ),
+        tokio::time::timeout(
+            CHECK_TIMEOUT,
+            client.describe_time_to_live().table_name(&table).send(),
+        ),
+        tokio::time::timeout(
+            CHECK_TIMEOUT,
+            client
+                .describe_continuous_backups()
+                .table_name(&table)
+                .send(),
+        ),
+        tokio::time::timeout(
+            CHECK_TIMEOUT,
+            aws.queue
+                .client()
+                .get_queue_attributes()
+                .queue_url(&queue)
+                .attribute_names(
+                    aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages,
+                )
+                .attribute_names(
+                    aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                )
+                .send(),
+        ),
+    );
     let table_ok = match described {
         Err(_) => {
             out.push(check("store", Status::Fail, timeout(&table)));
@@ -1049,11 +1077,6 @@ async fn aws_checks(aws: &Aws) -> Vec<Check> {
     };
 
     if table_ok {
-        let ttl = tokio::time::timeout(
-            CHECK_TIMEOUT,
-            client.describe_time_to_live().table_name(&table).send(),
-        )
-        .await;
         out.push(match ttl {
             Err(_) => check("store.ttl", Status::Fail, timeout(&table)),
             Ok(Err(e)) => check("store.ttl", Status::Fail, aws_problem(&e)),
@@ -1092,14 +1115,6 @@ async fn aws_checks(aws: &Aws) -> Vec<Check> {
             }
         });
 
-        let backups = tokio::time::timeout(
-            CHECK_TIMEOUT,
-            client
-                .describe_continuous_backups()
-                .table_name(&table)
-                .send(),
-        )
-        .await;
         out.push(match backups {
             Err(_) => check("store.backups", Status::Fail, timeout(&table)),
             Ok(Err(e)) => check("store.backups", Status::Fail, aws_problem(&e)),
@@ -1126,20 +1141,6 @@ async fn aws_checks(aws: &Aws) -> Vec<Check> {
         }
     }
 
-    let queue = aws.queue.url().to_string();
-    let attrs = tokio::time::timeout(
-        CHECK_TIMEOUT,
-        aws.queue
-            .client()
-            .get_queue_attributes()
-            .queue_url(&queue)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(
-                aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-            )
-            .send(),
-    )
-    .await;
     out.push(match attrs {
         Err(_) => check("store.queue", Status::Fail, timeout(&queue)),
         Ok(Err(e)) => check(
