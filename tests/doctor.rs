@@ -930,6 +930,33 @@ mod on_moto {
         (sdk, table, vars, dir)
     }
 
+    /// Secrets Manager that never answers: doctor gives up after 5 s and exits 2, as it does
+    /// for a refused read (and as every command does), and does not hang.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn secrets_manager_that_never_answers_exits_2_within_seconds() {
+        let stand_in = StandIn::start(Behaviour::default()).await;
+        let (_sdk, _table, mut vars, _dir) = stack(&stand_in).await;
+        // Accepts connections, never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = silent.accept().await {
+                held.push(conn);
+            }
+        });
+        vars.insert("AWS_ENDPOINT_URL".into(), format!("http://{addr}"));
+        let started = Instant::now();
+        let r = doctor(&vars, &[]);
+        assert_eq!(r.code, 2, "{}", r.all_output());
+        r.assert_line("secrets", "fail", "did not answer within 5 s");
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
     /// Turns point-in-time recovery on or off, as an operator (or a restore) leaves it.
     async fn backups(dynamo: &aws_sdk_dynamodb::Client, table: &str, on: bool) {
         dynamo

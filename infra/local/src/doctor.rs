@@ -239,15 +239,13 @@ async fn load_secrets(c: &Configured) -> LoadedSecrets {
     let doc: SecretDocument =
         match tokio::time::timeout(CHECK_TIMEOUT, setup::secrets_manager_document()).await {
             Err(_) => {
-                checks.push(check(
-                    "secrets",
-                    Status::Fail,
-                    "SPKEEPER_SECRETS_ARN: Secrets Manager did not answer within 5 s",
-                ));
+                // As a refused or denied read (and as every other command): exit 2.
+                let problem = "SPKEEPER_SECRETS_ARN: Secrets Manager did not answer within 5 s";
+                checks.push(check("secrets", Status::Fail, problem));
                 return LoadedSecrets {
                     checks,
                     secrets: None,
-                    config_error: None,
+                    config_error: Some(problem.to_string()),
                 };
             }
             Ok(Some(Err(e))) => {
