@@ -34,7 +34,7 @@ use spkeeper::core::hosts::{HostError, authority_of};
 use spkeeper::core::notice::{Notice, rfc3339};
 use spkeeper::core::seal::Place;
 use spkeeper::service::sweep::CLIENT_SECRET_WARNING_DAYS;
-use spkeeper::store::sqlite::{DB_FILE, SqliteStore};
+use spkeeper::store::sqlite::{DB_FILE, SealedSample, SqliteStore};
 
 use crate::Failure;
 use crate::keys::{self, KEY_FILE};
@@ -110,6 +110,7 @@ pub async fn run(dev: bool, as_json: bool, sites: &[String]) -> Result<(), Failu
     let secrets = loaded.secrets;
     if let Some((s, needs)) = &secrets {
         checks.extend(secret_checks(&configured.settings, s, *needs));
+        checks.push(stored_token_check(&configured.settings, s, *needs).await);
     }
     let now = Utc::now();
     checks.extend(expiry_checks(&configured.settings, now));
@@ -191,6 +192,93 @@ struct LoadedSecrets {
     secrets: Option<(Secrets, Needs)>,
     /// A configuration error (exit 2), already reported as a `fail` line.
     config_error: Option<String>,
+}
+
+/// Do the keys open what the store holds? The key ring opening what it just sealed says
+/// little; one stored refresh token, opened for its own place, says the keys are the ones the
+/// store was sealed with (the right key file, a restored table whose key is still in the ring).
+async fn stored_token_check(settings: &Settings, s: &Secrets, needs: Needs) -> Check {
+    const NAME: &str = "secrets.stored";
+    if needs.get(Part::TokenKeys) == spkeeper::config::Need::No {
+        return check(NAME, Status::Skip, "no key file yet (see key_file)");
+    }
+    let sample = match tokio::time::timeout(CHECK_TIMEOUT, stored_sample(settings)).await {
+        Err(_) => return check(NAME, Status::Warn, "the store did not answer within 5 s"),
+        Ok(Err(e)) => {
+            return check(
+                NAME,
+                Status::Warn,
+                format!("no stored refresh token could be read: {e}"),
+            );
+        }
+        Ok(Ok(None)) => return check(NAME, Status::Skip, "no refresh token stored yet"),
+        Ok(Ok(Some(sample))) => sample,
+    };
+    let place = Place::RefreshToken {
+        grant: &sample.grant,
+        version: sample.version,
+    };
+    match s.key_ring.open(&sample.sealed, &place) {
+        Ok(_) => check(
+            NAME,
+            Status::Ok,
+            format!(
+                "the keys open grant {}'s stored refresh token",
+                outside(&sample.grant)
+            ),
+        ),
+        Err(e) => check(
+            NAME,
+            Status::Fail,
+            format!(
+                "grant {}'s stored refresh token does not open with these keys ({e}): they are \
+                 not the keys the store was sealed with (another key file? a key removed from \
+                 token_keys?)",
+                outside(&sample.grant)
+            ),
+        ),
+    }
+}
+
+/// One stored refresh token, sealed: on SQLite the most recently written, on DynamoDB the
+/// first due grant's (a Query of the due index and a read of the grant; never a Scan).
+async fn stored_sample(settings: &Settings) -> Result<Option<SealedSample>, String> {
+    match &settings.store {
+        StoreChoice::Sqlite { data_dir } => Ok(SqliteStore::inspect_dir(data_dir)
+            .await
+            .map_err(|e| e.to_string())?
+            .and_then(|f| f.sample)),
+        StoreChoice::DynamoDb { .. } => {
+            use spkeeper::ports::GrantStore;
+            let sdk = spkeeper::aws::sdk_config().await;
+            let aws = Aws::from_settings(&sdk, settings).map_err(|e| e.to_string())?;
+            let far = Utc::now() + chrono::Duration::days(3650);
+            let mut cursor = None;
+            // One page per shard at most: the first that holds a grant will do.
+            for _ in 0..64 {
+                let page = aws
+                    .dynamo
+                    .due(far, cursor.as_ref(), 1)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Some(g) = page.grants.first() {
+                    let stored = aws.dynamo.load(&g.id).await.map_err(|e| e.to_string())?;
+                    return Ok(stored.and_then(|st| {
+                        st.sealed_refresh_token.map(|sealed| SealedSample {
+                            grant: st.record.id.as_str().to_string(),
+                            version: st.record.rt_version,
+                            sealed,
+                        })
+                    }));
+                }
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => return Ok(None),
+                }
+            }
+            Ok(None)
+        }
+    }
 }
 
 /// The key file is not there. Before the first run that is expected; beside a database that

@@ -147,13 +147,33 @@ const PURGE_DELIVERED: &str = "DELETE FROM outbox INDEXED BY outbox_delivered \
      WHERE delivered_at IS NOT NULL AND delivered_at <= ?1";
 
 /// What an existing file holds, in counts ([`SqliteStore::inspect_dir`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileSummary {
     pub grants: i64,
     /// Notices not delivered yet, still being tried.
     pub waiting: i64,
     /// Notices the webhook never accepted (`spkeeper notices` lists them).
     pub dead_letters: i64,
+    /// The most recently written refresh token, sealed, with its grant and version: whether
+    /// the key file opens what the database holds.
+    pub sample: Option<SealedSample>,
+}
+
+/// A stored refresh token, still sealed: its grant, its version, the sealed value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedSample {
+    pub grant: String,
+    pub version: i64,
+    pub sealed: String,
+}
+
+impl std::fmt::Debug for SealedSample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedSample")
+            .field("grant", &self.grant)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone)]
@@ -281,7 +301,23 @@ impl SqliteStore {
             conn.busy_timeout(StdDuration::from_secs(2)).map_err(sql)?;
             conn.pragma_update(None, "query_only", true).map_err(sql)?;
             let count = |q: &str| conn.query_row(q, [], |r| r.get::<_, i64>(0)).map_err(sql);
+            let sample = conn
+                .query_row(
+                    "SELECT id, rt_version, refresh_token FROM grants \
+                     WHERE refresh_token IS NOT NULL ORDER BY updated_at DESC LIMIT 1",
+                    [],
+                    |r| {
+                        Ok(SealedSample {
+                            grant: r.get(0)?,
+                            version: r.get(1)?,
+                            sealed: r.get(2)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(sql)?;
             Ok(Some(FileSummary {
+                sample,
                 grants: count("SELECT count(*) FROM grants")?,
                 waiting: count("SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL")?,
                 dead_letters: count("SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NOT NULL")?,
@@ -1222,7 +1258,8 @@ mod tests {
             Some(FileSummary {
                 grants: 0,
                 waiting: 1,
-                dead_letters: 0
+                dead_letters: 0,
+                sample: None,
             })
         );
     }
