@@ -313,6 +313,16 @@ impl Report {
     }
 }
 
+/// A healthy deployment that has run once (its key file and database made): the token
+/// service and site stand-in, the webhook receiver, and the operator's environment.
+async fn healthy() -> (StandIn, Receiver, Deployment) {
+    let stand_in = StandIn::start(Behaviour::default()).await;
+    let receiver = Receiver::start(WEBHOOK_SECRET).await;
+    let d = Deployment::new(&stand_in, &receiver.url());
+    d.first_run();
+    (stand_in, receiver, d)
+}
+
 fn doctor(vars: &BTreeMap<String, String>, args: &[&str]) -> Report {
     let args: Vec<&str> = ["doctor"].iter().chain(args).copied().collect();
     let (code, stdout, stderr) = run(&bin(), &args, vars);
@@ -336,10 +346,7 @@ fn notice_schema() -> jsonschema::Validator {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_deployment_prints_only_ok_and_skip_and_exits_0() {
-    let stand_in = StandIn::start(Behaviour::default()).await;
-    let receiver = Receiver::start(WEBHOOK_SECRET).await;
-    let d = Deployment::new(&stand_in, &receiver.url());
-    d.first_run();
+    let (stand_in, receiver, d) = healthy().await;
     let site = stand_in.site();
     let r = doctor(&d.vars, &["--site", &site]);
     assert_eq!(r.code, 0, "{}", r.all_output());
@@ -492,10 +499,7 @@ async fn a_receiver_verifying_with_another_secret_refuses_the_test_and_doctor_na
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_client_secret_fails_and_one_expiring_within_30_days_warns() {
-    let stand_in = StandIn::start(Behaviour::default()).await;
-    let receiver = Receiver::start(WEBHOOK_SECRET).await;
-    let mut d = Deployment::new(&stand_in, &receiver.url());
-    d.first_run();
+    let (_stand_in, _receiver, mut d) = healthy().await;
     let yesterday = (Utc::now() - chrono::Duration::days(1)).to_rfc3339();
     let soon = (Utc::now() + chrono::Duration::days(10)).to_rfc3339();
     d.set("SPKEEPER_CLIENT_SECRET_EXPIRES_AT", &yesterday)
@@ -515,10 +519,7 @@ async fn an_expired_client_secret_fails_and_one_expiring_within_30_days_warns() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_whose_host_is_not_allowed_fails_naming_it() {
-    let stand_in = StandIn::start(Behaviour::default()).await;
-    let receiver = Receiver::start(WEBHOOK_SECRET).await;
-    let d = Deployment::new(&stand_in, &receiver.url());
-    d.first_run();
+    let (stand_in, _receiver, d) = healthy().await;
     let good = stand_in.site();
     let r = doctor(
         &d.vars,
@@ -567,10 +568,7 @@ async fn a_site_that_does_not_answer_realm_discovery_with_401_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_token_services_fail_and_the_clock_is_then_not_judged() {
-    let stand_in = StandIn::start(Behaviour::default()).await;
-    let receiver = Receiver::start(WEBHOOK_SECRET).await;
-    let mut d = Deployment::new(&stand_in, &receiver.url());
-    d.first_run();
+    let (_stand_in, _receiver, mut d) = healthy().await;
     let nowhere = closed_port();
     d.set("SPKEEPER_STS_HOSTS", &nowhere).set(
         "SPKEEPER_ENTRA_AUTHORITY",
@@ -589,10 +587,7 @@ async fn unreachable_token_services_fail_and_the_clock_is_then_not_judged() {
 /// cloud's. One token service of the list answering makes the others a warning, not a failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listed_token_service_out_of_reach_warns_when_another_answers() {
-    let stand_in = StandIn::start(Behaviour::default()).await;
-    let receiver = Receiver::start(WEBHOOK_SECRET).await;
-    let mut d = Deployment::new(&stand_in, &receiver.url());
-    d.first_run();
+    let (stand_in, _receiver, mut d) = healthy().await;
     let nowhere = closed_port();
     d.set(
         "SPKEEPER_STS_HOSTS",
@@ -733,10 +728,7 @@ async fn a_malformed_secret_exits_2_naming_it_and_the_other_checks_still_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_file_others_can_read_fails() {
     use std::os::unix::fs::PermissionsExt;
-    let stand_in = StandIn::start(Behaviour::default()).await;
-    let receiver = Receiver::start(WEBHOOK_SECRET).await;
-    let d = Deployment::new(&stand_in, &receiver.url());
-    d.first_run();
+    let (_stand_in, _receiver, d) = healthy().await;
     let keys = d.data().join("keys.json");
     std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).unwrap();
     let r = doctor(&d.vars, &[]);
@@ -755,10 +747,7 @@ async fn a_key_file_others_can_read_fails() {
 /// restore it, and makes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_key_file_beside_a_database_with_grants_fails_and_says_to_restore_it() {
-    let stand_in = StandIn::start(Behaviour::default()).await;
-    let receiver = Receiver::start(WEBHOOK_SECRET).await;
-    let d = Deployment::new(&stand_in, &receiver.url());
-    d.first_run();
+    let (_stand_in, _receiver, d) = healthy().await;
     {
         use spkeeper::ports::GrantStore;
         let store = spkeeper::store::sqlite::SqliteStore::open_dir(&d.data()).unwrap();
@@ -791,10 +780,7 @@ async fn a_lost_key_file_beside_a_database_with_grants_fails_and_says_to_restore
 async fn keys_that_do_not_open_the_stored_tokens_fail() {
     use spkeeper::config::{KeyFile, Needs, Part, Secrets};
     use spkeeper::ports::GrantStore;
-    let stand_in = StandIn::start(Behaviour::default()).await;
-    let receiver = Receiver::start(WEBHOOK_SECRET).await;
-    let d = Deployment::new(&stand_in, &receiver.url());
-    d.first_run();
+    let (_stand_in, _receiver, d) = healthy().await;
     let store = spkeeper::store::sqlite::SqliteStore::open_dir(&d.data()).unwrap();
     let ring = |file: KeyFile| {
         Secrets::for_needs(file.into_document(), Needs::only(&[Part::TokenKeys]))
@@ -830,10 +816,7 @@ async fn keys_that_do_not_open_the_stored_tokens_fail() {
 /// A reader that stops early (`spkeeper doctor | head -1`) is no crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_goes_away_does_not_crash_doctor() {
-    let stand_in = StandIn::start(Behaviour::default()).await;
-    let receiver = Receiver::start(WEBHOOK_SECRET).await;
-    let d = Deployment::new(&stand_in, &receiver.url());
-    d.first_run();
+    let (_stand_in, _receiver, d) = healthy().await;
     let mut child = std::process::Command::new(bin())
         .arg("doctor")
         .env_clear()

@@ -332,6 +332,12 @@ async fn assert_code(resp: reqwest::Response, status: u16, code: &str) -> Value 
     body
 }
 
+/// `user` signs in (303), and their Entra grant's id.
+async fn signed_in(dev: &Dev, user: &str) -> String {
+    assert_eq!(sign_in(dev, user).await.status().as_u16(), 303);
+    entra_grant(dev, user)["id"].as_str().unwrap().to_string()
+}
+
 fn entra_grant(dev: &Dev, user: &str) -> Value {
     dev.grants()
         .into_iter()
@@ -723,11 +729,7 @@ async fn entra_life(extra: &[(&str, &str)]) {
 #[tokio::test]
 async fn with_keep_alive_off_the_stages_come_before_the_inactivity_mark_then_expired() {
     let dev = start(&[("SPKEEPER_ENTRA_KEEPALIVE_DAYS", "0")]).await;
-    assert_eq!(sign_in(&dev, "alex").await.status().as_u16(), 303);
-    let id = entra_grant(&dev, "alex")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = signed_in(&dev, "alex").await;
     let mut days = Vec::new();
     for _ in 0..3 {
         let r = dev
@@ -1156,11 +1158,7 @@ async fn when_the_keep_alive_keeps_failing_the_stages_go_out_before_the_inactivi
 #[tokio::test]
 async fn a_refusal_for_one_extra_scope_leaves_the_grant_alive() {
     let dev = start(&[]).await;
-    assert_eq!(sign_in(&dev, "alex").await.status().as_u16(), 303);
-    let id = entra_grant(&dev, "alex")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = signed_in(&dev, "alex").await;
     // the app asks Graph for a permission the user never consented to
     dev.fault("65001").await;
     let r = dev
@@ -1202,11 +1200,7 @@ async fn a_refusal_for_one_extra_scope_leaves_the_grant_alive() {
 #[tokio::test]
 async fn a_scope_is_one_plainly_written_resource_and_its_spellings_share_one_cache_entry() {
     let dev = start(&[]).await;
-    assert_eq!(sign_in(&dev, "megan").await.status().as_u16(), 303);
-    let id = entra_grant(&dev, "megan")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = signed_in(&dev, "megan").await;
     for bad in [
         "https://evil.com@graph.microsoft.com/.default",
         "https://graph.microsoft.com\\.evil.com/.default",
@@ -1245,11 +1239,7 @@ async fn a_scope_is_one_plainly_written_resource_and_its_spellings_share_one_cac
 #[tokio::test]
 async fn a_grant_erased_while_entra_answers_gets_no_token_back() {
     let dev = start(&[]).await;
-    assert_eq!(sign_in(&dev, "megan").await.status().as_u16(), 303);
-    let id = entra_grant(&dev, "megan")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = signed_in(&dev, "megan").await;
     // Entra fails once (the request retries after 500 ms); the grant is erased meanwhile
     dev.fault("500").await;
     let (base, gid) = (dev.base.clone(), id.clone());
@@ -1360,11 +1350,7 @@ async fn an_error_from_entra_cannot_forge_a_log_line() {
 #[tokio::test]
 async fn entra_failures_from_the_page_stay_on_until_turned_off_like_the_acs_ones() {
     let dev = start(&[]).await;
-    assert_eq!(sign_in(&dev, "megan").await.status().as_u16(), 303);
-    let id = entra_grant(&dev, "megan")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = signed_in(&dev, "megan").await;
     let browser = Browser::new();
     let by_id = |page: &Page, id: &str| {
         let start = page.html.find(&format!("id=\"{id}\">")).unwrap();

@@ -998,15 +998,18 @@ async fn readme_walkthrough_works_with_nothing_but_serve_dev() {
     }
     assert_eq!(walk.grants(), before, "the grant is untouched");
     // for the next 3 requests: the three tries of one curl, then ACS answers again
-    let page = walk
-        .browser
-        .press_in(
-            &walk.sharepoint().await,
-            Some("/dev/acs/fault"),
-            "HTTP 500",
-            &[("count", "3")],
-        )
-        .await;
+    // HTTP 500 for the next `count` requests, pressed on the page.
+    let fail_next = async |count: &str| {
+        walk.browser
+            .press_in(
+                &walk.sharepoint().await,
+                Some("/dev/acs/fault"),
+                "HTTP 500",
+                &[("count", count)],
+            )
+            .await
+    };
+    let page = fail_next("3").await;
     assert_eq!(
         by_id(&page, "acs-fault"),
         "HTTP 500, for the next 3 requests"
@@ -1017,15 +1020,7 @@ async fn readme_walkthrough_works_with_nothing_but_serve_dev() {
     assert_eq!(walk.curl().await.0, 503);
     assert_eq!(walk.curl().await.0, 200);
     // for the next request only: the retry succeeds
-    let page = walk
-        .browser
-        .press_in(
-            &walk.sharepoint().await,
-            Some("/dev/acs/fault"),
-            "HTTP 500",
-            &[("count", "1")],
-        )
-        .await;
+    let page = fail_next("1").await;
     assert_eq!(by_id(&page, "acs-fault"), "HTTP 500, for the next request");
     let page = walk
         .browser
