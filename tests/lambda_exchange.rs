@@ -284,6 +284,36 @@ async fn a_running_exchange_instance_follows_an_api_key_rotation_without_a_redep
     assert_eq!(with(API_KEY).await, 401, "the old key, after the overlap");
 }
 
+/// Entra refusing the app's credential makes an instance read its secrets at once: a
+/// credential rotated in Secrets Manager and the app registration together (no overlap) is
+/// used on the next redemption, not five minutes later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entra_refusal_of_the_credential_reads_the_secrets_again_at_once() {
+    const NEW: &str = "entra-secret-rotated-at-once";
+    let entra = EntraStub::start().await;
+    let fx = AwsFixture::with_entra(&entra, &[("SPKEEPER_TOKEN_AUTH", "iam")]).await;
+    let id = entra.seed_grant(&fx.context(), 0).await;
+    let rt = RuntimeApi::start().await;
+    let (_proc, _logs) = fx.spawn(&bin(), &rt, "exchange");
+    let mut e = fixture("apigw-http-token-entra.json");
+    e["body"] = Value::String(json!({"grant_id": id.as_str()}).to_string());
+    let r = rt.invoke(e.clone()).await.1.response();
+    assert_eq!(r["statusCode"], 200, "{r}");
+
+    fx.put_part(Part::EntraCredential, json!({"entra_client_secret": NEW}))
+        .await;
+    entra.accept_secrets(&[NEW]);
+    // Reads are at least a second apart, whatever asks.
+    tokio::time::sleep(spkeeper::secrets_cell::MIN_GAP).await;
+    e["body"] = Value::String(
+        json!({"grant_id": id.as_str(), "scope": "https://graph.microsoft.com/User.Read"})
+            .to_string(),
+    );
+    let r = rt.invoke(e).await.1.response();
+    assert_eq!(r["statusCode"], 200, "{r}");
+    assert_eq!(entra.refreshes(), 2);
+}
+
 /// The README's Entra credential rotation on a running instance, without a redeploy: the new
 /// secret is registered beside the old one, put in Secrets Manager, and the old one removed
 /// from the registration; the instance (reading its secrets every second here) redeems with

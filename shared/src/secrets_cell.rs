@@ -116,6 +116,12 @@ impl SecretsCell {
     /// A sealed value names a key id this program does not know: reads the secrets again,
     /// unless they were read within [`MIN_GAP`]. True if they were read (then try again).
     pub async fn refresh_for_unknown_key(&self) -> bool {
+        self.refresh_at_once().await
+    }
+
+    /// Reads the secrets again now (a token service refused a credential that may have been
+    /// rotated), unless they were read within [`MIN_GAP`]. True if they were read.
+    pub async fn refresh_at_once(&self) -> bool {
         self.refresh_older_than(MIN_GAP).await
     }
 

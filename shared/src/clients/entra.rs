@@ -158,16 +158,16 @@ impl EntraClient {
         verifier: &SecretString,
         now: DateTime<Utc>,
     ) -> Result<EntraTokens, EntraFailure> {
-        let secrets = self.secrets.get();
-        let auth = self.auth(secrets.entra.as_ref(), now)?;
-        let form = TokenForm::authorization_code(
-            &self.settings.client_id,
-            &auth,
-            code,
-            redirect_uri,
-            verifier,
-        );
-        self.post(form, now).await
+        self.with_credential(now, |auth| {
+            TokenForm::authorization_code(
+                &self.settings.client_id,
+                auth,
+                code,
+                redirect_uri,
+                verifier,
+            )
+        })
+        .await
     }
 
     /// Redeems a refresh token for one resource's scope.
@@ -177,10 +177,37 @@ impl EntraClient {
         scope: &str,
         now: DateTime<Utc>,
     ) -> Result<EntraTokens, EntraFailure> {
+        self.with_credential(now, |auth| {
+            TokenForm::refresh_token(&self.settings.client_id, auth, refresh_token, scope)
+        })
+        .await
+    }
+
+    /// Posts the form `make` builds with the app's credential as it is now. If Entra refuses
+    /// the credential (`invalid_client`: a rotation reached Secrets Manager and the app
+    /// registration before this instance read it), the secrets are read again at once (at
+    /// most once a second) and, if they changed, the form is posted once more with the new
+    /// one. Entra checks the client before the code or refresh token, so neither was used.
+    async fn with_credential(
+        &self,
+        now: DateTime<Utc>,
+        make: impl Fn(&ClientAuth<'_>) -> TokenForm,
+    ) -> Result<EntraTokens, EntraFailure> {
         let secrets = self.secrets.get();
-        let auth = self.auth(secrets.entra.as_ref(), now)?;
-        let form = TokenForm::refresh_token(&self.settings.client_id, &auth, refresh_token, scope);
-        self.post(form, now).await
+        let result = self
+            .post(make(&self.auth(secrets.entra.as_ref(), now)?), now)
+            .await;
+        let refused_client = matches!(&result, Err(EntraFailure::Operator { error, .. }) if error == "invalid_client");
+        if !refused_client || !self.secrets.refresh_at_once().await {
+            return result;
+        }
+        let fresh = self.secrets.get();
+        if std::sync::Arc::ptr_eq(&secrets, &fresh) {
+            return result;
+        }
+        tracing::info!("Entra refused the app's credential; trying the credential read just now");
+        self.post(make(&self.auth(fresh.entra.as_ref(), now)?), now)
+            .await
     }
 
     async fn fetch_keys(&self) -> Result<Jwks, IdCheckError> {
