@@ -6,6 +6,7 @@
 //! Locally (`spkeeper serve`) they are fixed: the key file and the environment change only with
 //! a restart.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -58,8 +59,13 @@ struct Refresh {
     source: Arc<dyn SecretsSource>,
     /// How old the secrets may get.
     every: Duration,
-    /// When they were last read (or last tried); one reader at a time.
-    last: tokio::sync::Mutex<Instant>,
+    /// `last` counts from here.
+    since: Instant,
+    /// When they were last read (or last tried), in milliseconds after `since`: every request
+    /// looks at it, so it is an atomic, read without a lock.
+    last: AtomicU64,
+    /// One reader at a time.
+    reading: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for SecretsCell {
@@ -92,7 +98,9 @@ impl SecretsCell {
             refresh: Some(Arc::new(Refresh {
                 source,
                 every,
-                last: tokio::sync::Mutex::new(read_at),
+                since: read_at,
+                last: AtomicU64::new(0),
+                reading: tokio::sync::Mutex::new(()),
             })),
         }
     }
@@ -129,12 +137,19 @@ impl SecretsCell {
         let Some(r) = &self.refresh else {
             return false;
         };
-        // Whoever waits here while another reads finds them fresh afterwards.
-        let mut last = r.last.lock().await;
-        if last.elapsed() < age {
+        let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+        let now_ms = || u64::try_from(r.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let fresh = || now_ms().saturating_sub(r.last.load(Ordering::Acquire)) < age_ms;
+        // The common case, on every request: fresh enough, no lock taken.
+        if fresh() {
             return false;
         }
-        *last = Instant::now();
+        // Whoever waits here while another reads finds them fresh afterwards.
+        let _reading = r.reading.lock().await;
+        if fresh() {
+            return false;
+        }
+        r.last.store(now_ms(), Ordering::Release);
         let fetched = tokio::time::timeout(FETCH_TIMEOUT, r.source.fetch())
             .await
             .unwrap_or_else(|_| {
@@ -163,7 +178,7 @@ impl SecretsCell {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::AtomicU32;
 
     use super::*;
     use crate::config::{KeyFile, Needs, Part, SecretDocument};
