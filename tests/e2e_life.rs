@@ -666,6 +666,17 @@ impl Walk<'_> {
     }
 
     /// The README's curl: (status, Retry-After, body).
+    /// The README's `token` answers `409 relaunch_required` with a renew link.
+    async fn answers_relaunch_required(&self) {
+        let (code, _, body) = self.curl().await;
+        assert_eq!(
+            (code, body["error"].as_str()),
+            (409, Some("relaunch_required")),
+            "{body}"
+        );
+        assert!(body["renew_url"].is_string());
+    }
+
     async fn curl(&self) -> (u16, Option<String>, Value) {
         let resp = client()
             .post(self.url("/token"))
@@ -857,13 +868,7 @@ async fn readme_walkthrough_works_with_nothing_but_serve_dev() {
             status.html
         );
     }
-    let (code, _, body) = walk.curl().await;
-    assert_eq!(
-        (code, body["error"].as_str()),
-        (409, Some("relaunch_required")),
-        "{body}"
-    );
-    assert!(body["renew_url"].is_string());
+    walk.answers_relaunch_required().await;
     // a browser whose session has ended is told so, and what to do
     let signed_out = Browser::new().open(&walk.url("/status")).await;
     assert_eq!(signed_out.status, 401);
@@ -1051,13 +1056,7 @@ async fn readme_walkthrough_works_with_nothing_but_serve_dev() {
         .press(&page, "forget cached access tokens")
         .await;
     let calls = by_id(&page, "acs-token-requests").parse::<u64>().unwrap();
-    let (code, _, body) = walk.curl().await;
-    assert_eq!(
-        (code, body["error"].as_str()),
-        (409, Some("relaunch_required")),
-        "{body}"
-    );
-    assert!(body["renew_url"].is_string());
+    walk.answers_relaunch_required().await;
     let (_, rows) = walk.inbox_until(6).await;
     assert_newest(
         &rows,

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
+use spkeeper::core::context_token::Expectations;
+use spkeeper::core::hosts::HostAllowlist;
 use spkeeper::testkit::{ContextTokenSpec, mint_context_token};
 use url::Url;
 
@@ -123,6 +125,23 @@ pub struct TokenSetup {
 }
 
 impl TokenSetup {
+    /// What validation expects of this setup's tokens at `now`, with `secrets` (this
+    /// setup's secret) and `sts` (the token service hosts) held by the caller.
+    pub fn expectations<'a>(
+        &'a self,
+        secrets: &'a [&'a SecretString],
+        sts: &'a HostAllowlist,
+        now: DateTime<Utc>,
+    ) -> Expectations<'a> {
+        Expectations {
+            client_id: &self.client_id,
+            audience_host: &self.audience_host,
+            secrets,
+            sts_hosts: sts,
+            now,
+        }
+    }
+
     pub fn standard() -> Self {
         TokenSetup {
             client_id: "6f1a8d2c-3b4e-4f5a-9b8c-7d6e5f4a3b2c".into(),
@@ -192,7 +211,7 @@ pub fn is_dynamodb_read(op: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spkeeper::core::context_token::{Expectations, validate};
+    use spkeeper::core::context_token::validate;
     use spkeeper::core::hosts::HostAllowlist;
 
     #[test]
@@ -245,13 +264,7 @@ mod tests {
         let now = Utc::now();
         let sts = HostAllowlist::parse("accounts.accesscontrol.windows.net", false).unwrap();
         let secrets = [&setup.secret];
-        let exp = Expectations {
-            client_id: &setup.client_id,
-            audience_host: &setup.audience_host,
-            secrets: &secrets,
-            sts_hosts: &sts,
-            now,
-        };
+        let exp = setup.expectations(&secrets, &sts, now);
         let (a, b) = (setup.token(1, now), setup.token(2, now));
         assert_ne!(a, b);
         for t in [&a, &b] {

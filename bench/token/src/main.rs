@@ -28,7 +28,7 @@ use chrono::Utc;
 use clap::{Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
-use spkeeper::core::context_token::{Expectations, validate};
+use spkeeper::core::context_token::validate;
 use spkeeper::core::grant::{GrantId, plan_launch, refresh_token_expiry};
 use spkeeper::core::hosts::HostAllowlist;
 use spkeeper::core::seal::{KeyRing, Place};
@@ -462,13 +462,7 @@ fn validate_bench(n: usize, rounds_n: usize, node: Option<PathBuf>) -> Result<()
     let avg_len = tokens.iter().map(String::len).sum::<usize>() / n;
     let sts = HostAllowlist::parse("accounts.accesscontrol.windows.net", false)?;
     let secrets = [&setup.secret];
-    let exp = Expectations {
-        client_id: &setup.client_id,
-        audience_host: &setup.audience_host,
-        secrets: &secrets,
-        sts_hosts: &sts,
-        now,
-    };
+    let exp = setup.expectations(&secrets, &sts, now);
     let (best, median) = rounds(n, rounds_n, || {
         for t in &tokens {
             black_box(validate(black_box(t), &exp)?);

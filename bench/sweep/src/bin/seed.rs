@@ -15,7 +15,9 @@ use clap::{Parser, Subcommand};
 
 use bench_sweep::{due_count, grant, sealed_refresh_token};
 use spkeeper::config::{Env, KeyFile, Secrets, Settings};
+use spkeeper::core::grant::NoticeDays;
 use spkeeper::core::seal::KeyRing;
+use spkeeper::ports::GrantRecord;
 use spkeeper::store::sqlite::SqliteStore;
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
@@ -109,18 +111,30 @@ async fn seed_sqlite(amount: Amount, batch: usize) -> Result<(), Failure> {
     let mut i = 0;
     while i < amount.grants {
         let end = (i + batch as u64).min(amount.grants);
-        let rows = (i..end)
-            .map(|i| {
-                let g = grant(i, i < due, now, &settings.notice_days);
-                let sealed = sealed_refresh_token(&g, i, &keys)?;
-                Ok((g, sealed))
-            })
-            .collect::<Result<Vec<_>, Failure>>()?;
+        let rows = sealed_grants(i..end, due, now, &settings.notice_days, &keys)?;
         store.insert_new_grants(rows).await?;
         i = end;
     }
     report(amount.grants, due, started);
     Ok(())
+}
+
+/// Grants `range` (the first `due` of all of them due at `now`), each with its refresh token
+/// sealed as a launch seals it.
+fn sealed_grants(
+    range: std::ops::Range<u64>,
+    due: u64,
+    now: DateTime<Utc>,
+    notice_days: &NoticeDays,
+    keys: &KeyRing,
+) -> Result<Vec<(GrantRecord, String)>, Failure> {
+    range
+        .map(|i| {
+            let g = grant(i, i < due, now, notice_days);
+            let sealed = sealed_refresh_token(&g, i, keys)?;
+            Ok((g, sealed))
+        })
+        .collect()
 }
 
 async fn seed_dynamodb(amount: Amount) -> Result<(), Failure> {
@@ -136,13 +150,7 @@ async fn seed_dynamodb(amount: Amount) -> Result<(), Failure> {
     let mut i = 0;
     while i < amount.grants {
         let end = (i + 500).min(amount.grants);
-        let rows = (i..end)
-            .map(|i| {
-                let g = grant(i, i < due, now, &settings.notice_days);
-                let sealed = sealed_refresh_token(&g, i, &keys)?;
-                Ok((g, sealed))
-            })
-            .collect::<Result<Vec<_>, Failure>>()?;
+        let rows = sealed_grants(i..end, due, now, &settings.notice_days, &keys)?;
         aws.dynamo.insert_new_grants(&rows).await?;
         i = end;
     }
