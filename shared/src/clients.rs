@@ -25,7 +25,15 @@ pub const TOTAL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RESPONSE_CAP: usize = 64 * 1024;
 
 pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder();
+    // The system's authorities as the AWS SDK reads them, read once for both (crate::tls).
+    // Building that configuration cannot fail with aws-lc; if it ever did, reqwest reads the
+    // system's authorities itself, as it did before.
+    let builder = match crate::tls::client_config() {
+        Ok(tls) => builder.tls_backend_preconfigured(tls),
+        Err(_) => builder,
+    };
+    builder
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(TOTAL_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())

@@ -19,6 +19,7 @@ pub mod service;
 pub mod store;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod tls;
 
 #[cfg(feature = "aws")]
 pub mod aws;
