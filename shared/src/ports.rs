@@ -267,14 +267,21 @@ pub trait GrantStore: Send + Sync {
     /// Best effort: records who the user is (does not bump the revision).
     async fn set_user(&self, id: &GrantId, user: &User) -> Result<(), StoreError>;
 
-    /// Grants whose `next_due_at` ≤ `now`, a page of at most `limit` at a time (a page may be
-    /// short, even empty, before the last). Reads only what is due: never a scan.
+    /// Grants whose `next_due_at` ≤ `now`, a page at a time: at most `limit` from each of the
+    /// store's [`due_partitions`](Self::due_partitions), read at once (a page may be short, even
+    /// empty, before the last). Reads only what is due: never a scan.
     async fn due(
         &self,
         now: DateTime<Utc>,
         cursor: Option<&DueCursor>,
         limit: usize,
     ) -> Result<DuePage, StoreError>;
+
+    /// How many parts the due index is read in at once (DynamoDB: its shards); a page of
+    /// [`due`](Self::due) holds at most `limit` times this many grants.
+    fn due_partitions(&self) -> usize {
+        1
+    }
 
     /// Every grant, for `spkeeper grants` (operators; pages internally).
     async fn list(&self) -> Result<Vec<GrantRecord>, StoreError>;

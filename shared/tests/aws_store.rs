@@ -613,3 +613,69 @@ fn counted(ops: &Arc<Mutex<Vec<String>>>) -> BTreeMap<String, usize> {
     }
     m
 }
+
+/// Records when each DynamoDB operation starts and when it has its answer, in order.
+#[derive(Debug)]
+struct RecordSpans(Arc<Mutex<Vec<String>>>);
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for RecordSpans {
+    fn name(&self) -> &'static str {
+        "RecordSpans"
+    }
+
+    fn read_before_serialization(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef<'_>,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        self.push("start", cfg);
+        Ok(())
+    }
+
+    fn read_after_execution(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef<'_>,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        self.push("end", cfg);
+        Ok(())
+    }
+}
+
+impl RecordSpans {
+    fn push(&self, when: &str, cfg: &aws_smithy_types::config_bag::ConfigBag) {
+        if let Some(m) = cfg.load::<aws_smithy_runtime_api::client::orchestrator::Metadata>() {
+            self.0.lock().unwrap().push(format!("{when} {}", m.name()));
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_eight_shards_of_the_due_index_are_queried_at_once() {
+    let sdk = moto::sdk_config().await;
+    let (table, queue) = moto::fresh(&sdk, "shards").await;
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let dynamo = aws_sdk_dynamodb::config::Builder::from(&sdk)
+        .interceptor(RecordSpans(Arc::clone(&spans)))
+        .build();
+    let aws = Aws::from_clients(
+        aws_sdk_dynamodb::Client::from_conf(dynamo),
+        aws_sdk_sqs::Client::new(&sdk),
+        &table,
+        &queue,
+    );
+    let page = spkeeper::ports::GrantStore::due(&aws.dynamo, chrono::Utc::now(), None, 100)
+        .await
+        .unwrap();
+    assert!(page.grants.is_empty() && page.next.is_none());
+    let spans = spans.lock().unwrap().clone();
+    // One round trip: every shard's Query is on its way before the first answer comes back
+    // (one after the other, an empty sweep waited for eight).
+    assert_eq!(spans.len(), 16, "{spans:?}");
+    assert!(
+        spans[..8].iter().all(|s| s == "start Query"),
+        "the shards were queried one after another: {spans:?}"
+    );
+}

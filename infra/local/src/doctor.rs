@@ -254,7 +254,7 @@ async fn stored_sample(settings: &Settings) -> Result<Option<SealedSample>, Stri
             let aws = Aws::from_settings(&sdk, settings).map_err(|e| e.to_string())?;
             let far = Utc::now() + chrono::Duration::days(3650);
             let mut cursor = None;
-            // One page per shard at most: the first that holds a grant will do.
+            // The first page holds the first due grant of every shard, if there is one.
             for _ in 0..64 {
                 let page = aws
                     .dynamo

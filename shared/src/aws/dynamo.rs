@@ -18,6 +18,7 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, Get, Put, ReturnValue, TransactGetItem, TransactWriteItem, Update,
 };
 use chrono::{DateTime, Duration, Utc};
+use futures_util::future;
 
 use super::table::{
     DUE_INDEX, DUE_PK, DUE_SHARDS, DUE_SK, EMAIL_INDEX, EMAIL_KEY, ENTRA_USER_INDEX,
@@ -698,31 +699,53 @@ where
     Ok(out)
 }
 
-fn encode_cursor(shard: u8, key: Option<&Item>) -> DueCursor {
-    let key: HashMap<&str, &str> = key
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, v)| v.as_s().ok().map(|v| (k.as_str(), v.as_str())))
+/// The due index's cursor: where each shard not yet read to its end goes on (`None`: from its
+/// start). A shard missing from it is done.
+type ShardStarts = Vec<(u8, Option<Item>)>;
+
+fn encode_cursor(shards: &[(u8, Item)]) -> DueCursor {
+    let shards: serde_json::Map<String, serde_json::Value> = shards
+        .iter()
+        .map(|(shard, key)| {
+            let key: serde_json::Map<String, serde_json::Value> = key
+                .iter()
+                .filter_map(|(k, v)| v.as_s().ok().map(|v| (k.clone(), v.clone().into())))
+                .collect();
+            (shard.to_string(), key.into())
+        })
         .collect();
-    DueCursor(serde_json::json!({"shard": shard, "key": key}).to_string())
+    DueCursor(serde_json::json!({ "shards": shards }).to_string())
 }
 
-fn decode_cursor(c: &DueCursor) -> Result<(u8, Option<Item>), StoreError> {
+fn decode_cursor(c: &DueCursor) -> Result<ShardStarts, StoreError> {
     let v: serde_json::Value = serde_json::from_str(&c.0).map_err(|_| corrupt("due cursor"))?;
-    let shard = v["shard"]
-        .as_u64()
-        .and_then(|s| u8::try_from(s).ok())
-        .filter(|s| *s < DUE_SHARDS)
-        .ok_or_else(|| corrupt("due cursor"))?;
-    let key: Item = v["key"]
+    let shards = v["shards"]
         .as_object()
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), s(v))))
-                .collect()
+        .ok_or_else(|| corrupt("due cursor"))?;
+    shards
+        .iter()
+        .map(|(shard, key)| {
+            let shard = shard
+                .parse::<u8>()
+                .ok()
+                .filter(|s| *s < DUE_SHARDS)
+                .ok_or_else(|| corrupt("due cursor"))?;
+            let key: Item = key
+                .as_object()
+                .ok_or_else(|| corrupt("due cursor"))?
+                .iter()
+                .map(|(k, v)| {
+                    v.as_str()
+                        .map(|v| (k.clone(), s(v)))
+                        .ok_or_else(|| corrupt("due cursor"))
+                })
+                .collect::<Result<_, _>>()?;
+            if key.is_empty() {
+                return Err(corrupt("due cursor"));
+            }
+            Ok((shard, Some(key)))
         })
-        .unwrap_or_default();
-    Ok((shard, (!key.is_empty()).then_some(key)))
+        .collect()
 }
 
 #[async_trait]
@@ -902,38 +925,47 @@ impl GrantStore for DynamoStore {
         Ok(())
     }
 
+    /// The eight shards of the due index are read at once (one round trip for an empty
+    /// sweep, not eight), each a `Query` of at most `limit` from where it stopped.
     async fn due(
         &self,
         now: DateTime<Utc>,
         cursor: Option<&DueCursor>,
         limit: usize,
     ) -> Result<DuePage, StoreError> {
-        let (shard, start) = match cursor {
+        let starts: ShardStarts = match cursor {
             Some(c) => decode_cursor(c)?,
-            None => (0, None),
+            None => (0..DUE_SHARDS).map(|shard| (shard, None)).collect(),
         };
         // Every grant due at or before `now`, whatever its id: "{now}#~" sorts after them all.
         let until = format!("{:012}#~", now.timestamp().max(0));
-        let (items, last) = self
-            .query(
-                DUE_INDEX,
-                (DUE_PK, DUE_SK),
-                &format!("DUE#{shard}"),
-                &until,
-                start,
-                limit,
-            )
-            .await?;
-        let grants = items
-            .iter()
-            .map(read_grant)
-            .collect::<Result<Vec<_>, _>>()?;
-        let next = match (last, shard + 1 < DUE_SHARDS) {
-            (Some(key), _) => Some(encode_cursor(shard, Some(&key))),
-            (None, true) => Some(encode_cursor(shard + 1, None)),
-            (None, false) => None,
-        };
+        let pages = future::try_join_all(starts.into_iter().map(|(shard, start)| {
+            let until = until.as_str();
+            async move {
+                let partition = format!("DUE#{shard}");
+                let (items, last) = self
+                    .query(DUE_INDEX, (DUE_PK, DUE_SK), &partition, until, start, limit)
+                    .await?;
+                Ok::<_, StoreError>((shard, items, last))
+            }
+        }))
+        .await?;
+        let mut grants = Vec::new();
+        let mut more = Vec::new();
+        for (shard, items, last) in pages {
+            for item in &items {
+                grants.push(read_grant(item)?);
+            }
+            if let Some(key) = last {
+                more.push((shard, key));
+            }
+        }
+        let next = (!more.is_empty()).then(|| encode_cursor(&more));
         Ok(DuePage { grants, next })
+    }
+
+    fn due_partitions(&self) -> usize {
+        usize::from(DUE_SHARDS)
     }
 
     /// Operators only (`spkeeper grants`): a paginated Scan of the grant items. The sweep
