@@ -161,6 +161,10 @@ impl SweepService {
             // The page's writes together: one transaction on SQLite, one conditional
             // `UpdateItem` each (16 at a time) on DynamoDB.
             self.write(plans, now, dry_run, &mut summary).await?;
+            if !dry_run {
+                // What the writes queued and hold for the relay goes out as it gathers (DynamoDB).
+                summary.relayed += self.ctx.relay.relay_written(now).await?.relayed;
+            }
             match page.next {
                 Some(next) if !summary.stopped_early => cursor = Some(next),
                 _ => break,
@@ -179,7 +183,7 @@ impl SweepService {
             // Everything queued reaches the delivery queue by the end of a sweep, including
             // what an earlier run (or a crashed launch) left behind.
             let relay = self.ctx.relay.relay_pending(now).await?;
-            summary.relayed = relay.relayed;
+            summary.relayed += relay.relayed;
             if !summary.stopped_early {
                 self.ctx.grants.purge(now).await?;
             }
