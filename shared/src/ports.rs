@@ -241,7 +241,8 @@ pub trait GrantStore: Send + Sync {
     /// on its own (one that lost its race does not hold back the others); the outcomes come
     /// in the order of `moves`. A store that can commit them together does (SQLite: one
     /// transaction, instead of one per notice); by default they are written
-    /// [`ADVANCE_CONCURRENCY`] at a time (DynamoDB: one conditional `UpdateItem` each).
+    /// [`ADVANCE_CONCURRENCY`] at a time (DynamoDB: one conditional `UpdateItem` each, which
+    /// also takes the relay's lease on the item for [`NoticeRelay::relay_written`]).
     async fn advance_all(
         &self,
         moves: &[Advance],

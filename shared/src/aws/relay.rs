@@ -60,7 +60,8 @@ impl DynamoRelay {
         Ok(stats)
     }
 
-    /// Sends what the items this relay holds hold and removes what SQS took: (sent, not sent).
+    /// Sends the notices of the items this relay holds (leased to it) and removes what SQS
+    /// took: (sent, not sent).
     async fn send(&self, claimed: &[Holder]) -> Result<(u64, u64), StoreError> {
         let messages: Vec<Message> = claimed
             .iter()
