@@ -57,6 +57,18 @@ use spkeeper_e2e::{Receiver, client};
 /// key pattern).
 const PLANNED: &[(&str, &str, &str)] = &[];
 
+/// The DynamoDB and SQS requests of a sweep whose one due grant is an idle Entra grant it
+/// keeps alive (BENCHMARKS.md's cost table quotes them): the sweep's 9 Queries; the grant read
+/// (with its refresh token) before the redemption and twice under the lease, the lease taken
+/// and let go, the rotated refresh token written with the grant, the access token cached.
+const KEEP_ALIVE_REQUESTS: &[(&str, usize)] = &[
+    ("DeleteItem", 1),
+    ("PutItem", 3),
+    ("Query", 9),
+    ("TransactGetItems", 3),
+    ("TransactWriteItems", 1),
+];
+
 const API_KEY: &str = "iam-operations-api-key-0123456789";
 const ENTRA_CLIENT_ID: &str = "0b6a7f2e-9c41-4f1e-a1d2-5c3b2a1f0e9d";
 const ENTRA_SECRET: &str = "iam-operations-entra-secret~0123456789";
@@ -69,6 +81,8 @@ struct Recorded {
     /// Which function the calls now being made are for.
     function: Mutex<String>,
     calls: Mutex<Vec<(String, Call)>>,
+    /// Each request's operation (`DynamoDB_20120810.Query` → `Query`), in order.
+    operations: Mutex<Vec<String>>,
     /// Requests it could not read (they would be unchecked).
     unreadable: Mutex<Vec<String>>,
 }
@@ -207,6 +221,9 @@ async fn proxy(
         .to_string();
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let function = st.rec.function.lock().unwrap().clone();
+    if let Some((_, op)) = target.rsplit_once('.') {
+        st.rec.operations.lock().unwrap().push(op.to_string());
+    }
     match calls_of(&target, &parsed, &st.names) {
         Some(calls) => st
             .rec
@@ -1003,8 +1020,20 @@ async fn entra_life(w: &mut World, apps: &Apps, keepalive: bool) {
         assert_eq!(refused.keepalive_failures, 1, "{refused:?}");
         let later = at + Duration::hours(2);
         clock.set(later);
+        let before = w.rec.operations.lock().unwrap().len();
         let kept = sweep.run(later, false).await.unwrap();
         assert_eq!(kept.kept_alive, 1, "{kept:?}");
+        // What a keep-alive costs (BENCHMARKS.md's cost table): this sweep's requests, less
+        // the 8 + 1 Queries every sweep makes (the due shards, the outbox).
+        let mut made: BTreeMap<String, usize> = BTreeMap::new();
+        for op in &w.rec.operations.lock().unwrap()[before..] {
+            *made.entry(op.clone()).or_default() += 1;
+        }
+        let expected: BTreeMap<String, usize> = KEEP_ALIVE_REQUESTS
+            .iter()
+            .map(|(op, n)| (op.to_string(), *n))
+            .collect();
+        assert_eq!(made, expected, "a sweep with one keep-alive");
     } else {
         let summary = sweep.run(at, false).await.unwrap();
         assert_eq!(summary.notices["refresh_token.expiring"], 1, "{summary:?}");

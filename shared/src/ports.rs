@@ -241,7 +241,8 @@ pub trait GrantStore: Send + Sync {
     /// on its own (one that lost its race does not hold back the others); the outcomes come
     /// in the order of `moves`. A store that can commit them together does (SQLite: one
     /// transaction, instead of one per notice); by default they are written
-    /// [`ADVANCE_CONCURRENCY`] at a time (DynamoDB: one conditional `UpdateItem` each).
+    /// [`ADVANCE_CONCURRENCY`] at a time (DynamoDB: one conditional `UpdateItem` each, which
+    /// also takes the relay's lease on the item for [`NoticeRelay::relay_written`]).
     async fn advance_all(
         &self,
         moves: &[Advance],
@@ -325,6 +326,17 @@ pub trait NoticeRelay: Send + Sync {
     /// Best effort, right after the write that queued `notice`: a failure leaves it for
     /// [`relay_pending`](Self::relay_pending).
     async fn relay_now(&self, notice: &Notice, now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// What this process's [`GrantStore::advance_all`]s queued and already hold for the relay
+    /// (DynamoDB: the lease taken in the same write), with no read of the outbox, once enough
+    /// have gathered to fill its requests ([`relay_pending`](Self::relay_pending) sends the
+    /// rest). The sweep calls it after each page's writes, so however long a sweep, about two
+    /// pages of them wait at most. A failure leaves them in the outbox. By default there is
+    /// nothing to send.
+    async fn relay_written(&self, now: DateTime<Utc>) -> Result<RelayStats, StoreError> {
+        let _ = now;
+        Ok(RelayStats::default())
+    }
 }
 
 /// The embedded store's relay: its outbox table is the queue the delivery loop reads.

@@ -10,13 +10,15 @@ use async_trait::async_trait;
 use chrono::Duration;
 use serde_json::Value;
 
+use aws_sdk_dynamodb::types::AttributeValue as AttrValue;
 use common::*;
 use spkeeper::aws::Aws;
-use spkeeper::aws::relay::DynamoRelay;
+use spkeeper::aws::dynamo::{DynamoStore, outbox_of};
+use spkeeper::aws::relay::{CLAIM, DynamoRelay};
 use spkeeper::aws::sqs::SqsQueue;
 use spkeeper::clients::{AcsClient, RetryPolicy};
-use spkeeper::core::grant::{GrantId, Progress};
-use spkeeper::ports::NoticeRelay;
+use spkeeper::core::grant::{GrantId, Progress, Stage};
+use spkeeper::ports::{Advance, GrantStore, NoticeRelay, Written};
 use spkeeper::service::exchange::TokenService;
 use spkeeper::service::sweep::SweepService;
 use spkeeper::store::conformance::{self, NoticeProbe};
@@ -379,6 +381,388 @@ async fn a_crash_between_the_store_update_and_the_sqs_send_loses_no_notice() {
         .await
         .unwrap();
     assert_eq!(again.relayed, 0);
+}
+
+/// A harness on moto that records the DynamoDB and the SQS operations it sends, apart.
+async fn recording_both() -> (Harness, Arc<Mutex<Vec<String>>>, Arc<Mutex<Vec<String>>>) {
+    let (ops, queue_ops) = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let h = Harness::with(Options {
+        moto: true,
+        record_operations: Some(Arc::clone(&ops)),
+        record_queue_operations: Some(Arc::clone(&queue_ops)),
+        ..Options::default()
+    })
+    .await;
+    (h, ops, queue_ops)
+}
+
+/// The notice ids on the queue, drained (a repeated id is kept twice).
+async fn queued_ids(h: &Harness) -> Vec<String> {
+    let Backend::Moto { aws, sdk } = &h.backend else {
+        unreachable!()
+    };
+    let mut ids: Vec<String> = moto::drain(sdk, aws.queue.url())
+        .await
+        .iter()
+        .map(|b| {
+            serde_json::from_str::<Value>(b).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The ids of the notices queued in the outbox of these grants' items.
+async fn outbox_ids(h: &Harness, ids: &[GrantId]) -> Vec<String> {
+    let Backend::Moto { aws, .. } = &h.backend else {
+        unreachable!()
+    };
+    let mut out = Vec::new();
+    for id in ids {
+        let item = aws
+            .dynamo
+            .client()
+            .get_item()
+            .table_name(aws.dynamo.table())
+            .key("pk", AttrValue::S(format!("G#{id}")))
+            .key("sk", AttrValue::S("G".into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .item
+            .unwrap();
+        out.extend(outbox_of(&item).into_iter().map(|(id, _)| id));
+    }
+    out.sort();
+    out
+}
+
+/// Another process's store and relay on the same table and queue: its own relay owner.
+fn another_process(h: &Harness, queue: SqsQueue) -> (DynamoStore, DynamoRelay) {
+    let Backend::Moto { aws, .. } = &h.backend else {
+        unreachable!()
+    };
+    let store = DynamoStore::new(aws.dynamo.client().clone(), aws.dynamo.table());
+    let relay = DynamoRelay::new(store.clone(), queue);
+    (store, relay)
+}
+
+/// Measured 2026-11-26, 30 notices: 60 UpdateItems, 9 Queries (the 8 due shards, one outbox
+/// page), 3 SendMessageBatch. The advance takes the relay's lease in its own write, so the
+/// sweep's relay sends without a claim: per notice, that write and the removal.
+#[tokio::test]
+async fn a_sweep_queues_each_notice_with_two_update_items() {
+    const N: usize = 30;
+    let (h, ops, queue_ops) = recording_both().await;
+    let at = seed_due(&h, N).await;
+    counted(&ops);
+    counted(&queue_ops);
+    let s = SweepService::new(Arc::clone(&h.ctx))
+        .run(at, false)
+        .await
+        .unwrap();
+    let (dynamo, sqs) = (counted(&ops), counted(&queue_ops));
+    println!("a sweep of {N} notices sent {dynamo:?} and {sqs:?}");
+    assert_eq!(s.notices["refresh_token.expiring"], N as u64);
+    assert_eq!(s.relayed, N as u64);
+    assert_eq!(dynamo.get("UpdateItem"), Some(&(2 * N)), "{dynamo:?}");
+    assert_eq!(
+        sqs,
+        BTreeMap::from([("SendMessageBatch".to_string(), N / 10)]),
+        "full batches of 10"
+    );
+    let ids = queued_ids(&h).await;
+    assert_eq!(ids.len(), N);
+    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), N, "each once");
+    let grants: Vec<GrantId> = h
+        .ctx
+        .grants
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.id)
+        .collect();
+    assert!(
+        outbox_ids(&h, &grants).await.is_empty(),
+        "every outbox emptied"
+    );
+}
+
+/// Past a page of notices the sweep does not wait for its end to send them: the leased
+/// notices go out as they gather, so a long sweep never holds more than about two pages.
+/// (Pages of 8 per shard here: 200 due grants make four or so rounds of the 8 shards.)
+#[tokio::test]
+async fn a_long_sweep_sends_its_notices_as_they_gather_not_all_at_its_end() {
+    const N: usize = 200;
+    // One log for both services: the SQS sends in order among the due index's pages.
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let h = Harness::with(Options {
+        moto: true,
+        record_operations: Some(Arc::clone(&log)),
+        record_queue_operations: Some(Arc::clone(&log)),
+        ..Options::default()
+    })
+    .await;
+    let at = seed_due(&h, N).await;
+    log.lock().unwrap().clear();
+    let s = SweepService::new(Arc::clone(&h.ctx))
+        .with_page(8)
+        .run(at, false)
+        .await
+        .unwrap();
+    assert_eq!(s.relayed, N as u64);
+    let log = log.lock().unwrap().clone();
+    let first_send = log.iter().position(|op| op == "SendMessageBatch").unwrap();
+    // The due index's Queries, less the outbox's one at the end.
+    let due_queries = log.iter().filter(|op| *op == "Query").count() - 1;
+    let due_queries_before = log[..first_send].iter().filter(|op| *op == "Query").count();
+    assert!(
+        due_queries_before < due_queries,
+        "the first send came after all {due_queries} of the due index's pages"
+    );
+    let ids = queued_ids(&h).await;
+    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), N);
+    assert_eq!(ids.len(), N, "each once");
+}
+
+/// A sweep that finds the item leased by another relay (which claimed the notices already
+/// in it) writes its advance without the lease: the new notice waits in the outbox, and is
+/// sent, once, with the other one, by the relay that holds the item after that lease.
+#[tokio::test]
+async fn a_notice_whose_item_another_relay_holds_is_still_queued_exactly_once() {
+    let h = Harness::with(Options {
+        moto: true,
+        ..Options::default()
+    })
+    .await;
+    let Backend::Moto { aws, .. } = &h.backend else {
+        unreachable!()
+    };
+    let mut g = conformance::record("held", 0);
+    g.site_url = "https://contoso.sharepoint.com/sites/a".into();
+    let at = g.rt_expires_at - Duration::days(30) + Duration::hours(1);
+    let earlier = conformance::notice_for(&g, Stage::Expiring(60), at - Duration::days(30));
+    h.ctx
+        .grants
+        .put_grant(None, &g, "v1.k.sealed", Some(&earlier))
+        .await
+        .unwrap();
+    let (other, _) = another_process(&h, aws.queue.clone());
+    let key = (format!("G#{}", g.id), "G".to_string());
+    let held = other
+        .claim(&key, other.relay_owner(), at, at + CLAIM)
+        .await
+        .unwrap()
+        .expect("the other relay holds the item");
+    assert_eq!(held.notices.len(), 1);
+
+    let s = SweepService::new(Arc::clone(&h.ctx))
+        .run(at, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.notices["refresh_token.expiring"], 1,
+        "the advance is written"
+    );
+    assert_eq!((s.conflicts, s.relayed), (0, 0), "{s:?}");
+    assert_eq!(
+        h.store_load(&g.id).await.record.progress,
+        Progress::Expiring(30)
+    );
+    assert!(
+        queued_ids(&h).await.is_empty(),
+        "nothing sent under another's lease"
+    );
+    let waiting = outbox_ids(&h, std::slice::from_ref(&g.id)).await;
+    assert_eq!(waiting.len(), 2, "both notices wait in the item");
+
+    // The other relay died holding it: after its lease, the next relay sends both, once.
+    let later = at + CLAIM + Duration::seconds(1);
+    let relayed = aws.relay.relay_pending(later).await.unwrap();
+    assert_eq!(relayed.relayed, 2);
+    assert_eq!(queued_ids(&h).await, waiting);
+    assert_eq!(
+        aws.relay
+            .relay_pending(later + CLAIM * 2)
+            .await
+            .unwrap()
+            .relayed,
+        0
+    );
+    assert!(queued_ids(&h).await.is_empty());
+}
+
+/// A sweep that dies after its advances (their leases taken, nothing sent) loses nothing: a
+/// sweep before those leases lapse sends nothing (the dead one might still); one after sends
+/// each notice once.
+#[tokio::test]
+async fn a_sweep_that_dies_after_its_advances_loses_nothing_and_sends_nothing_twice() {
+    const N: usize = 3;
+    let h = Harness::with(Options {
+        moto: true,
+        ..Options::default()
+    })
+    .await;
+    let at = seed_due(&h, N).await;
+    let Backend::Moto { aws, sdk } = &h.backend else {
+        unreachable!()
+    };
+    // The dying process: its own store (relay owner) and a queue it cannot reach.
+    let dead_queue = SqsQueue::new(
+        aws_sdk_sqs::Client::new(sdk),
+        format!("{}-gone", aws.queue.url()),
+    );
+    let (dying, dying_relay) = another_process(&h, dead_queue);
+    let dead = spkeeper::context::Context {
+        grants: Arc::new(dying.clone()),
+        relay: Arc::new(dying_relay),
+        ..(*h.ctx).clone()
+    };
+    assert!(
+        SweepService::new(Arc::new(dead))
+            .run(at, false)
+            .await
+            .is_err()
+    );
+    let grants: Vec<GrantId> = h
+        .ctx
+        .grants
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.id)
+        .collect();
+    assert_eq!(
+        outbox_ids(&h, &grants).await.len(),
+        N,
+        "every notice written"
+    );
+
+    let before = SweepService::new(Arc::clone(&h.ctx))
+        .run(at + CLAIM - Duration::seconds(1), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (before.total_notices(), before.relayed),
+        (0, 0),
+        "{before:?}"
+    );
+    assert!(queued_ids(&h).await.is_empty());
+
+    let after = SweepService::new(Arc::clone(&h.ctx))
+        .run(at + CLAIM, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (after.total_notices(), after.relayed),
+        (0, N as u64),
+        "{after:?}"
+    );
+    let ids = queued_ids(&h).await;
+    assert_eq!(ids.len(), N);
+    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), N, "each once");
+    assert!(outbox_ids(&h, &grants).await.is_empty());
+}
+
+/// A lease the sweep's write took lapses before its relay runs (a stuck process): another
+/// relay claims and sends the item, and this one, when it runs, does not send it again.
+#[tokio::test]
+async fn a_relay_lets_go_of_what_it_leased_once_the_lease_lapses() {
+    let h = Harness::with(Options {
+        moto: true,
+        ..Options::default()
+    })
+    .await;
+    let at = seed_due(&h, 1).await;
+    let Backend::Moto { aws, .. } = &h.backend else {
+        unreachable!()
+    };
+    let g = h.ctx.grants.list().await.unwrap().remove(0);
+    let notice = conformance::notice_for(&g, Stage::Expiring(30), at);
+    let moves = [Advance {
+        id: g.id.clone(),
+        expected_rev: g.rev,
+        progress: Progress::Expiring(30),
+        next_due_at: None,
+        notice: Some(notice.clone()),
+    }];
+    assert_eq!(
+        h.ctx.grants.advance_all(&moves, at).await.unwrap(),
+        [Written::Done]
+    );
+    let lapsed = at + CLAIM;
+    let (_, other_relay) = another_process(&h, aws.queue.clone());
+    assert_eq!(other_relay.relay_pending(lapsed).await.unwrap().relayed, 1);
+    assert_eq!(aws.relay.relay_pending(lapsed).await.unwrap().relayed, 0);
+    assert_eq!(queued_ids(&h).await, [notice.id]);
+}
+
+/// What a store's sweep writes leased and no relay took is let go once the lease lapses, at
+/// the next write if no relay comes: a warm process's list cannot grow without bound.
+#[tokio::test]
+async fn leased_items_no_relay_took_are_let_go_once_their_lease_lapses() {
+    let h = Harness::with(Options {
+        moto: true,
+        ..Options::default()
+    })
+    .await;
+    let at = seed_due(&h, 2).await;
+    let Backend::Moto { aws, .. } = &h.backend else {
+        unreachable!()
+    };
+    let grants = h.ctx.grants.list().await.unwrap();
+    let advance = |g: &spkeeper::ports::GrantRecord, now| Advance {
+        id: g.id.clone(),
+        expected_rev: g.rev,
+        progress: Progress::Expiring(30),
+        next_due_at: None,
+        notice: Some(conformance::notice_for(g, Stage::Expiring(30), now)),
+    };
+    let later = at + CLAIM;
+    aws.dynamo
+        .advance_all(&[advance(&grants[0], at)], at)
+        .await
+        .unwrap();
+    aws.dynamo
+        .advance_all(&[advance(&grants[1], later)], later)
+        .await
+        .unwrap();
+    // Asked as of `at`, when the first lease still held: it is gone all the same.
+    let kept = aws.dynamo.take_leased(at, 0);
+    assert_eq!(
+        kept.iter().map(|h| h.key.0.clone()).collect::<Vec<_>>(),
+        [format!("G#{}", grants[1].id)]
+    );
+    assert!(aws.dynamo.take_leased(at, 0).is_empty(), "taken once");
+}
+
+/// A dry run writes nothing, so it takes no lease either: only the due index is read.
+#[tokio::test]
+async fn a_dry_run_sweep_on_dynamodb_reads_the_due_index_and_writes_nothing() {
+    let (h, ops, queue_ops) = recording_both().await;
+    let at = seed_due(&h, 3).await;
+    counted(&ops);
+    counted(&queue_ops);
+    let s = SweepService::new(Arc::clone(&h.ctx))
+        .run(at, true)
+        .await
+        .unwrap();
+    assert_eq!(s.notices["refresh_token.expiring"], 3);
+    assert_eq!(counted(&ops), BTreeMap::from([("Query".to_string(), 8)]));
+    assert!(counted(&queue_ops).is_empty());
+    let Backend::Moto { aws, .. } = &h.backend else {
+        unreachable!()
+    };
+    assert!(aws.dynamo.take_leased(at, 0).is_empty());
 }
 
 #[tokio::test]

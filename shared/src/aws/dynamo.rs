@@ -2,24 +2,32 @@
 //! outbox in one table (layout in [`super::table`]).
 //!
 //! Every state change is conditional on the grant's revision. A notice is written into the
-//! `outbox` map of the very item whose state change causes it, in the same write, so the
-//! sweep's path is one conditional `UpdateItem` per notice, and a process that dies after it
-//! loses nothing: the notice waits in the item (and the `outbox` index) for the relay.
+//! `outbox` map of the very item whose state change causes it, in the same write, and a
+//! process that dies after it loses nothing: the notice waits in the item (and the `outbox`
+//! index) for the relay. The sweep's write also takes the relay's lease on the item
+//! ([`GrantStore::advance_all`]), so its notice costs two conditional `UpdateItem`s: that
+//! write, and the relay's removal once SQS took it.
 //! A launch writes the grant and its refresh token (two items) in one transaction.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, Get, Put, ReturnValue, TransactGetItem, TransactWriteItem, Update,
+    AttributeValue, Get, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactGetItem,
+    TransactWriteItem, Update,
 };
 use chrono::{DateTime, Duration, Utc};
 use futures_util::future;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 
+use super::relay::CLAIM;
 use super::table::{
     DUE_INDEX, DUE_PK, DUE_SHARDS, DUE_SK, EMAIL_INDEX, EMAIL_KEY, ENTRA_USER_INDEX,
     ENTRA_USER_KEY, LOGIN_INDEX, LOGIN_KEY, OUTBOX_INDEX, OUTBOX_PARTITION, OUTBOX_PK, OUTBOX_SK,
@@ -28,8 +36,9 @@ use super::table::{
 use crate::core::grant::{GrantId, Kind, Progress, relaunch_retention};
 use crate::core::notice::{Notice, User};
 use crate::ports::{
-    CachedToken, DueCursor, DuePage, GrantRecord, GrantStore, Prefetched, StandardTokens,
-    StoreError, StoredGrant, TokenCache, UserKey, Written, entra_user_key, next_rev, user_index,
+    ADVANCE_CONCURRENCY, Advance, CachedToken, DueCursor, DuePage, GrantRecord, GrantStore,
+    Prefetched, StandardTokens, StoreError, StoredGrant, TokenCache, UserKey, Written,
+    entra_user_key, next_rev, user_index,
 };
 
 pub type Item = HashMap<String, AttributeValue>;
@@ -190,7 +199,7 @@ fn outbox_sort_key(notice: &Notice, pk: &str) -> String {
 }
 
 /// An update expression with generated placeholders.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Expr {
     sets: Vec<String>,
     removes: Vec<String>,
@@ -396,10 +405,54 @@ fn holder(item: &Item) -> Result<Holder, StoreError> {
     })
 }
 
+impl Holder {
+    /// Its lease is still held at `now` (by whoever took it).
+    fn leased_at(&self, now: DateTime<Utc>) -> bool {
+        self.leased_until.is_some_and(|u| u > now)
+    }
+}
+
+/// This store's relay identity (`relay_owner` on the items it leases), and the items its sweep
+/// writes leased for it, waiting for [`DynamoStore::take_leased`]. One per
+/// [`DynamoStore::new`], shared by its clones and by the relay built on it.
+#[derive(Debug)]
+struct Leases {
+    owner: String,
+    taken: Mutex<Vec<Holder>>,
+}
+
+impl Leases {
+    fn new() -> Self {
+        let mut b = [0u8; 8];
+        let owner = match getrandom::fill(&mut b) {
+            Ok(()) => hex::encode(b),
+            Err(_) => format!("pid-{}", std::process::id()),
+        };
+        Leases {
+            owner,
+            taken: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn taken(&self) -> std::sync::MutexGuard<'_, Vec<Holder>> {
+        // A panic elsewhere cannot leave the list half-written: keep using it.
+        self.taken.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps `h` for the relay, and lets go of what lapsed before `now` (which another relay
+    /// may claim): the list holds at most what was leased since, even if no relay runs.
+    fn keep(&self, h: Holder, now: DateTime<Utc>) {
+        let mut taken = self.taken();
+        taken.retain(|t| t.leased_at(now));
+        taken.push(h);
+    }
+}
+
 #[derive(Clone)]
 pub struct DynamoStore {
     client: Client,
     table: String,
+    leases: Arc<Leases>,
 }
 
 impl fmt::Debug for DynamoStore {
@@ -459,7 +512,26 @@ impl DynamoStore {
         DynamoStore {
             client,
             table: table.into(),
+            leases: Arc::new(Leases::new()),
         }
+    }
+
+    /// Who this store's relay is: the `relay_owner` of the items it leases.
+    pub fn relay_owner(&self) -> &str {
+        &self.leases.owner
+    }
+
+    /// The items this store's sweep writes leased for its relay since they were last taken,
+    /// as written (every notice in them, leftovers of an earlier crash included), once there
+    /// are `at_least`; those whose lease lapsed by `now` are let go (another relay may have
+    /// claimed them since: they wait in the outbox index for whoever holds them).
+    pub fn take_leased(&self, now: DateTime<Utc>, at_least: usize) -> Vec<Holder> {
+        let mut taken = self.leases.taken();
+        taken.retain(|h| h.leased_at(now));
+        if taken.len() < at_least {
+            return Vec::new();
+        }
+        std::mem::take(&mut *taken)
     }
 
     pub fn client(&self) -> &Client {
@@ -538,10 +610,9 @@ impl DynamoStore {
         Ok(out.item)
     }
 
-    /// A conditional `UpdateItem`: `Conflict` when the condition fails.
-    async fn update(&self, key: Item, expr: Expr, condition: &str) -> Result<Written, StoreError> {
-        let result = self
-            .client
+    /// A conditional `UpdateItem`, to send.
+    fn update_request(&self, key: Item, expr: Expr, condition: &str) -> UpdateItemFluentBuilder {
+        self.client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key))
@@ -549,9 +620,68 @@ impl DynamoStore {
             .condition_expression(condition)
             .set_expression_attribute_names(Some(expr.names).filter(|m| !m.is_empty()))
             .set_expression_attribute_values(Some(expr.values).filter(|m| !m.is_empty()))
+    }
+
+    /// A conditional `UpdateItem`: `Conflict` when the condition fails.
+    async fn update(&self, key: Item, expr: Expr, condition: &str) -> Result<Written, StoreError> {
+        let result = self.update_request(key, expr, condition).send().await;
+        written(result, condition_failed)
+    }
+
+    /// A sweep's move: [`GrantStore::advance`], and when it queues a notice, the relay's lease
+    /// on the item in the same write (unless another relay holds a live one), so this store's
+    /// relay sends the item's notices without claiming it first ([`Self::take_leased`]).
+    async fn advance_leased(&self, m: &Advance, now: DateTime<Utc>) -> Result<Written, StoreError> {
+        let (plain, rev_condition) = advance_expr(
+            &m.id,
+            m.expected_rev,
+            m.progress,
+            m.next_due_at,
+            m.notice.as_ref(),
+            now,
+        )?;
+        if m.notice.is_none() {
+            return self.update(grant_key(&m.id), plain, &rev_condition).await;
+        }
+        let mut e = plain.clone();
+        e.set("relay_owner", s(self.relay_owner()));
+        e.set("relay_until", n((now + CLAIM).timestamp()));
+        let (until, now_v) = (e.name("relay_until"), e.value(n(now.timestamp())));
+        let condition =
+            format!("{rev_condition} AND (attribute_not_exists({until}) OR {until} <= {now_v})");
+        let result = self
+            .update_request(grant_key(&m.id), e, &condition)
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        written(result, condition_failed)
+        match result {
+            Ok(out) => {
+                // The item as written: its whole outbox, under our lease. (One that does not
+                // read back waits in the outbox index for a relay after the lease lapses.)
+                if let Some(h) = out.attributes.as_ref().and_then(|i| holder(i).ok()) {
+                    self.leases.keep(h, now);
+                }
+                Ok(Written::Done)
+            }
+            Err(err) if condition_failed(&err) => {
+                let old_rev = match err.as_service_error() {
+                    Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
+                        c.item().map(|i| get_n(i, "rev"))
+                    }
+                    _ => None,
+                };
+                match old_rev {
+                    // Someone else wrote first.
+                    Some(Ok(rev)) if rev != rev_number(m.expected_rev) => Ok(Written::Conflict),
+                    // Another relay holds a live lease (or the old item did not say): the
+                    // plain advance, whose notice waits in the outbox for that relay or a
+                    // later `relay_pending`.
+                    _ => self.update(grant_key(&m.id), plain, &rev_condition).await,
+                }
+            }
+            Err(err) => Err(sdk(err)),
+        }
     }
 
     /// Queries a partition of an index for sort keys ≤ `until`, from `start`.
@@ -697,6 +827,40 @@ where
     }
     out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
     Ok(out)
+}
+
+/// An advance's update (the revision bumped, the progress and due index moved, the notice
+/// queued) and its condition (the revision it was decided on).
+fn advance_expr(
+    id: &GrantId,
+    expected_rev: u64,
+    progress: Progress,
+    next_due_at: Option<DateTime<Utc>>,
+    notice: Option<&Notice>,
+    now: DateTime<Utc>,
+) -> Result<(Expr, String), StoreError> {
+    let mut e = Expr::default();
+    e.set("rev", n(rev_number(next_rev(Some(expected_rev))?)));
+    e.set("progress", s(progress.to_string()));
+    e.set("updated_at", n(now.timestamp()));
+    match next_due_at {
+        Some(due) => {
+            e.set("next_due_at", n(due.timestamp()));
+            e.set(DUE_PK, s(due_partition(id)));
+            e.set(DUE_SK, s(due_sort_key(due, id)));
+        }
+        // Out of the due index: nothing more is due for this refresh token.
+        None => {
+            e.remove("next_due_at");
+            e.remove(DUE_PK);
+            e.remove(DUE_SK);
+        }
+    }
+    if let Some(notice) = notice {
+        e.queue(notice, &format!("G#{id}"));
+    }
+    let (rev_name, expected) = (e.name("rev"), e.value(n(rev_number(expected_rev))));
+    Ok((e, format!("{rev_name} = {expected}")))
 }
 
 /// The due index's cursor: where each shard not yet read to its end goes on (`None`: from its
@@ -883,28 +1047,22 @@ impl GrantStore for DynamoStore {
         notice: Option<&Notice>,
         now: DateTime<Utc>,
     ) -> Result<Written, StoreError> {
-        let mut e = Expr::default();
-        e.set("rev", n(rev_number(next_rev(Some(expected_rev))?)));
-        e.set("progress", s(progress.to_string()));
-        e.set("updated_at", n(now.timestamp()));
-        match next_due_at {
-            Some(due) => {
-                e.set("next_due_at", n(due.timestamp()));
-                e.set(DUE_PK, s(due_partition(id)));
-                e.set(DUE_SK, s(due_sort_key(due, id)));
-            }
-            // Out of the due index: nothing more is due for this refresh token.
-            None => {
-                e.remove("next_due_at");
-                e.remove(DUE_PK);
-                e.remove(DUE_SK);
-            }
-        }
-        if let Some(notice) = notice {
-            e.queue(notice, &format!("G#{id}"));
-        }
-        let (rev_name, expected) = (e.name("rev"), e.value(n(rev_number(expected_rev))));
-        self.update(grant_key(id), e, &format!("{rev_name} = {expected}"))
+        let (e, condition) = advance_expr(id, expected_rev, progress, next_due_at, notice, now)?;
+        self.update(grant_key(id), e, &condition).await
+    }
+
+    /// [`ADVANCE_CONCURRENCY`] conditional `UpdateItem`s at a time, each of which queues a
+    /// notice also taking the relay's lease on its item: the sweep's relay sends those
+    /// notices without a claim of its own (two `UpdateItem`s per notice, not three).
+    async fn advance_all(
+        &self,
+        moves: &[Advance],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Written>, StoreError> {
+        stream::iter(0..moves.len())
+            .map(|i| self.advance_leased(&moves[i], now))
+            .buffered(ADVANCE_CONCURRENCY)
+            .try_collect()
             .await
     }
 

@@ -1,10 +1,12 @@
 //! The relay from the DynamoDB outbox to SQS. A notice is written into the outbox of the item
-//! whose state change causes it, in that same write; the relay then claims the item (a lease,
-//! so overlapping sweeps do not both send), sends its notices, and removes what SQS took.
+//! whose state change causes it, in that same write; the relay holds the item (a lease, so
+//! overlapping sweeps do not both send), sends its notices, and removes what SQS took. The
+//! sweep's writes take the lease themselves, for the relay built on the same store
+//! ([`DynamoStore::take_leased`]); other items the relay claims first, with a write of its own.
 //! A process that dies between the write and the send loses nothing: the notice is still in
-//! the item for the next sweep. One that dies between the send and the removal sends it again
-//! after the lease lapses, with the same id, which consumers drop. Claims and removals go
-//! [`CONCURRENCY`] at a time.
+//! the item for the next sweep, once the lease lapses. One that dies between the send and the
+//! removal sends it again after the lease lapses, with the same id, which consumers drop.
+//! Claims and removals go [`CONCURRENCY`] at a time.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
@@ -24,28 +26,42 @@ const PAGE: usize = 100;
 /// call, 50,000 notices would need 1,000 s of a 300 s invocation).
 const CONCURRENCY: usize = crate::service::sweep::CONCURRENCY;
 
+/// Leases items as the store it is built on ([`DynamoStore::relay_owner`]), so it sends what
+/// that store's sweep writes leased.
 #[derive(Debug, Clone)]
 pub struct DynamoRelay {
     store: DynamoStore,
     queue: SqsQueue,
-    owner: String,
 }
 
 impl DynamoRelay {
     pub fn new(store: DynamoStore, queue: SqsQueue) -> Self {
-        let mut b = [0u8; 8];
-        let owner = match getrandom::fill(&mut b) {
-            Ok(()) => hex::encode(b),
-            Err(_) => format!("pid-{}", std::process::id()),
-        };
-        DynamoRelay {
-            store,
-            queue,
-            owner,
-        }
+        DynamoRelay { store, queue }
     }
 
-    /// Sends what the claimed items hold and removes what SQS took: (sent, not sent).
+    fn owner(&self) -> &str {
+        self.store.relay_owner()
+    }
+
+    /// The items the store's sweep writes leased for this relay, once there are `at_least`,
+    /// sent without a claim while their leases hold at `now` (a lapsed one may have been
+    /// claimed by another relay since; it waits in the outbox index for whoever holds it).
+    async fn send_leased(
+        &self,
+        now: DateTime<Utc>,
+        at_least: usize,
+    ) -> Result<RelayStats, StoreError> {
+        let mut stats = RelayStats::default();
+        for page in self.store.take_leased(now, at_least).chunks(PAGE) {
+            let (sent, failed) = self.send(page).await?;
+            stats.relayed += sent;
+            stats.failed += failed;
+        }
+        Ok(stats)
+    }
+
+    /// Sends the notices of the items this relay holds (leased to it) and removes what SQS
+    /// took: (sent, not sent).
     async fn send(&self, claimed: &[Holder]) -> Result<(u64, u64), StoreError> {
         let messages: Vec<Message> = claimed
             .iter()
@@ -73,7 +89,9 @@ impl DynamoRelay {
             })
             .collect();
         stream::iter(removals)
-            .map(|(h, mine)| async move { self.store.remove_relayed(&h, &mine, &self.owner).await })
+            .map(
+                |(h, mine)| async move { self.store.remove_relayed(&h, &mine, self.owner()).await },
+            )
             .buffer_unordered(CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
@@ -84,8 +102,10 @@ impl DynamoRelay {
 
 #[async_trait]
 impl NoticeRelay for DynamoRelay {
+    /// What the store's sweep writes leased for this relay, then the outbox index: the items
+    /// no live lease holds are claimed first (ours are skipped, having just been sent).
     async fn relay_pending(&self, now: DateTime<Utc>) -> Result<RelayStats, StoreError> {
-        let mut stats = RelayStats::default();
+        let mut stats = self.send_leased(now, 0).await?;
         let mut cursor = None;
         loop {
             let (page, next) = self.store.holders(cursor, PAGE).await?;
@@ -95,7 +115,7 @@ impl NoticeRelay for DynamoRelay {
             let claimed: Vec<Holder> = stream::iter(free)
                 .map(|h| async move {
                     self.store
-                        .claim(&h.key, &self.owner, now, now + CLAIM)
+                        .claim(&h.key, self.owner(), now, now + CLAIM)
                         .await
                 })
                 .buffer_unordered(CONCURRENCY)
@@ -121,11 +141,16 @@ impl NoticeRelay for DynamoRelay {
         let key = (format!("G#{}", grant.id), "G".to_string());
         if let Some(claimed) = self
             .store
-            .claim(&key, &self.owner, now, now + CLAIM)
+            .claim(&key, self.owner(), now, now + CLAIM)
             .await?
         {
             self.send(std::slice::from_ref(&claimed)).await?;
         }
         Ok(())
+    }
+
+    /// Once [`PAGE`] have gathered (full SQS batches; `relay_pending` sends the rest).
+    async fn relay_written(&self, now: DateTime<Utc>) -> Result<RelayStats, StoreError> {
+        self.send_leased(now, PAGE).await
     }
 }

@@ -100,6 +100,8 @@ struct Plan {
 
 pub struct SweepService {
     ctx: Arc<Context>,
+    /// Due grants read at a time from each part of the due index ([`PAGE`]).
+    page: usize,
     /// Redeems idle Entra grants (the keep-alive).
     tokens: TokenService,
 }
@@ -107,7 +109,18 @@ pub struct SweepService {
 impl SweepService {
     pub fn new(ctx: Arc<Context>) -> Self {
         let tokens = TokenService::for_context(&ctx);
-        SweepService { ctx, tokens }
+        SweepService {
+            ctx,
+            page: PAGE,
+            tokens,
+        }
+    }
+
+    /// Reads `page` due grants at a time from each part of the due index instead of [`PAGE`]
+    /// (tests: a sweep of many pages without seeding thousands of grants).
+    pub fn with_page(mut self, page: usize) -> Self {
+        self.page = page.max(1);
+        self
     }
 
     pub async fn run(&self, now: DateTime<Utc>, dry_run: bool) -> Result<SweepSummary, StoreError> {
@@ -135,7 +148,7 @@ impl SweepService {
                 summary.stopped_early = true;
                 break;
             }
-            let page = self.ctx.grants.due(now, cursor.as_ref(), PAGE).await?;
+            let page = self.ctx.grants.due(now, cursor.as_ref(), self.page).await?;
             let visits: Vec<Result<Option<Visited>, StoreError>> = stream::iter(page.grants)
                 .map(|g| async move {
                     if out_of_time() {
@@ -161,6 +174,10 @@ impl SweepService {
             // The page's writes together: one transaction on SQLite, one conditional
             // `UpdateItem` each (16 at a time) on DynamoDB.
             self.write(plans, now, dry_run, &mut summary).await?;
+            if !dry_run {
+                // What the writes queued and hold for the relay goes out as it gathers (DynamoDB).
+                summary.relayed += self.ctx.relay.relay_written(now).await?.relayed;
+            }
             match page.next {
                 Some(next) if !summary.stopped_early => cursor = Some(next),
                 _ => break,
@@ -179,7 +196,7 @@ impl SweepService {
             // Everything queued reaches the delivery queue by the end of a sweep, including
             // what an earlier run (or a crashed launch) left behind.
             let relay = self.ctx.relay.relay_pending(now).await?;
-            summary.relayed = relay.relayed;
+            summary.relayed += relay.relayed;
             if !summary.stopped_early {
                 self.ctx.grants.purge(now).await?;
             }

@@ -247,6 +247,8 @@ pub struct Options {
     pub moto: bool,
     /// With `moto`: record the name of every DynamoDB operation sent.
     pub record_operations: Option<Arc<Mutex<Vec<String>>>>,
+    /// With `moto`: record the name of every SQS operation sent.
+    pub record_queue_operations: Option<Arc<Mutex<Vec<String>>>>,
 }
 
 /// Records each DynamoDB operation the SDK sends.
@@ -272,15 +274,27 @@ impl Intercept for RecordOperations {
 }
 
 pub async fn moto_backend(record: Option<Arc<Mutex<Vec<String>>>>) -> (Aws, SdkConfig) {
+    moto_backend_recording(record, None).await
+}
+
+/// [`moto_backend`], recording the DynamoDB and the SQS operations sent (each where asked).
+pub async fn moto_backend_recording(
+    record: Option<Arc<Mutex<Vec<String>>>>,
+    record_queue: Option<Arc<Mutex<Vec<String>>>>,
+) -> (Aws, SdkConfig) {
     let sdk = moto::sdk_config().await;
     let (table, queue) = moto::fresh(&sdk, "h").await;
     let mut dynamo = aws_sdk_dynamodb::config::Builder::from(&sdk);
     if let Some(r) = record {
         dynamo = dynamo.interceptor(RecordOperations(r));
     }
+    let mut sqs = aws_sdk_sqs::config::Builder::from(&sdk);
+    if let Some(r) = record_queue {
+        sqs = sqs.interceptor(RecordOperations(r));
+    }
     let aws = Aws::from_clients(
         aws_sdk_dynamodb::Client::from_conf(dynamo.build()),
-        aws_sdk_sqs::Client::new(&sdk),
+        aws_sdk_sqs::Client::from_conf(sqs.build()),
         &table,
         &queue,
     );
@@ -325,7 +339,8 @@ impl Harness {
             .with_env_fallback(&env);
         let secrets = Secrets::from_document(doc, &settings).unwrap();
         let (backend, grants, cache, relay): Ports = if opts.moto {
-            let (aws, sdk) = moto_backend(opts.record_operations).await;
+            let (aws, sdk) =
+                moto_backend_recording(opts.record_operations, opts.record_queue_operations).await;
             let parts = (
                 Arc::new(aws.dynamo.clone()),
                 Arc::new(aws.dynamo.clone()),
