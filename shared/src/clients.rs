@@ -26,9 +26,9 @@ pub const RESPONSE_CAP: usize = 64 * 1024;
 
 pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
     let builder = reqwest::Client::builder();
-    // The system's authorities as the AWS SDK reads them, read once for both (crate::tls).
-    // Building that configuration cannot fail with aws-lc; if it ever did, reqwest reads the
-    // system's authorities itself, as it did before.
+    // The system's authorities, read once and early (crate::tls). Building that configuration
+    // cannot fail with aws-lc; if it ever did, reqwest reads the system's authorities itself,
+    // as it did before.
     let builder = match crate::tls::client_config() {
         Ok(tls) => builder.tls_backend_preconfigured(tls),
         Err(_) => builder,

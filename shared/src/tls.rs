@@ -1,25 +1,22 @@
-//! The certificate authorities this process trusts, read from the system once.
+//! The certificate authorities the process's own HTTP client (ACS, Entra, SharePoint, the
+//! webhook) trusts: the system's, read once.
 //!
-//! Both HTTP stacks — reqwest (ACS, Entra, SharePoint, the webhook) and the AWS SDK's — used to
-//! read and parse the system's certificates each on its own at start: about 6 ms apiece on the
-//! benchmark machine, and the second reading was most of what a function's cold start added to
-//! the floor (BENCHMARKS.md). Now one reading serves both. Which certificates are trusted does
-//! not change: the same crate (`rustls-native-certs`) reads them, honouring `SSL_CERT_FILE` and
-//! `SSL_CERT_DIR`, and those the TLS library cannot use are left out as before.
+//! reqwest's default verifier read and parsed them when the client was built, after the
+//! secrets had arrived: ~6 ms on the benchmark machine (145 certificates, a bundle and a
+//! directory of PEM files), on the cold start's critical path, after the AWS SDK had read the
+//! same files for its own connections. Now a blocking thread reads them while the SDK sets up
+//! and the secrets are on their way ([`preload`], from [`crate::aws::sdk_config`]), and the
+//! client takes them from there. Which authorities are trusted does not change: the same crate
+//! (`rustls-native-certs`) reads them, honouring `SSL_CERT_FILE` and `SSL_CERT_DIR`, and those
+//! the TLS library cannot use are left out as before. (The AWS SDK keeps its own reading: it
+//! takes extra authorities only as PEM, and decoding them again per connection pool cost more
+//! than it saved.)
 
 use std::sync::{Arc, LazyLock};
 
 use rustls::RootCertStore;
-use rustls_pki_types::CertificateDer;
 
-struct Trusted {
-    store: Arc<RootCertStore>,
-    /// The certificates in `store`, as read (the AWS SDK takes them as PEM).
-    #[cfg_attr(not(feature = "aws"), allow(dead_code))]
-    certs: Vec<CertificateDer<'static>>,
-}
-
-static TRUSTED: LazyLock<Trusted> = LazyLock::new(|| {
+static TRUSTED: LazyLock<Arc<RootCertStore>> = LazyLock::new(|| {
     let found = rustls_native_certs::load_native_certs();
     if !found.errors.is_empty() {
         tracing::warn!(
@@ -28,26 +25,26 @@ static TRUSTED: LazyLock<Trusted> = LazyLock::new(|| {
         );
     }
     let mut store = RootCertStore::empty();
-    let mut certs = Vec::with_capacity(found.certs.len());
-    for cert in found.certs {
-        if store.add(cert.clone()).is_ok() {
-            certs.push(cert);
-        }
-    }
+    store.add_parsable_certificates(found.certs);
     if store.is_empty() {
         tracing::warn!(
             "no certificate authorities found on the system (see SSL_CERT_FILE, SSL_CERT_DIR): every TLS connection will fail"
         );
     }
-    Trusted {
-        store: Arc::new(store),
-        certs,
-    }
+    Arc::new(store)
 });
+
+/// Starts reading the authorities on a blocking thread, if a Tokio runtime is there to run
+/// it; whoever needs them first waits for that reading rather than starting another.
+pub fn preload() {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn_blocking(|| LazyLock::force(&TRUSTED).len());
+    }
+}
 
 /// How many certificate authorities the process trusts.
 pub fn trusted_count() -> usize {
-    TRUSTED.store.len()
+    TRUSTED.len()
 }
 
 /// The TLS configuration for reqwest: aws-lc, TLS 1.2 and 1.3, the system's authorities.
@@ -55,26 +52,8 @@ pub fn client_config() -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(Arc::clone(&TRUSTED.store))
+        .with_root_certificates(Arc::clone(&TRUSTED))
         .with_no_client_auth())
-}
-
-/// The same authorities as PEM, for the AWS SDK's trust store.
-#[cfg(feature = "aws")]
-pub fn pem_bundle() -> Vec<u8> {
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD;
-    let mut pem = Vec::with_capacity(TRUSTED.certs.iter().map(|c| c.len() * 4 / 3 + 80).sum());
-    for cert in &TRUSTED.certs {
-        pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
-        let b64 = STANDARD.encode(cert.as_ref());
-        for line in b64.as_bytes().chunks(64) {
-            pem.extend_from_slice(line);
-            pem.push(b'\n');
-        }
-        pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
-    }
-    pem
 }
 
 #[cfg(test)]
@@ -84,20 +63,8 @@ mod tests {
     #[test]
     fn the_system_authorities_are_read_and_usable() {
         // The test machines (and Lambda) have a system store; an empty one would mean every
-        // call to ACS, Entra or AWS fails.
+        // call to ACS, Entra or a webhook fails.
         assert!(trusted_count() > 0);
         assert!(client_config().is_ok());
-    }
-
-    #[cfg(feature = "aws")]
-    #[test]
-    fn the_pem_bundle_holds_every_trusted_authority_and_reads_back_to_the_same_bytes() {
-        use rustls_pki_types::pem::PemObject;
-        let pem = pem_bundle();
-        let back: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(back.len(), trusted_count());
-        assert_eq!(back, TRUSTED.certs);
     }
 }

@@ -26,46 +26,12 @@ use relay::DynamoRelay;
 use sqs::SqsQueue;
 
 /// The SDK's configuration from the environment (region, credentials, `AWS_ENDPOINT_URL`).
-/// Its HTTP client is the SDK's default (rustls on aws-lc, proxy settings from the
-/// environment) trusting the authorities [`crate::tls`] read, so the process reads the
-/// system's certificates once, not once per HTTP stack.
+/// Every program calls this first at start; meanwhile a blocking thread reads the system's
+/// certificate authorities for the process's own HTTP client ([`crate::tls::preload`]), so
+/// that reading overlaps the SDK's set-up and the secrets' round trip instead of following it.
 pub async fn sdk_config() -> SdkConfig {
-    let loader = aws_config::defaults(BehaviorVersion::latest());
-    match sdk_http_client() {
-        Ok(http) => loader.http_client(http),
-        Err(e) => {
-            tracing::warn!(error = %e, "the AWS SDK reads the system's certificates itself");
-            loader
-        }
-    }
-    .load()
-    .await
-}
-
-fn sdk_http_client() -> Result<
-    aws_smithy_runtime_api::client::http::SharedHttpClient,
-    aws_smithy_http_client::HttpClientError,
-> {
-    use aws_smithy_http_client::proxy::ProxyConfig;
-    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
-    use aws_smithy_http_client::{Builder, ConnectorBuilder};
-    let trust = TrustStore::empty()
-        .with_native_roots(false)
-        .with_pem_certificate(crate::tls::pem_bundle());
-    let context = TlsContext::builder().with_trust_store(trust).build()?;
-    Ok(
-        Builder::new().build_with_connector_fn(move |settings, components| {
-            let mut conn = ConnectorBuilder::default()
-                .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
-                .tls_context(context.clone());
-            conn.set_connector_settings(settings.cloned());
-            if let Some(components) = components {
-                conn.set_sleep_impl(components.sleep_impl());
-            }
-            conn.set_proxy_config(Some(ProxyConfig::from_env()));
-            conn.build()
-        }),
-    )
+    crate::tls::preload();
+    aws_config::load_defaults(BehaviorVersion::latest()).await
 }
 
 /// The table, the queue and the relay between them.
