@@ -1063,3 +1063,33 @@ async fn the_eight_shards_of_the_due_index_are_queried_at_once() {
         "the shards were queried one after another: {spans:?}"
     );
 }
+
+#[tokio::test]
+async fn a_relay_page_goes_to_sqs_as_ten_batches_at_once() {
+    let sdk = moto::sdk_config().await;
+    let (_table, queue) = moto::fresh(&sdk, "batches").await;
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let sqs = aws_sdk_sqs::config::Builder::from(&sdk)
+        .interceptor(RecordSpans(Arc::clone(&spans)))
+        .build();
+    let queue = SqsQueue::new(aws_sdk_sqs::Client::from_conf(sqs), &queue);
+    let messages: Vec<spkeeper::aws::sqs::Message> = (0..100)
+        .map(|i| spkeeper::aws::sqs::Message {
+            id: format!("n-{i}"),
+            body: format!("{{\"id\":\"n-{i}\"}}"),
+        })
+        .collect();
+    let sent = queue.send(&messages).await.unwrap();
+    assert_eq!(sent.len(), 100);
+    let spans = spans.lock().unwrap().clone();
+    assert_eq!(spans.len(), 20, "{spans:?}");
+    // One round trip: every batch is on its way before the first answer comes back.
+    assert!(
+        spans[..10].iter().all(|s| s == "start SendMessageBatch"),
+        "the batches went one after another: {spans:?}"
+    );
+    let mut got = moto::drain(&sdk, queue.url()).await;
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 100, "each message once");
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use crate::ports::StoreError;
 use crate::service::deliver::backoff;
@@ -14,6 +15,9 @@ pub const MAX_BATCH_ENTRIES: usize = 10;
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Rounds of retrying the entries SQS failed (not our fault), with a short backoff.
 const RETRY_ROUNDS: u32 = 3;
+/// Batches in flight at once: a relay page of 100 notices is ten batches, one round trip
+/// instead of ten.
+const SEND_CONCURRENCY: usize = 10;
 
 /// One message: the notice id (also the batch entry id) and its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,55 +130,64 @@ impl SqsQueue {
         Ok(delay)
     }
 
-    /// Sends every message; returns the ids SQS accepted. Entries SQS failed through no fault
-    /// of ours are retried; the rest are left to the caller (they stay in the outbox).
+    /// Sends every message, [`SEND_CONCURRENCY`] batches of ten at a time; returns the ids SQS
+    /// accepted. Entries SQS failed through no fault of ours are retried; the rest are left to
+    /// the caller (they stay in the outbox).
     pub async fn send(&self, messages: &[Message]) -> Result<Vec<String>, StoreError> {
+        let sent: Vec<Vec<String>> = stream::iter(batches(messages))
+            .map(|batch| self.send_batch(batch))
+            .buffer_unordered(SEND_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(sent.into_iter().flatten().collect())
+    }
+
+    /// One batch, its entries SQS failed through no fault of ours retried.
+    async fn send_batch(&self, batch: Vec<&Message>) -> Result<Vec<String>, StoreError> {
         let mut sent = Vec::new();
-        for batch in batches(messages) {
-            let mut pending: Vec<&Message> = batch;
-            for round in 0..=RETRY_ROUNDS {
-                if pending.is_empty() {
-                    break;
-                }
-                if round > 0 {
-                    tokio::time::sleep(Duration::from_millis(100 * 2u64.pow(round))).await;
-                }
-                let entries = pending
-                    .iter()
-                    .map(|m| {
-                        SendMessageBatchRequestEntry::builder()
-                            .id(&m.id)
-                            .message_body(&m.body)
-                            .build()
-                            .map_err(StoreError::unavailable)
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let out = self
-                    .client
-                    .send_message_batch()
-                    .queue_url(&self.url)
-                    .set_entries(Some(entries))
-                    .send()
-                    .await
-                    .map_err(|e| StoreError::unavailable(aws_sdk_sqs::Error::from(e)))?;
-                sent.extend(out.successful().iter().map(|s| s.id().to_string()));
-                let mut retry = Vec::new();
-                for f in out.failed() {
-                    if f.sender_fault() {
-                        tracing::error!(
-                            notice_id = f.id(),
-                            code = f.code(),
-                            "SQS refused a notice; it stays queued"
-                        );
-                    } else if let Some(m) = pending.iter().find(|m| m.id == f.id()) {
-                        retry.push(*m);
-                    }
-                }
-                pending = retry;
+        let mut pending = batch;
+        for round in 0..=RETRY_ROUNDS {
+            if pending.is_empty() {
+                break;
             }
-            for m in pending {
-                tracing::warn!(notice_id = %m.id, "SQS kept failing a notice; it stays queued for the next sweep");
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(100 * 2u64.pow(round))).await;
             }
+            let entries = pending
+                .iter()
+                .map(|m| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(&m.id)
+                        .message_body(&m.body)
+                        .build()
+                        .map_err(StoreError::unavailable)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| StoreError::unavailable(aws_sdk_sqs::Error::from(e)))?;
+            sent.extend(out.successful().iter().map(|s| s.id().to_string()));
+            let mut retry = Vec::new();
+            for f in out.failed() {
+                if f.sender_fault() {
+                    tracing::error!(
+                        notice_id = f.id(),
+                        code = f.code(),
+                        "SQS refused a notice; it stays queued"
+                    );
+                } else if let Some(m) = pending.iter().find(|m| m.id == f.id()) {
+                    retry.push(*m);
+                }
+            }
+            pending = retry;
+        }
+        for m in pending {
+            tracing::warn!(notice_id = %m.id, "SQS kept failing a notice; it stays queued for the next sweep");
         }
         Ok(sent)
     }

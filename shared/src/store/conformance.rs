@@ -79,6 +79,7 @@ pub async fn run<S: GrantStore + TokenCache + ?Sized>(store: &S, probe: &dyn Not
     queue_once_queues_once(store, probe).await;
     access_tokens_are_cached_per_grant_and_host(store).await;
     forgetting_access_tokens_drops_every_one_of_that_grant_and_nothing_else(store).await;
+    a_grant_loaded_with_its_tokens_is_what_each_read_alone_returns(store).await;
     leases_are_exclusive_until_released_or_lapsed(store).await;
     host_realms_are_remembered_until_they_lapse(store).await;
     users_are_found_by_email_or_login_name_whatever_the_case(store).await;
@@ -399,6 +400,44 @@ async fn access_tokens_are_cached_per_grant_and_host<S: TokenCache + ?Sized>(s: 
             .sealed,
         "v1.k.at2"
     );
+}
+
+/// What [`GrantStore::load_with_tokens`] returns is what `load` and `get_access_token` return
+/// one at a time: the grant, and for each key it read, the token or its absence.
+async fn a_grant_loaded_with_its_tokens_is_what_each_read_alone_returns<
+    S: GrantStore + TokenCache + ?Sized,
+>(
+    s: &S,
+) {
+    let g = record("prefetch", 0);
+    s.put_grant(None, &g, "v1.k.rt", None).await.unwrap();
+    let t = CachedToken {
+        sealed: "v1.k.at-prefetch".into(),
+        expires_at: t0() + Duration::hours(12),
+        resource: "r".into(),
+    };
+    s.put_access_token(&g.id, "a.sharepoint.com", &t)
+        .await
+        .unwrap();
+    let keys = ["a.sharepoint.com".to_string(), "b.sharepoint.com".to_string()];
+    let read = s.load_with_tokens(&g.id, &keys).await.unwrap();
+    let alone = s.load(&g.id).await.unwrap().unwrap();
+    let together = read.grant.expect("the grant");
+    assert_eq!(together.record, alone.record);
+    assert_eq!(together.sealed_refresh_token, alone.sealed_refresh_token);
+    for (key, token) in &read.tokens {
+        let alone = s.get_access_token(&g.id, key).await.unwrap();
+        assert_eq!(
+            token.as_ref().map(|t| (&t.sealed, t.expires_at)),
+            alone.as_ref().map(|t| (&t.sealed, t.expires_at)),
+            "{key}"
+        );
+    }
+    let absent = s
+        .load_with_tokens(&GrantId::derive("x", "prefetch-absent"), &keys)
+        .await
+        .unwrap();
+    assert!(absent.grant.is_none());
 }
 
 async fn forgetting_access_tokens_drops_every_one_of_that_grant_and_nothing_else<

@@ -17,7 +17,7 @@ use crate::core::grant::{GrantId, Progress, relaunch_retention};
 use crate::core::notice::{Notice, User};
 use crate::ports::{
     Advance, CachedToken, DeliveryOutcome, DueCursor, DuePage, GrantRecord, GrantStore, Outbox,
-    OutboxEntry, StandardTokens, StoreError, StoredGrant, TokenCache, UserKey, Written,
+    OutboxEntry, Prefetched, StandardTokens, StoreError, StoredGrant, TokenCache, UserKey, Written,
     entra_user_key, next_rev, user_index,
 };
 
@@ -545,31 +545,75 @@ fn read_outbox(row: &Row<'_>) -> rusqlite::Result<OutboxEntry> {
     })
 }
 
+/// A grant and its refresh token, by id.
+fn load_grant(c: &Connection, id: &str) -> Result<Option<StoredGrant>, StoreError> {
+    let row = c
+        .prepare_cached(&format!(
+            "SELECT {GRANT_COLUMNS}, refresh_token FROM grants WHERE id = ?1"
+        ))
+        .and_then(|mut st| {
+            st.query_row(params![id], |row| {
+                Ok((read_grant(row)?, row.get::<_, Option<String>>(18)?))
+            })
+            .optional()
+        })
+        .map_err(sql)?;
+    match row {
+        None => Ok(None),
+        Some((record, rt)) => Ok(Some(StoredGrant {
+            record: record?,
+            sealed_refresh_token: rt,
+        })),
+    }
+}
+
+/// A grant's cached access token under `key` (a host or a scope).
+fn access_token(c: &Connection, id: &str, key: &str) -> Result<Option<CachedToken>, StoreError> {
+    let row: Option<(String, i64, String)> = c
+        .prepare_cached(
+            "SELECT sealed, expires_at, resource FROM access_tokens WHERE grant_id = ?1 AND host = ?2",
+        )
+        .and_then(|mut st| {
+            st.query_row(params![id, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+        })
+        .map_err(sql)?;
+    row.map(|(sealed, exp, resource)| {
+        Ok(CachedToken {
+            sealed,
+            expires_at: from_ts(exp)?,
+            resource,
+        })
+    })
+    .transpose()
+}
+
 const OUTBOX_COLUMNS: &str = "id, body, attempts, created_at, next_attempt_at, last_error, dead_at";
 
 #[async_trait]
 impl GrantStore for SqliteStore {
     async fn load(&self, id: &GrantId) -> Result<Option<StoredGrant>, StoreError> {
         let id = id.as_str().to_string();
+        self.read(move |c| load_grant(c, &id)).await
+    }
+
+    /// The grant and its cached tokens in one trip to the blocking pool, on one read
+    /// connection (a cached `/token` used to wait for two).
+    async fn load_with_tokens(
+        &self,
+        id: &GrantId,
+        cache_keys: &[String],
+    ) -> Result<Prefetched, StoreError> {
+        let id = id.as_str().to_string();
+        let keys = cache_keys.to_vec();
         self.read(move |c| {
-            let row = c
-                .prepare_cached(&format!(
-                    "SELECT {GRANT_COLUMNS}, refresh_token FROM grants WHERE id = ?1"
-                ))
-                .and_then(|mut st| {
-                    st.query_row(params![id], |row| {
-                        Ok((read_grant(row)?, row.get::<_, Option<String>>(18)?))
-                    })
-                    .optional()
-                })
-                .map_err(sql)?;
-            match row {
-                None => Ok(None),
-                Some((record, rt)) => Ok(Some(StoredGrant {
-                    record: record?,
-                    sealed_refresh_token: rt,
-                })),
+            let grant = load_grant(c, &id)?;
+            let mut tokens = std::collections::HashMap::with_capacity(keys.len());
+            for key in keys {
+                let token = access_token(c, &id, &key)?;
+                tokens.insert(key, token);
             }
+            Ok(Prefetched { grant, tokens })
         })
         .await
     }
@@ -865,26 +909,7 @@ impl TokenCache for SqliteStore {
         host: &str,
     ) -> Result<Option<CachedToken>, StoreError> {
         let (id, host) = (id.as_str().to_string(), host.to_string());
-        self.read(move |c| {
-            let row: Option<(String, i64, String)> = c
-                .prepare_cached(
-                    "SELECT sealed, expires_at, resource FROM access_tokens WHERE grant_id = ?1 AND host = ?2",
-                )
-                .and_then(|mut st| {
-                    st.query_row(params![id, host], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                        .optional()
-                })
-                .map_err(sql)?;
-            row.map(|(sealed, exp, resource)| {
-                Ok(CachedToken {
-                    sealed,
-                    expires_at: from_ts(exp)?,
-                    resource,
-                })
-            })
-            .transpose()
-        })
-        .await
+        self.read(move |c| access_token(c, &id, &host)).await
     }
 
     async fn put_access_token(
@@ -1287,6 +1312,31 @@ mod tests {
             })
             .await;
         assert!(refused.is_err(), "a read connection wrote");
+    }
+
+    /// A cached `/token` reads the grant and the tokens it names in one trip to the blocking
+    /// pool: every named key comes back, held or not (the default reads none of them).
+    #[tokio::test]
+    async fn a_grant_and_the_tokens_named_are_read_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_dir(dir.path()).unwrap();
+        let g = crate::store::conformance::record("together", 0);
+        store.put_grant(None, &g, "v1.k.rt", None).await.unwrap();
+        let token = CachedToken {
+            sealed: "v1.k.at".into(),
+            expires_at: Utc::now() + Duration::hours(1),
+            resource: "r".into(),
+        };
+        store.put_access_token(&g.id, "h", &token).await.unwrap();
+        let keys = ["h".to_string(), "other".to_string()];
+        let read = store.load_with_tokens(&g.id, &keys).await.unwrap();
+        assert_eq!(read.grant.map(|s| s.record.id), Some(g.id));
+        assert_eq!(read.tokens.len(), 2);
+        assert_eq!(
+            read.tokens["h"].as_ref().map(|t| t.sealed.as_str()),
+            Some("v1.k.at")
+        );
+        assert!(read.tokens["other"].is_none());
     }
 
     #[tokio::test]
