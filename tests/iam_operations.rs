@@ -60,7 +60,9 @@ const PLANNED: &[(&str, &str, &str)] = &[];
 /// The DynamoDB and SQS requests of a sweep whose one due grant is an idle Entra grant it
 /// keeps alive (BENCHMARKS.md's cost table quotes them): the sweep's 9 Queries; the grant read
 /// (with its refresh token) before the redemption and twice under the lease, the lease taken
-/// and let go, the rotated refresh token written with the grant, the access token cached.
+/// (a PutItem) and let go (the DeleteItem), the rotated refresh token written with the grant,
+/// the access token cached (a PutItem); and, not the keep-alive's, the attempt to queue the
+/// Entra secret's expiry notice, which the sweep an hour before queued (a conditional PutItem).
 const KEEP_ALIVE_REQUESTS: &[(&str, usize)] = &[
     ("DeleteItem", 1),
     ("PutItem", 3),

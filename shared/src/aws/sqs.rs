@@ -134,8 +134,14 @@ impl SqsQueue {
     /// accepted. Entries SQS failed through no fault of ours are retried; the rest are left to
     /// the caller (they stay in the outbox).
     pub async fn send(&self, messages: &[Message]) -> Result<Vec<String>, StoreError> {
-        let sent: Vec<Vec<String>> = stream::iter(batches(messages))
-            .map(|batch| self.send_batch(batch))
+        // Owned batches: the futures must not hold references into a closure's arguments
+        // (the relay's async_trait futures are `Send`).
+        let owned: Vec<Vec<Message>> = batches(messages)
+            .into_iter()
+            .map(|b| b.into_iter().cloned().collect())
+            .collect();
+        let sent: Vec<Vec<String>> = stream::iter(owned)
+            .map(|batch| async move { self.send_batch(&batch).await })
             .buffer_unordered(SEND_CONCURRENCY)
             .try_collect()
             .await?;
@@ -143,9 +149,9 @@ impl SqsQueue {
     }
 
     /// One batch, its entries SQS failed through no fault of ours retried.
-    async fn send_batch(&self, batch: Vec<&Message>) -> Result<Vec<String>, StoreError> {
+    async fn send_batch(&self, batch: &[Message]) -> Result<Vec<String>, StoreError> {
         let mut sent = Vec::new();
-        let mut pending = batch;
+        let mut pending: Vec<&Message> = batch.iter().collect();
         for round in 0..=RETRY_ROUNDS {
             if pending.is_empty() {
                 break;

@@ -419,7 +419,10 @@ async fn a_grant_loaded_with_its_tokens_is_what_each_read_alone_returns<
     s.put_access_token(&g.id, "a.sharepoint.com", &t)
         .await
         .unwrap();
-    let keys = ["a.sharepoint.com".to_string(), "b.sharepoint.com".to_string()];
+    let keys = [
+        "a.sharepoint.com".to_string(),
+        "b.sharepoint.com".to_string(),
+    ];
     let read = s.load_with_tokens(&g.id, &keys).await.unwrap();
     let alone = s.load(&g.id).await.unwrap().unwrap();
     let together = read.grant.expect("the grant");
