@@ -190,6 +190,12 @@ pub struct SqliteStore {
 /// at once on a small machine; each connection costs a page cache.
 const READERS: usize = 4;
 
+/// WAL pages between automatic checkpoints (SQLite's default is 1,000). Each checkpoint runs
+/// inside the commit that crosses the mark and ends in two `fsync`s; a sweep of 10,000 notices
+/// writes ~50,000 pages, and at 1,000 its ~27 checkpoints spent half a second in `fsync`
+/// (strace, BENCHMARKS.md). At 10,000 (a WAL of up to ~40 MB) it makes a few.
+const CHECKPOINT_PAGES: i64 = 10_000;
+
 /// A few read-only (`query_only`) connections to the same file. WAL lets them read while the
 /// writer writes; each read sees every write committed before it began.
 #[derive(Default)]
@@ -339,6 +345,8 @@ impl SqliteStore {
             conn.pragma_update(None, "journal_mode", "WAL")
                 .map_err(StoreError::unavailable)?;
             conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(StoreError::unavailable)?;
+            conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)
                 .map_err(StoreError::unavailable)?;
         }
         conn.execute_batch(SCHEMA)
@@ -1312,6 +1320,22 @@ mod tests {
             })
             .await;
         assert!(refused.is_err(), "a read connection wrote");
+    }
+
+    /// A file store checkpoints its WAL every [`CHECKPOINT_PAGES`], not SQLite's 1,000: a
+    /// large sweep spent half its time in those checkpoints' fsyncs.
+    #[tokio::test]
+    async fn a_file_store_checkpoints_its_wal_every_ten_thousand_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_dir(dir.path()).unwrap();
+        let pages: i64 = store
+            .call(|c| {
+                c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+                    .map_err(sql)
+            })
+            .await
+            .unwrap();
+        assert_eq!(pages, CHECKPOINT_PAGES);
     }
 
     /// A cached `/token` reads the grant and the tokens it names in one trip to the blocking
