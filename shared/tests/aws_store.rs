@@ -418,6 +418,27 @@ async fn queued_ids(h: &Harness) -> Vec<String> {
     ids
 }
 
+/// The ids of the notices still in the outbox of every grant's item.
+async fn every_outbox_id(h: &Harness) -> Vec<String> {
+    let grants: Vec<GrantId> = h
+        .ctx
+        .grants
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.id)
+        .collect();
+    outbox_ids(h, &grants).await
+}
+
+/// SQS holds `n` notices, each id once (and they are taken off the queue).
+async fn assert_queued_once(h: &Harness, n: usize) {
+    let ids = queued_ids(h).await;
+    assert_eq!(ids.len(), n);
+    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), n, "each once");
+}
+
 /// The ids of the notices queued in the outbox of these grants' items.
 async fn outbox_ids(h: &Harness, ids: &[GrantId]) -> Vec<String> {
     let Backend::Moto { aws, .. } = &h.backend else {
@@ -478,22 +499,8 @@ async fn a_sweep_queues_each_notice_with_two_update_items() {
         BTreeMap::from([("SendMessageBatch".to_string(), N / 10)]),
         "full batches of 10"
     );
-    let ids = queued_ids(&h).await;
-    assert_eq!(ids.len(), N);
-    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), N, "each once");
-    let grants: Vec<GrantId> = h
-        .ctx
-        .grants
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|g| g.id)
-        .collect();
-    assert!(
-        outbox_ids(&h, &grants).await.is_empty(),
-        "every outbox emptied"
-    );
+    assert_queued_once(&h, N).await;
+    assert!(every_outbox_id(&h).await.is_empty(), "every outbox emptied");
 }
 
 /// Past a page of notices the sweep does not wait for its end to send them: the leased
@@ -632,20 +639,7 @@ async fn a_sweep_that_dies_after_its_advances_loses_nothing_and_sends_nothing_tw
             .await
             .is_err()
     );
-    let grants: Vec<GrantId> = h
-        .ctx
-        .grants
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|g| g.id)
-        .collect();
-    assert_eq!(
-        outbox_ids(&h, &grants).await.len(),
-        N,
-        "every notice written"
-    );
+    assert_eq!(every_outbox_id(&h).await.len(), N, "every notice written");
 
     let before = SweepService::new(Arc::clone(&h.ctx))
         .run(at + CLAIM - Duration::seconds(1), false)
@@ -667,10 +661,8 @@ async fn a_sweep_that_dies_after_its_advances_loses_nothing_and_sends_nothing_tw
         (0, N as u64),
         "{after:?}"
     );
-    let ids = queued_ids(&h).await;
-    assert_eq!(ids.len(), N);
-    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), N, "each once");
-    assert!(outbox_ids(&h, &grants).await.is_empty());
+    assert_queued_once(&h, N).await;
+    assert!(every_outbox_id(&h).await.is_empty());
 }
 
 /// A lease the sweep's write took lapses before its relay runs (a stuck process): another
