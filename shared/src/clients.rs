@@ -24,21 +24,25 @@ pub const TOTAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most of a response body we read from anyone.
 pub const RESPONSE_CAP: usize = 64 * 1024;
 
-pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
-    let builder = reqwest::Client::builder();
-    // The system's authorities, read once and early (crate::tls). Building that configuration
-    // cannot fail with aws-lc; if it ever did, reqwest reads the system's authorities itself,
-    // as it did before.
-    let builder = match crate::tls::client_config() {
-        Ok(tls) => builder.tls_backend_preconfigured(tls),
-        Err(_) => builder,
-    };
-    builder
+#[derive(Debug, thiserror::Error)]
+pub enum HttpClientError {
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Build(#[from] reqwest::Error),
+}
+
+/// The process's HTTP client, trusting the system's authorities as read once and early
+/// ([`crate::tls`]); a system with none fails here, at start, not at every call.
+pub fn http_client() -> Result<reqwest::Client, HttpClientError> {
+    let tls = crate::tls::client_config()?;
+    Ok(reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(TOTAL_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("spkeeper/", env!("CARGO_PKG_VERSION")))
-        .build()
+        .build()?)
 }
 
 #[derive(Debug, thiserror::Error)]

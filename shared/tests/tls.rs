@@ -2,8 +2,9 @@
 //! authorities as read once (shared/src/tls.rs). The process is given a CA of its own through
 //! `SSL_CERT_FILE`, as an operator would; a server whose certificate it signed is trusted, one
 //! signed by another CA is not — even once the variable names the other CA, since the process
-//! read its authorities once, early (`sdk_config` starts that reading). Its own test binary: the authorities
-//! are read once per process, so the variable must be set before anything reads them.
+//! read its authorities once, early (`sdk_config` starts that reading). Its own test binary, and
+//! keep it the only test in this file: the authorities are read once per process, so the
+//! variable must be set before anything reads them.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
