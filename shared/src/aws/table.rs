@@ -23,9 +23,11 @@
 //! - `by_entra_user` (`entra_user` = `{tid}|{oid}`, `pk`): an Entra user's grant, wherever its
 //!   id came from (a migrated grant keeps its ACS id).
 
+use std::collections::HashMap;
+
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType,
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ScalarAttributeType,
 };
 
 pub const PK: &str = "pk";
@@ -100,17 +102,111 @@ fn index(name: &str, pk: &str, sk: &str) -> GlobalSecondaryIndex {
         .unwrap_or_else(|_| unreachable!("name and key schema are set"))
 }
 
+/// The five indexes: name, partition key, sort key. An item is in an index when it has its
+/// partition key attribute (each sort key here is set with it).
+const INDEXES: [(&str, &str, &str); 5] = [
+    (DUE_INDEX, DUE_PK, DUE_SK),
+    (OUTBOX_INDEX, OUTBOX_PK, OUTBOX_SK),
+    (EMAIL_INDEX, EMAIL_KEY, PK),
+    (LOGIN_INDEX, LOGIN_KEY, PK),
+    (ENTRA_USER_INDEX, ENTRA_USER_KEY, PK),
+];
+
 pub fn indexes() -> Vec<GlobalSecondaryIndex> {
-    vec![
-        index(DUE_INDEX, DUE_PK, DUE_SK),
-        index(OUTBOX_INDEX, OUTBOX_PK, OUTBOX_SK),
-        index(EMAIL_INDEX, EMAIL_KEY, PK),
-        index(LOGIN_INDEX, LOGIN_KEY, PK),
-        index(ENTRA_USER_INDEX, ENTRA_USER_KEY, PK),
-    ]
+    INDEXES
+        .iter()
+        .map(|(name, pk, sk)| index(name, pk, sk))
+        .collect()
 }
 
 pub const BILLING: BillingMode = BillingMode::PayPerRequest;
+
+/// An item's size as DynamoDB bills it: each attribute's name and value, strings and binaries
+/// by length, numbers at a byte per two significant digits and one more, maps and lists 3
+/// bytes and a byte per element besides their contents.
+pub fn item_size(item: &HashMap<String, AttributeValue>) -> usize {
+    item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
+}
+
+fn value_size(v: &AttributeValue) -> usize {
+    use AttributeValue as A;
+    let number = |n: &str| {
+        let digits = n
+            .trim_start_matches(['-', '+'])
+            .trim_start_matches(['0', '.']);
+        digits
+            .chars()
+            .filter(char::is_ascii_digit)
+            .count()
+            .div_ceil(2)
+            + 1
+    };
+    match v {
+        A::S(s) => s.len(),
+        A::N(n) => number(n),
+        A::B(b) => b.as_ref().len(),
+        A::Bool(_) | A::Null(_) => 1,
+        A::Ss(v) => v.iter().map(String::len).sum(),
+        A::Ns(v) => v.iter().map(|n| number(n)).sum(),
+        A::Bs(v) => v.iter().map(|b| b.as_ref().len()).sum(),
+        A::M(m) => {
+            3 + m
+                .iter()
+                .map(|(k, v)| 1 + k.len() + value_size(v))
+                .sum::<usize>()
+        }
+        A::L(l) => 3 + l.iter().map(|v| 1 + value_size(v)).sum::<usize>(),
+        _ => 0,
+    }
+}
+
+/// Write request units by where they are spent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteUnits {
+    pub table: u64,
+    pub indexes: u64,
+}
+
+impl WriteUnits {
+    pub fn total(&self) -> u64 {
+        self.table + self.indexes
+    }
+}
+
+/// What one write that turns the item `before` into `after` (`None`: absent) costs on
+/// demand, by DynamoDB's rules: on the table a unit per KB of the larger image; on each index
+/// (all five project every attribute) a put per KB of an entry that appears, a delete per KB
+/// of one that goes, both when its index key changes, and one write per KB when it stays and
+/// anything in it changed. A transaction costs twice this.
+pub fn write_units(
+    before: Option<&HashMap<String, AttributeValue>>,
+    after: Option<&HashMap<String, AttributeValue>>,
+) -> WriteUnits {
+    let kb = |item: Option<&HashMap<String, AttributeValue>>| {
+        item.map_or(0, |i| item_size(i).div_ceil(1024).max(1) as u64)
+    };
+    let (was, is) = (kb(before), kb(after));
+    let key_of = |item: Option<&HashMap<String, AttributeValue>>, pk: &str, sk: &str| {
+        item.and_then(|i| Some((i.get(pk)?.clone(), i.get(sk).cloned())))
+    };
+    let indexes = INDEXES
+        .iter()
+        .map(
+            |(_, pk, sk)| match (key_of(before, pk, sk), key_of(after, pk, sk)) {
+                (None, None) => 0,
+                (None, Some(_)) => is,
+                (Some(_), None) => was,
+                (Some(old), Some(new)) if old != new => was + is,
+                (Some(_), Some(_)) if before != after => is,
+                _ => 0,
+            },
+        )
+        .sum();
+    WriteUnits {
+        table: was.max(is),
+        indexes,
+    }
+}
 
 /// Creates the table (tests, and `spkeeper` against a fresh moto) and turns TTL on.
 pub async fn create(
@@ -139,4 +235,70 @@ pub async fn create(
         .send()
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(pairs: &[(&str, AttributeValue)]) -> HashMap<String, AttributeValue> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    fn s(v: &str) -> AttributeValue {
+        AttributeValue::S(v.into())
+    }
+
+    #[test]
+    fn an_item_is_sized_as_dynamodb_bills_it() {
+        let i = item(&[
+            ("pk", s("G#abc")),
+            ("rev", AttributeValue::N("12345".into())),
+            ("ok", AttributeValue::Bool(true)),
+            (
+                "outbox",
+                AttributeValue::M(HashMap::from([("n1".to_string(), s("body"))])),
+            ),
+        ]);
+        // 2+5, 3+(3 digits+1), 2+1, 6+(3+1+2+4)
+        assert_eq!(item_size(&i), 7 + 7 + 3 + 16);
+        assert_eq!(value_size(&AttributeValue::N("0.00120".into())), 3);
+    }
+
+    #[test]
+    fn a_write_costs_a_unit_per_kb_of_its_larger_image_on_the_table() {
+        let small = item(&[("pk", s("G#a")), ("v", s(&"x".repeat(100)))]);
+        let big = item(&[("pk", s("G#a")), ("v", s(&"x".repeat(2100)))]);
+        assert_eq!(write_units(None, Some(&small)).table, 1);
+        assert_eq!(write_units(Some(&small), Some(&big)).table, 3);
+        assert_eq!(write_units(Some(&big), None).table, 3);
+        assert_eq!(
+            write_units(Some(&big), Some(&small)).indexes,
+            0,
+            "in no index"
+        );
+    }
+
+    #[test]
+    fn a_write_costs_each_index_by_whether_the_item_enters_leaves_moves_or_stays() {
+        let base = [("pk", s("G#a")), ("email_lc", s("m@x"))];
+        let plain = item(&base);
+        let due = |at: &str| {
+            let mut i = item(&base);
+            i.insert(DUE_PK.into(), s("DUE#1"));
+            i.insert(DUE_SK.into(), s(at));
+            i
+        };
+        // Enters `due` (a put); stays in `by_email` with a change (one write).
+        assert_eq!(write_units(Some(&plain), Some(&due("t1"))).indexes, 2);
+        // Moves in `due` (a delete and a put) and stays in `by_email`.
+        assert_eq!(write_units(Some(&due("t1")), Some(&due("t2"))).indexes, 3);
+        // Leaves `due`.
+        assert_eq!(write_units(Some(&due("t1")), Some(&plain)).indexes, 2);
+        // Nothing changed: nothing written to an index.
+        assert_eq!(write_units(Some(&plain), Some(&plain)).indexes, 0);
+    }
 }
