@@ -9,7 +9,7 @@ use secrecy::SecretString;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::core::grant::{self, GrantId, Kind, Status};
-use crate::core::notice::{User, rfc3339};
+use crate::core::notice::{Notice, User, rfc3339};
 use crate::core::seal::{Place, SealError};
 use crate::ports::{GrantRecord, GrantStore, NoticeRelay, TokenCache};
 use crate::secrets_cell::SecretsCell;
@@ -59,6 +59,14 @@ impl std::fmt::Debug for Context {
 impl Context {
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// Sends `notice` to the delivery queue right after the write that queued it; a failure
+    /// (logged) leaves it queued for the next sweep's relay.
+    pub async fn relay_now(&self, notice: &Notice) {
+        if let Err(e) = self.relay.relay_now(notice).await {
+            tracing::warn!(notice_id = %notice.id, error = %e, "notice stays queued for the next sweep");
+        }
     }
 
     /// Opens a value sealed for `place`. One named by a key id this program does not know was

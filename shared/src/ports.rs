@@ -225,17 +225,9 @@ pub trait GrantStore: Send + Sync {
         notice: Option<&Notice>,
     ) -> Result<Written, StoreError>;
 
-    /// Moves a grant's notice progress if it is still at `expected_rev`, queueing `notice` in
-    /// the same atomic write.
-    async fn advance(
-        &self,
-        id: &GrantId,
-        expected_rev: u64,
-        progress: Progress,
-        next_due_at: Option<DateTime<Utc>>,
-        notice: Option<&Notice>,
-        now: DateTime<Utc>,
-    ) -> Result<Written, StoreError>;
+    /// Moves a grant's notice progress if it is still at `m.expected_rev`, queueing its notice
+    /// in the same atomic write.
+    async fn advance(&self, m: &Advance, now: DateTime<Utc>) -> Result<Written, StoreError>;
 
     /// Several [`advance`](Self::advance)s, each conditional on its own revision and decided
     /// on its own (one that lost its race does not hold back the others); the outcomes come
@@ -249,17 +241,7 @@ pub trait GrantStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Vec<Written>, StoreError> {
         stream::iter(0..moves.len())
-            .map(|i| {
-                let m = &moves[i];
-                self.advance(
-                    &m.id,
-                    m.expected_rev,
-                    m.progress,
-                    m.next_due_at,
-                    m.notice.as_ref(),
-                    now,
-                )
-            })
+            .map(|i| self.advance(&moves[i], now))
             .buffered(ADVANCE_CONCURRENCY)
             .try_collect()
             .await
@@ -313,6 +295,8 @@ pub trait GrantStore: Send + Sync {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct RelayStats {
     pub relayed: u64,
+    /// Notices the delivery queue did not take (logged where it refused): they stay in the
+    /// outbox for the next relay.
     pub failed: u64,
 }
 
@@ -321,20 +305,22 @@ pub struct RelayStats {
 #[async_trait]
 pub trait NoticeRelay: Send + Sync {
     /// Everything still waiting; the sweep calls this, so nothing waits longer than a sweep.
-    async fn relay_pending(&self, now: DateTime<Utc>) -> Result<RelayStats, StoreError>;
+    /// A queue that refuses notices is counted in [`RelayStats::failed`], not an error: an
+    /// error is the store's.
+    async fn relay_pending(&self) -> Result<RelayStats, StoreError>;
 
     /// Best effort, right after the write that queued `notice`: a failure leaves it for
     /// [`relay_pending`](Self::relay_pending).
-    async fn relay_now(&self, notice: &Notice, now: DateTime<Utc>) -> Result<(), StoreError>;
+    async fn relay_now(&self, notice: &Notice) -> Result<(), StoreError>;
 
     /// What this process's [`GrantStore::advance_all`]s queued and already hold for the relay
     /// (DynamoDB: the lease taken in the same write), with no read of the outbox, once enough
     /// have gathered to fill its requests ([`relay_pending`](Self::relay_pending) sends the
-    /// rest). The sweep calls it after each page's writes, so however long a sweep, about two
-    /// pages of them wait at most. A failure leaves them in the outbox. By default there is
-    /// nothing to send.
-    async fn relay_written(&self, now: DateTime<Utc>) -> Result<RelayStats, StoreError> {
-        let _ = now;
+    /// rest). The sweep calls it after each page's writes, so however long a sweep, what waits
+    /// is at most one page of the due index's notices (a page spans every shard) and fewer
+    /// than a hundred more. A failure leaves them in the outbox. By default there is nothing to
+    /// send.
+    async fn relay_written(&self) -> Result<RelayStats, StoreError> {
         Ok(RelayStats::default())
     }
 }
@@ -345,11 +331,11 @@ pub struct OutboxIsTheQueue;
 
 #[async_trait]
 impl NoticeRelay for OutboxIsTheQueue {
-    async fn relay_pending(&self, _now: DateTime<Utc>) -> Result<RelayStats, StoreError> {
+    async fn relay_pending(&self) -> Result<RelayStats, StoreError> {
         Ok(RelayStats::default())
     }
 
-    async fn relay_now(&self, _notice: &Notice, _now: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn relay_now(&self, _notice: &Notice) -> Result<(), StoreError> {
         Ok(())
     }
 }

@@ -27,13 +27,14 @@ use chrono::{DateTime, Duration, Utc};
 use futures_util::future;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
-use super::relay::CLAIM;
+use super::relay::{CLAIM, SEND_MARGIN};
 use super::table::{
     DUE_INDEX, DUE_PK, DUE_SHARDS, DUE_SK, EMAIL_INDEX, EMAIL_KEY, ENTRA_USER_INDEX,
     ENTRA_USER_KEY, LOGIN_INDEX, LOGIN_KEY, OUTBOX_INDEX, OUTBOX_PARTITION, OUTBOX_PK, OUTBOX_SK,
     PK, SK, TTL,
 };
-use crate::core::grant::{GrantId, Kind, Progress, relaunch_retention};
+use crate::clock::{Clock, SystemClock};
+use crate::core::grant::{GrantId, Kind, relaunch_retention};
 use crate::core::notice::{Notice, User};
 use crate::ports::{
     ADVANCE_CONCURRENCY, Advance, CachedToken, DueCursor, DuePage, GrantRecord, GrantStore,
@@ -415,14 +416,26 @@ impl Holder {
 /// This store's relay identity (`relay_owner` on the items it leases), and the items its sweep
 /// writes leased for it, waiting for [`DynamoStore::take_leased`]. One per
 /// [`DynamoStore::new`], shared by its clones and by the relay built on it.
-#[derive(Debug)]
+///
+/// Leases are timed by `clock`, the wall clock: never by the `now` a sweep or a launch was
+/// given (a sweep's is its start, minutes old by its last page), since other processes judge
+/// the same leases by theirs.
 struct Leases {
     owner: String,
     taken: Mutex<Vec<Holder>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for Leases {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Leases")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Leases {
-    fn new() -> Self {
+    fn new(clock: Arc<dyn Clock>) -> Self {
         let mut b = [0u8; 8];
         let owner = match getrandom::fill(&mut b) {
             Ok(()) => hex::encode(b),
@@ -431,6 +444,7 @@ impl Leases {
         Leases {
             owner,
             taken: Mutex::new(Vec::new()),
+            clock,
         }
     }
 
@@ -512,8 +526,20 @@ impl DynamoStore {
         DynamoStore {
             client,
             table: table.into(),
-            leases: Arc::new(Leases::new()),
+            leases: Arc::new(Leases::new(Arc::new(SystemClock))),
         }
+    }
+
+    /// The same, its leases timed by `clock` (tests: a lease lapsing without waiting two
+    /// minutes). Call before cloning the store or building its relay.
+    pub fn with_lease_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.leases = Arc::new(Leases::new(clock));
+        self
+    }
+
+    /// The time leases are taken and judged by (the wall clock).
+    pub fn lease_now(&self) -> DateTime<Utc> {
+        self.leases.clock.now()
     }
 
     /// Who this store's relay is: the `relay_owner` of the items it leases.
@@ -523,11 +549,13 @@ impl DynamoStore {
 
     /// The items this store's sweep writes leased for its relay since they were last taken,
     /// as written (every notice in them, leftovers of an earlier crash included), once there
-    /// are `at_least`; those whose lease lapsed by `now` are let go (another relay may have
-    /// claimed them since: they wait in the outbox index for whoever holds them).
-    pub fn take_leased(&self, now: DateTime<Utc>, at_least: usize) -> Vec<Holder> {
+    /// are `at_least`. Only those whose lease holds [`SEND_MARGIN`] longer are taken: the rest
+    /// are let go (a lapsed one may have been claimed by another relay since), and wait in the
+    /// outbox index for whoever holds them next.
+    pub fn take_leased(&self, at_least: usize) -> Vec<Holder> {
+        let sendable = self.lease_now() + SEND_MARGIN;
         let mut taken = self.leases.taken();
-        taken.retain(|h| h.leased_at(now));
+        taken.retain(|h| h.leased_at(sendable));
         if taken.len() < at_least {
             return Vec::new();
         }
@@ -632,21 +660,15 @@ impl DynamoStore {
     /// on the item in the same write (unless another relay holds a live one), so this store's
     /// relay sends the item's notices without claiming it first ([`Self::take_leased`]).
     async fn advance_leased(&self, m: &Advance, now: DateTime<Utc>) -> Result<Written, StoreError> {
-        let (plain, rev_condition) = advance_expr(
-            &m.id,
-            m.expected_rev,
-            m.progress,
-            m.next_due_at,
-            m.notice.as_ref(),
-            now,
-        )?;
+        let (plain, rev_condition) = advance_expr(m, now)?;
         if m.notice.is_none() {
             return self.update(grant_key(&m.id), plain, &rev_condition).await;
         }
+        let at = self.lease_now();
         let mut e = plain.clone();
         e.set("relay_owner", s(self.relay_owner()));
-        e.set("relay_until", n((now + CLAIM).timestamp()));
-        let (until, now_v) = (e.name("relay_until"), e.value(n(now.timestamp())));
+        e.set("relay_until", n((at + CLAIM).timestamp()));
+        let (until, now_v) = (e.name("relay_until"), e.value(n(at.timestamp())));
         let condition =
             format!("{rev_condition} AND (attribute_not_exists({until}) OR {until} <= {now_v})");
         let result = self
@@ -660,7 +682,7 @@ impl DynamoStore {
                 // The item as written: its whole outbox, under our lease. (One that does not
                 // read back waits in the outbox index for a relay after the lease lapses.)
                 if let Some(h) = out.attributes.as_ref().and_then(|i| holder(i).ok()) {
-                    self.leases.keep(h, now);
+                    self.leases.keep(h, at);
                 }
                 Ok(Written::Done)
             }
@@ -732,15 +754,11 @@ impl DynamoStore {
         Ok((holders, next))
     }
 
-    /// Takes an item's queued notices for relaying until `until`, unless another relay holds
-    /// them; returns them as they are now.
-    pub async fn claim(
-        &self,
-        (pk, sk): &(String, String),
-        owner: &str,
-        now: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<Option<Holder>, StoreError> {
+    /// Takes an item's queued notices for this store's relay for [`CLAIM`] from now (the
+    /// wall clock), unless another relay holds them; returns them as they are now.
+    pub async fn claim(&self, (pk, sk): &(String, String)) -> Result<Option<Holder>, StoreError> {
+        let now = self.lease_now();
+        let until = now + CLAIM;
         let result = self
             .client
             .update_item()
@@ -750,7 +768,7 @@ impl DynamoStore {
             .condition_expression(
                 "attribute_exists(outbox_pk) AND (attribute_not_exists(relay_until) OR relay_until <= :now)",
             )
-            .expression_attribute_values(":o", s(owner))
+            .expression_attribute_values(":o", s(self.relay_owner()))
             .expression_attribute_values(":u", n(until.timestamp()))
             .expression_attribute_values(":now", n(now.timestamp()))
             .return_values(ReturnValue::AllNew)
@@ -831,14 +849,15 @@ where
 
 /// An advance's update (the revision bumped, the progress and due index moved, the notice
 /// queued) and its condition (the revision it was decided on).
-fn advance_expr(
-    id: &GrantId,
-    expected_rev: u64,
-    progress: Progress,
-    next_due_at: Option<DateTime<Utc>>,
-    notice: Option<&Notice>,
-    now: DateTime<Utc>,
-) -> Result<(Expr, String), StoreError> {
+fn advance_expr(m: &Advance, now: DateTime<Utc>) -> Result<(Expr, String), StoreError> {
+    let Advance {
+        id,
+        expected_rev,
+        progress,
+        next_due_at,
+        notice,
+    } = m;
+    let (expected_rev, progress, next_due_at) = (*expected_rev, *progress, *next_due_at);
     let mut e = Expr::default();
     e.set("rev", n(rev_number(next_rev(Some(expected_rev))?)));
     e.set("progress", s(progress.to_string()));
@@ -1038,17 +1057,9 @@ impl GrantStore for DynamoStore {
         written(result, transaction_lost)
     }
 
-    async fn advance(
-        &self,
-        id: &GrantId,
-        expected_rev: u64,
-        progress: Progress,
-        next_due_at: Option<DateTime<Utc>>,
-        notice: Option<&Notice>,
-        now: DateTime<Utc>,
-    ) -> Result<Written, StoreError> {
-        let (e, condition) = advance_expr(id, expected_rev, progress, next_due_at, notice, now)?;
-        self.update(grant_key(id), e, &condition).await
+    async fn advance(&self, m: &Advance, now: DateTime<Utc>) -> Result<Written, StoreError> {
+        let (e, condition) = advance_expr(m, now)?;
+        self.update(grant_key(&m.id), e, &condition).await
     }
 
     /// [`ADVANCE_CONCURRENCY`] conditional `UpdateItem`s at a time, each of which queues a

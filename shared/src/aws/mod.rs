@@ -68,6 +68,18 @@ impl Aws {
         }
     }
 
+    /// The same, its relay's leases timed by `clock` instead of the wall clock (tests: a
+    /// lease lapsing without waiting for it).
+    pub fn with_lease_clock(self, clock: Arc<dyn crate::clock::Clock>) -> Self {
+        let dynamo = self.dynamo.with_lease_clock(clock);
+        let relay = DynamoRelay::new(dynamo.clone(), self.queue.clone());
+        Aws {
+            dynamo,
+            queue: self.queue,
+            relay,
+        }
+    }
+
     /// From `SPKEEPER_TABLE` and `SPKEEPER_QUEUE_URL`.
     pub fn from_settings(sdk: &SdkConfig, settings: &Settings) -> Result<Self, ConfigError> {
         match &settings.store {

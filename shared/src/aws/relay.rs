@@ -9,7 +9,7 @@
 //! Claims and removals go [`CONCURRENCY`] at a time.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 use futures_util::future;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
@@ -18,8 +18,12 @@ use super::sqs::{Message, SqsQueue};
 use crate::core::notice::Notice;
 use crate::ports::{NoticeRelay, RelayStats, StoreError};
 
-/// How long a relay holds the notices it claimed.
+/// How long a relay holds the notices it claimed, by the wall clock.
 pub const CLAIM: Duration = Duration::minutes(2);
+/// A relay sends what it holds only while its lease has this much left: more than an SQS
+/// send can take ([`super::sqs::SEND_TIMEOUT`], retries included), so no lease lapses, and
+/// no other relay claims the item, while its notices are on their way.
+pub const SEND_MARGIN: Duration = Duration::seconds(30);
 const PAGE: usize = 100;
 /// Items claimed, and emptied after the send, at once: each is its own conditional
 /// `UpdateItem`, so one at a time they would cost a round trip per notice, twice (at 10 ms a
@@ -44,15 +48,11 @@ impl DynamoRelay {
     }
 
     /// The items the store's sweep writes leased for this relay, once there are `at_least`,
-    /// sent without a claim while their leases hold at `now` (a lapsed one may have been
-    /// claimed by another relay since; it waits in the outbox index for whoever holds it).
-    async fn send_leased(
-        &self,
-        now: DateTime<Utc>,
-        at_least: usize,
-    ) -> Result<RelayStats, StoreError> {
+    /// sent without a claim while their leases hold [`SEND_MARGIN`] longer (the others wait
+    /// in the outbox index for whoever holds them next).
+    async fn send_leased(&self, at_least: usize) -> Result<RelayStats, StoreError> {
         let mut stats = RelayStats::default();
-        for page in self.store.take_leased(now, at_least).chunks(PAGE) {
+        for page in self.store.take_leased(at_least).chunks(PAGE) {
             let (sent, failed) = self.send(page).await?;
             stats.relayed += sent;
             stats.failed += failed;
@@ -74,7 +74,9 @@ impl DynamoRelay {
         if messages.is_empty() {
             return Ok((0, 0));
         }
-        let sent = self.queue.send(&messages).await?;
+        // What SQS did not take (its error logged there) stays in the outbox, under our
+        // lease until it lapses, for the next relay.
+        let sent = self.queue.send(&messages).await;
         // Owned, so the futures hold no borrowed closure arguments (async_trait's Send check).
         let removals: Vec<(Holder, Vec<String>)> = claimed
             .iter()
@@ -104,20 +106,17 @@ impl DynamoRelay {
 impl NoticeRelay for DynamoRelay {
     /// What the store's sweep writes leased for this relay, then the outbox index: the items
     /// no live lease holds are claimed first (ours are skipped, having just been sent).
-    async fn relay_pending(&self, now: DateTime<Utc>) -> Result<RelayStats, StoreError> {
-        let mut stats = self.send_leased(now, 0).await?;
+    async fn relay_pending(&self) -> Result<RelayStats, StoreError> {
+        let mut stats = self.send_leased(0).await?;
         let mut cursor = None;
         loop {
             let (page, next) = self.store.holders(cursor, PAGE).await?;
+            let now = self.store.lease_now();
             let free = page
                 .into_iter()
                 .filter(|h| h.leased_until.is_none_or(|u| u <= now));
             let claimed: Vec<Holder> = stream::iter(free)
-                .map(|h| async move {
-                    self.store
-                        .claim(&h.key, self.owner(), now, now + CLAIM)
-                        .await
-                })
+                .map(|h| async move { self.store.claim(&h.key).await })
                 .buffer_unordered(CONCURRENCY)
                 .try_filter_map(|current| future::ready(Ok(current)))
                 .try_collect()
@@ -134,23 +133,22 @@ impl NoticeRelay for DynamoRelay {
     }
 
     /// For a notice about a grant, right after the write that queued it.
-    async fn relay_now(&self, notice: &Notice, now: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn relay_now(&self, notice: &Notice) -> Result<(), StoreError> {
         let Some(grant) = &notice.grant else {
             return Ok(());
         };
         let key = (format!("G#{}", grant.id), "G".to_string());
-        if let Some(claimed) = self
-            .store
-            .claim(&key, self.owner(), now, now + CLAIM)
-            .await?
-        {
+        if let Some(claimed) = self.store.claim(&key).await? {
             self.send(std::slice::from_ref(&claimed)).await?;
         }
         Ok(())
     }
 
     /// Once [`PAGE`] have gathered (full SQS batches; `relay_pending` sends the rest).
-    async fn relay_written(&self, now: DateTime<Utc>) -> Result<RelayStats, StoreError> {
-        self.send_leased(now, PAGE).await
+    async fn relay_written(&self) -> Result<RelayStats, StoreError> {
+        self.send_leased(PAGE).await
     }
 }
+
+// A send is over before the margin a relay keeps on its lease is used up.
+const _: () = assert!(super::sqs::SEND_TIMEOUT.as_secs() < SEND_MARGIN.num_seconds() as u64);

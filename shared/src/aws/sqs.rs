@@ -1,11 +1,12 @@
 //! The SQS notice queue: `SendMessageBatch` in batches of at most 10 entries and 256 KiB,
 //! retrying only the entries that failed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
-use futures_util::stream::{self, StreamExt, TryStreamExt};
+use futures_util::stream::{self, StreamExt};
 
 use crate::ports::StoreError;
 use crate::service::deliver::backoff;
@@ -18,6 +19,13 @@ const RETRY_ROUNDS: u32 = 3;
 /// Batches in flight at once: a relay page of 100 notices is ten batches, one round trip
 /// instead of ten.
 const SEND_CONCURRENCY: usize = 10;
+/// No batch starts a retry round after this long into a send, and each request ends within
+/// [`REQUEST_TIMEOUT`]: a send is over within [`SEND_TIMEOUT`], well inside the margin a relay
+/// keeps on its lease ([`super::relay::SEND_MARGIN`]).
+const SEND_DEADLINE: Duration = Duration::from_secs(15);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a [`SqsQueue::send`] takes: the deadline, a last backoff and a last request.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(15 + 1 + 5);
 
 /// One message: the notice id (also the batch entry id) and its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,9 +139,12 @@ impl SqsQueue {
     }
 
     /// Sends every message, [`SEND_CONCURRENCY`] batches of ten at a time; returns the ids SQS
-    /// accepted. Entries SQS failed through no fault of ours are retried; the rest are left to
-    /// the caller (they stay in the outbox).
-    pub async fn send(&self, messages: &[Message]) -> Result<Vec<String>, StoreError> {
+    /// accepted, from every batch, whatever became of the others. Entries SQS failed through
+    /// no fault of ours are retried; what it never took (refused, or its request failed: both
+    /// logged here, without bodies) is left to the caller: it stays in the outbox. Done within
+    /// [`SEND_TIMEOUT`], however SQS answers.
+    pub async fn send(&self, messages: &[Message]) -> Vec<String> {
+        let deadline = Instant::now() + SEND_DEADLINE;
         // Owned batches: the futures must not hold references into a closure's arguments
         // (the relay's async_trait futures are `Send`).
         let owned: Vec<Vec<Message>> = batches(messages)
@@ -141,42 +152,61 @@ impl SqsQueue {
             .map(|b| b.into_iter().cloned().collect())
             .collect();
         let sent: Vec<Vec<String>> = stream::iter(owned)
-            .map(|batch| async move { self.send_batch(&batch).await })
+            .map(|batch| async move { self.send_batch(&batch, deadline).await })
             .buffer_unordered(SEND_CONCURRENCY)
-            .try_collect()
-            .await?;
-        Ok(sent.into_iter().flatten().collect())
+            .collect()
+            .await;
+        sent.into_iter().flatten().collect()
     }
 
-    /// One batch, its entries SQS failed through no fault of ours retried.
-    async fn send_batch(&self, batch: &[Message]) -> Result<Vec<String>, StoreError> {
+    /// One batch, its entries SQS failed through no fault of ours retried while `deadline`
+    /// has not passed; returns the ids SQS took.
+    async fn send_batch(&self, batch: &[Message], deadline: Instant) -> Vec<String> {
         let mut sent = Vec::new();
         let mut pending: Vec<&Message> = batch.iter().collect();
         for round in 0..=RETRY_ROUNDS {
-            if pending.is_empty() {
+            if pending.is_empty() || (round > 0 && Instant::now() >= deadline) {
                 break;
             }
             if round > 0 {
                 tokio::time::sleep(Duration::from_millis(100 * 2u64.pow(round))).await;
             }
-            let entries = pending
+            let entries: Vec<SendMessageBatchRequestEntry> = pending
                 .iter()
-                .map(|m| {
+                .filter_map(|m| {
                     SendMessageBatchRequestEntry::builder()
                         .id(&m.id)
                         .message_body(&m.body)
                         .build()
-                        .map_err(StoreError::unavailable)
+                        .ok()
                 })
-                .collect::<Result<Vec<_>, _>>()?;
-            let out = self
+                .collect();
+            let request_timeout = TimeoutConfig::builder()
+                .connect_timeout(REQUEST_TIMEOUT)
+                .operation_timeout(REQUEST_TIMEOUT)
+                .build();
+            let out = match self
                 .client
                 .send_message_batch()
                 .queue_url(&self.url)
                 .set_entries(Some(entries))
+                .customize()
+                .config_override(
+                    aws_sdk_sqs::config::Builder::new().timeout_config(request_timeout),
+                )
                 .send()
                 .await
-                .map_err(|e| StoreError::unavailable(aws_sdk_sqs::Error::from(e)))?;
+            {
+                Ok(out) => out,
+                Err(e) => {
+                    tracing::warn!(
+                        error = %aws_sdk_sqs::Error::from(e),
+                        notices = pending.len(),
+                        "SQS did not take a batch of notices; they stay queued for the next relay"
+                    );
+                    return sent;
+                }
+            };
             sent.extend(out.successful().iter().map(|s| s.id().to_string()));
             let mut retry = Vec::new();
             for f in out.failed() {
@@ -195,7 +225,7 @@ impl SqsQueue {
         for m in pending {
             tracing::warn!(notice_id = %m.id, "SQS kept failing a notice; it stays queued for the next sweep");
         }
-        Ok(sent)
+        sent
     }
 
     /// Reads up to `limit` messages without deleting them (`spkeeper notices

@@ -263,12 +263,6 @@ impl LaunchService {
         })
     }
 
-    async fn relay_now(&self, n: &Notice, now: DateTime<Utc>) {
-        if let Err(e) = self.ctx.relay.relay_now(n, now).await {
-            tracing::warn!(notice_id = %n.id, error = %e, "notice stays queued for the next sweep");
-        }
-    }
-
     /// Writes the grant, conditional on what was read; rereads and decides again on conflict.
     async fn store(
         &self,
@@ -332,7 +326,7 @@ impl LaunchService {
                 Written::Done => {
                     if let Some(n) = &notice {
                         tracing::info!(grant_id = %record.id, notice_id = %n.id, "renewed notice queued");
-                        self.relay_now(n, now).await;
+                        self.ctx.relay_now(n).await;
                     }
                     return Ok(plan);
                 }

@@ -13,7 +13,7 @@ use crate::context::Context;
 use crate::core::entra::Reason;
 use crate::core::grant::Progress;
 use crate::core::notice::Notice;
-use crate::ports::{StoreError, StoredGrant, Written};
+use crate::ports::{Advance, StoreError, StoredGrant, Written};
 
 /// The AADSTS number in a text (`"… AADSTS700082 …"`), if any.
 pub fn aadsts_code(text: &str) -> Option<u32> {
@@ -49,16 +49,17 @@ pub(crate) async fn mark_revoked(
         }
         let renew_url = ctx.renew_url(id, now);
         let notice = Notice::revoked(reason.as_str(), code, rec.notice_subject(&renew_url), now);
-        match ctx
-            .grants
-            .advance(id, rec.rev, Progress::Revoked, None, Some(&notice), now)
-            .await?
-        {
+        let revoke = Advance {
+            id: id.clone(),
+            expected_rev: rec.rev,
+            progress: Progress::Revoked,
+            next_due_at: None,
+            notice: Some(notice.clone()),
+        };
+        match ctx.grants.advance(&revoke, now).await? {
             Written::Done => {
                 tracing::info!(grant_id = %id, notice_id = %notice.id, %reason, "grant revoked; notice queued");
-                if let Err(e) = ctx.relay.relay_now(&notice, now).await {
-                    tracing::warn!(notice_id = %notice.id, error = %e, "notice stays queued for the next sweep");
-                }
+                ctx.relay_now(&notice).await;
                 return Ok(());
             }
             Written::Conflict => continue,

@@ -441,9 +441,7 @@ impl SignInService {
                 Written::Done => {
                     if let Some(n) = &notice {
                         tracing::info!(grant_id = %id, notice_id = %n.id, "renewed notice queued");
-                        if let Err(e) = self.ctx.relay.relay_now(n, now).await {
-                            tracing::warn!(notice_id = %n.id, error = %e, "notice stays queued for the next sweep");
-                        }
+                        self.ctx.relay_now(n).await;
                     }
                     return Ok(());
                 }

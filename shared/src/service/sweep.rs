@@ -16,7 +16,7 @@ use crate::core::grant::{
     Kind, Stage, days_left, due_stage, keepalive_is_due, next_due_at, plus_days,
 };
 use crate::core::notice::{Notice, NoticeType, rfc3339};
-use crate::ports::{Advance, DueCursor, GrantRecord, StoreError, Written};
+use crate::ports::{Advance, DueCursor, GrantRecord, RelayStats, StoreError, Written};
 use crate::service::exchange::{ExchangeError, TokenService};
 
 /// How far ahead operators hear that the client secret expires.
@@ -49,6 +49,14 @@ pub struct SweepSummary {
     /// The sweep ran out of time: the rest stays due for the next run.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub stopped_early: bool,
+    /// Notices the delivery queue did not take this run: they stay in the outbox, for the
+    /// next sweep.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub not_relayed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl SweepSummary {
@@ -64,6 +72,26 @@ impl SweepSummary {
             elapsed_ms: 0,
             dry_run,
             stopped_early: false,
+            not_relayed: 0,
+        }
+    }
+
+    /// What a relay did: its counts, or its error (logged, and the first kept to fail the
+    /// run with once the sweep is done).
+    fn relay_outcome(
+        &mut self,
+        relayed: Result<RelayStats, StoreError>,
+        error: &mut Option<StoreError>,
+    ) {
+        match relayed {
+            Ok(r) => {
+                self.relayed += r.relayed;
+                self.not_relayed += r.failed;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not relay notices; they stay in the outbox, and the sweep goes on");
+                error.get_or_insert(e);
+            }
         }
     }
 
@@ -142,6 +170,7 @@ impl SweepService {
         self.ctx.secrets.refresh_if_stale().await;
         let mut summary = SweepSummary::new(dry_run);
         let mut cursor: Option<DueCursor> = None;
+        let mut relay_error = None;
         let out_of_time = || deadline.is_some_and(|d| Instant::now() >= d);
         loop {
             if out_of_time() {
@@ -175,8 +204,12 @@ impl SweepService {
             // `UpdateItem` each (16 at a time) on DynamoDB.
             self.write(plans, now, dry_run, &mut summary).await?;
             if !dry_run {
-                // What the writes queued and hold for the relay goes out as it gathers (DynamoDB).
-                summary.relayed += self.ctx.relay.relay_written(now).await?.relayed;
+                // What the writes queued and hold for the relay goes out as it gathers
+                // (DynamoDB). A relay that fails does not stop the sweep: its notices wait in
+                // the outbox, and the grants further on (Entra keep-alives among them) are
+                // still visited.
+                let relayed = self.ctx.relay.relay_written().await;
+                summary.relay_outcome(relayed, &mut relay_error);
             }
             match page.next {
                 Some(next) if !summary.stopped_early => cursor = Some(next),
@@ -195,8 +228,8 @@ impl SweepService {
         if !dry_run {
             // Everything queued reaches the delivery queue by the end of a sweep, including
             // what an earlier run (or a crashed launch) left behind.
-            let relay = self.ctx.relay.relay_pending(now).await?;
-            summary.relayed += relay.relayed;
+            let relayed = self.ctx.relay.relay_pending().await;
+            summary.relay_outcome(relayed, &mut relay_error);
             if !summary.stopped_early {
                 self.ctx.grants.purge(now).await?;
             }
@@ -206,6 +239,17 @@ impl SweepService {
             // The stack's SweepSilentAlarm counts these lines: hours without one is an alarm.
             let line = serde_json::to_string(&summary).unwrap_or_default();
             tracing::info!(event = "sweep_completed", stopped_early = summary.stopped_early, summary = %line, "sweep done");
+        }
+        // The sweep did its work, but notices wait in the outbox: the run fails (the
+        // function's error alarm), and the next one sends them.
+        if let Some(e) = relay_error {
+            return Err(e);
+        }
+        if summary.not_relayed > 0 {
+            return Err(StoreError::unavailable(std::io::Error::other(format!(
+                "the delivery queue did not take {} notices; they stay in the outbox for the next sweep",
+                summary.not_relayed
+            ))));
         }
         Ok(summary)
     }

@@ -186,14 +186,15 @@ async fn advance_queues_exactly_one_notice_per_winning_write<S: GrantStore + ?Si
     let n = notice_for(&g, Stage::Expiring(30), now);
     let next = Some(g.rt_expires_at - Duration::days(7));
     // two sweeps read revision 1; only the first write wins
-    let first = s
-        .advance(&g.id, 1, Progress::Expiring(30), next, Some(&n), now)
-        .await
-        .unwrap();
-    let second = s
-        .advance(&g.id, 1, Progress::Expiring(30), next, Some(&n), now)
-        .await
-        .unwrap();
+    let to_30 = Advance {
+        id: g.id.clone(),
+        expected_rev: 1,
+        progress: Progress::Expiring(30),
+        next_due_at: next,
+        notice: Some(n.clone()),
+    };
+    let first = s.advance(&to_30, now).await.unwrap();
+    let second = s.advance(&to_30, now).await.unwrap();
     assert_eq!((first, second), (Written::Done, Written::Conflict));
     assert_eq!(probe.take().await, vec![n.id.clone()]);
     let stored = s.load(&g.id).await.unwrap().unwrap().record;
@@ -202,10 +203,14 @@ async fn advance_queues_exactly_one_notice_per_winning_write<S: GrantStore + ?Si
     assert_eq!(stored.rev, 2);
     assert_eq!(stored.updated_at, now);
     // an advance that clears the due time takes the grant out of the index
-    let done = s
-        .advance(&g.id, 2, Progress::Revoked, None, None, now)
-        .await
-        .unwrap();
+    let revoke = Advance {
+        expected_rev: 2,
+        progress: Progress::Revoked,
+        next_due_at: None,
+        notice: None,
+        ..to_30
+    };
+    let done = s.advance(&revoke, now).await.unwrap();
     assert_eq!(done, Written::Done);
     assert!(probe.take().await.is_empty());
     let due = all_due(s, g.rt_expires_at + Duration::days(1)).await;
@@ -638,11 +643,13 @@ async fn forget_erases_the_grant_its_tokens_and_its_queued_notices<
     let rev = rev_of(s, &g.id).await;
     assert_eq!(
         s.advance(
-            &g.id,
-            rev,
-            Progress::Expiring(30),
-            Some(g.rt_expires_at - Duration::days(7)),
-            Some(&notice),
+            &Advance {
+                id: g.id.clone(),
+                expected_rev: rev,
+                progress: Progress::Expiring(30),
+                next_due_at: Some(g.rt_expires_at - Duration::days(7)),
+                notice: Some(notice.clone()),
+            },
             now,
         )
         .await

@@ -668,23 +668,8 @@ impl GrantStore for SqliteStore {
         .await
     }
 
-    async fn advance(
-        &self,
-        id: &GrantId,
-        expected_rev: u64,
-        progress: Progress,
-        next_due_at: Option<DateTime<Utc>>,
-        notice: Option<&Notice>,
-        now: DateTime<Utc>,
-    ) -> Result<Written, StoreError> {
-        let one = Advance {
-            id: id.clone(),
-            expected_rev,
-            progress,
-            next_due_at,
-            notice: notice.cloned(),
-        };
-        let mut written = self.advance_all(std::slice::from_ref(&one), now).await?;
+    async fn advance(&self, m: &Advance, now: DateTime<Utc>) -> Result<Written, StoreError> {
+        let mut written = self.advance_all(std::slice::from_ref(m), now).await?;
         written.pop().ok_or_else(|| corrupt("no outcome"))
     }
 
@@ -1230,17 +1215,22 @@ mod tests {
         crate::store::conformance::run(&store, &OutboxProbe(&store)).await;
     }
 
+    /// An access token cached for the next hour.
+    fn an_hour_of(sealed: &str) -> CachedToken {
+        CachedToken {
+            sealed: sealed.into(),
+            expires_at: Utc::now() + Duration::hours(1),
+            resource: "r".into(),
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn token_reads_do_not_wait_for_the_writer_connection() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open_dir(dir.path()).unwrap();
         let g = crate::store::conformance::record("reader", 100);
         store.put_grant(None, &g, "v1.k.rt", None).await.unwrap();
-        let token = CachedToken {
-            sealed: "v1.k.at".into(),
-            expires_at: Utc::now() + Duration::hours(1),
-            resource: "r".into(),
-        };
+        let token = an_hour_of("v1.k.at");
         store.put_access_token(&g.id, "h", &token).await.unwrap();
 
         // A long write (or a sweep) holds the writer connection...
@@ -1303,11 +1293,7 @@ mod tests {
         let store = SqliteStore::open_dir(dir.path()).unwrap();
         let id = GrantId::derive("r", "fresh");
         for i in 0..20 {
-            let token = CachedToken {
-                sealed: format!("v1.k.{i}"),
-                expires_at: Utc::now() + Duration::hours(1),
-                resource: "r".into(),
-            };
+            let token = an_hour_of(&format!("v1.k.{i}"));
             store.put_access_token(&id, "h", &token).await.unwrap();
             let read = store.get_access_token(&id, "h").await.unwrap();
             assert_eq!(read.map(|t| t.sealed), Some(token.sealed));
@@ -1346,11 +1332,7 @@ mod tests {
         let store = SqliteStore::open_dir(dir.path()).unwrap();
         let g = crate::store::conformance::record("together", 0);
         store.put_grant(None, &g, "v1.k.rt", None).await.unwrap();
-        let token = CachedToken {
-            sealed: "v1.k.at".into(),
-            expires_at: Utc::now() + Duration::hours(1),
-            resource: "r".into(),
-        };
+        let token = an_hour_of("v1.k.at");
         store.put_access_token(&g.id, "h", &token).await.unwrap();
         let keys = ["h".to_string(), "other".to_string()];
         let read = store.load_with_tokens(&g.id, &keys).await.unwrap();

@@ -227,7 +227,12 @@ pub struct Harness {
 /// Where the harness keeps its data.
 pub enum Backend {
     Sqlite(Arc<SqliteStore>),
-    Moto { aws: Box<Aws>, sdk: Box<SdkConfig> },
+    Moto {
+        aws: Box<Aws>,
+        sdk: Box<SdkConfig>,
+        /// What the relays' leases are timed by: the wall clock, moved on by hand.
+        leases: Arc<OffsetClock>,
+    },
 }
 
 type Ports = (
@@ -273,15 +278,18 @@ impl Intercept for RecordOperations {
     }
 }
 
-pub async fn moto_backend(record: Option<Arc<Mutex<Vec<String>>>>) -> (Aws, SdkConfig) {
+pub async fn moto_backend(
+    record: Option<Arc<Mutex<Vec<String>>>>,
+) -> (Aws, SdkConfig, Arc<OffsetClock>) {
     moto_backend_recording(record, None).await
 }
 
 /// [`moto_backend`], recording the DynamoDB and the SQS operations sent (each where asked).
+/// Its relay's leases are timed by the clock returned with it (the wall clock until moved).
 pub async fn moto_backend_recording(
     record: Option<Arc<Mutex<Vec<String>>>>,
     record_queue: Option<Arc<Mutex<Vec<String>>>>,
-) -> (Aws, SdkConfig) {
+) -> (Aws, SdkConfig, Arc<OffsetClock>) {
     let sdk = moto::sdk_config().await;
     let (table, queue) = moto::fresh(&sdk, "h").await;
     let mut dynamo = aws_sdk_dynamodb::config::Builder::from(&sdk);
@@ -298,7 +306,9 @@ pub async fn moto_backend_recording(
         &table,
         &queue,
     );
-    (aws, sdk)
+    let leases = Arc::new(OffsetClock::new());
+    let aws = aws.with_lease_clock(Arc::clone(&leases) as Arc<dyn Clock>);
+    (aws, sdk, leases)
 }
 
 impl Harness {
@@ -339,7 +349,7 @@ impl Harness {
             .with_env_fallback(&env);
         let secrets = Secrets::from_document(doc, &settings).unwrap();
         let (backend, grants, cache, relay): Ports = if opts.moto {
-            let (aws, sdk) =
+            let (aws, sdk, leases) =
                 moto_backend_recording(opts.record_operations, opts.record_queue_operations).await;
             let parts = (
                 Arc::new(aws.dynamo.clone()),
@@ -350,6 +360,7 @@ impl Harness {
                 Backend::Moto {
                     aws: Box::new(aws),
                     sdk: Box::new(sdk),
+                    leases,
                 },
                 parts.0,
                 parts.1,
@@ -512,12 +523,11 @@ impl Harness {
                 .iter()
                 .map(|e| serde_json::from_str(&e.body).unwrap())
                 .collect(),
-            Backend::Moto { aws, sdk } => {
+            Backend::Moto { aws, sdk, leases } => {
                 use spkeeper::ports::NoticeRelay;
-                aws.relay
-                    .relay_pending(self.now() + chrono::Duration::days(3650))
-                    .await
-                    .unwrap();
+                // Whoever held them, every lease has lapsed by then.
+                leases.advance(spkeeper::aws::relay::CLAIM * 2);
+                aws.relay.relay_pending().await.unwrap();
                 let bodies = moto::drain(sdk, aws.queue.url()).await;
                 let mut drained = self.drained.lock().unwrap();
                 drained.extend(
