@@ -663,6 +663,24 @@ async fn moto_harness() -> Harness {
     .await
 }
 
+/// One due grant on a fresh moto harness, advanced to T-30 by the sweep's write (which took
+/// the relay's lease): the harness, the sweep's `now`, and the move written.
+async fn one_advanced() -> (Harness, DateTime<Utc>, Advance) {
+    let h = moto_harness().await;
+    let at = seed_due(&h, 1).await;
+    let g = h.ctx.grants.list().await.unwrap().remove(0);
+    let m = advance_with_notice(&g, at);
+    assert_eq!(
+        h.ctx
+            .grants
+            .advance_all(std::slice::from_ref(&m), at)
+            .await
+            .unwrap(),
+        [Written::Done]
+    );
+    (h, at, m)
+}
+
 /// Its AWS adapters, and the clock their leases are timed by.
 fn moto_parts(h: &Harness) -> (&Aws, &Arc<OffsetClock>) {
     let Backend::Moto { aws, leases, .. } = &h.backend else {
@@ -676,16 +694,9 @@ fn moto_parts(h: &Harness) -> (&Aws, &Arc<OffsetClock>) {
 /// clock) claims and sends a notice the sweep is about to send.
 #[tokio::test]
 async fn a_sweep_whose_now_is_long_past_still_holds_the_leases_its_writes_take() {
-    let h = moto_harness().await;
-    let at = seed_due(&h, 1).await;
+    let (h, at, _) = one_advanced().await;
     let (aws, _) = moto_parts(&h);
     assert!(at < chrono::Utc::now() - CLAIM, "the sweep's now is old");
-    let g = h.ctx.grants.list().await.unwrap().remove(0);
-    let moves = [advance_with_notice(&g, at)];
-    assert_eq!(
-        h.ctx.grants.advance_all(&moves, at).await.unwrap(),
-        [Written::Done]
-    );
     let (_, launch_relay) = another_process(&h, aws.queue.clone());
     assert_eq!(launch_relay.relay_pending().await.unwrap().relayed, 0);
     assert_eq!(aws.relay.relay_pending().await.unwrap().relayed, 1);
@@ -696,20 +707,13 @@ async fn a_sweep_whose_now_is_long_past_still_holds_the_leases_its_writes_take()
 /// relay claims and sends the item, and this one, when it runs, does not send it again.
 #[tokio::test]
 async fn a_relay_lets_go_of_what_it_leased_once_the_lease_lapses() {
-    let h = moto_harness().await;
-    let at = seed_due(&h, 1).await;
+    let (h, _, written) = one_advanced().await;
     let (aws, leases) = moto_parts(&h);
-    let g = h.ctx.grants.list().await.unwrap().remove(0);
-    let moves = [advance_with_notice(&g, at)];
-    assert_eq!(
-        h.ctx.grants.advance_all(&moves, at).await.unwrap(),
-        [Written::Done]
-    );
     leases.advance(CLAIM);
     let (_, other_relay) = another_process(&h, aws.queue.clone());
     assert_eq!(other_relay.relay_pending().await.unwrap().relayed, 1);
     assert_eq!(aws.relay.relay_pending().await.unwrap().relayed, 0);
-    let notice = moves[0].notice.as_ref().unwrap();
+    let notice = written.notice.as_ref().unwrap();
     assert_eq!(queued_ids(&h).await, std::slice::from_ref(&notice.id));
 }
 
@@ -718,14 +722,8 @@ async fn a_relay_lets_go_of_what_it_leased_once_the_lease_lapses() {
 /// the outbox, and goes out once, after the lease.
 #[tokio::test]
 async fn a_relay_does_not_send_a_lease_with_too_little_time_left() {
-    let h = moto_harness().await;
-    let at = seed_due(&h, 1).await;
+    let (h, _, _) = one_advanced().await;
     let (aws, leases) = moto_parts(&h);
-    let g = h.ctx.grants.list().await.unwrap().remove(0);
-    aws.dynamo
-        .advance_all(&[advance_with_notice(&g, at)], at)
-        .await
-        .unwrap();
     leases.advance(CLAIM - SEND_MARGIN + Duration::seconds(1));
     assert!(aws.dynamo.take_leased(0).is_empty());
     assert_eq!(aws.relay.relay_pending().await.unwrap().relayed, 0);
