@@ -725,7 +725,7 @@ async fn a_relay_does_not_send_a_lease_with_too_little_time_left() {
     let (h, _, _) = one_advanced().await;
     let (aws, leases) = moto_parts(&h);
     leases.advance(CLAIM - SEND_MARGIN + Duration::seconds(1));
-    assert!(aws.dynamo.take_leased(0).is_empty());
+    assert!(aws.dynamo.take_leased(0, usize::MAX).is_empty());
     assert_eq!(aws.relay.relay_pending().await.unwrap().relayed, 0);
     assert!(queued_ids(&h).await.is_empty());
     leases.advance(SEND_MARGIN);
@@ -750,12 +750,15 @@ async fn leased_items_no_relay_took_are_let_go_once_their_lease_lapses() {
         .advance_all(&[advance_with_notice(&grants[1], at)], at)
         .await
         .unwrap();
-    let kept = aws.dynamo.take_leased(0);
+    let kept = aws.dynamo.take_leased(0, usize::MAX);
     assert_eq!(
         kept.iter().map(|h| h.key.0.clone()).collect::<Vec<_>>(),
         [format!("G#{}", grants[1].id)]
     );
-    assert!(aws.dynamo.take_leased(0).is_empty(), "taken once");
+    assert!(
+        aws.dynamo.take_leased(0, usize::MAX).is_empty(),
+        "taken once"
+    );
 }
 
 /// A dry run writes nothing, so it takes no lease either: only the due index is read.
@@ -773,7 +776,7 @@ async fn a_dry_run_sweep_on_dynamodb_reads_the_due_index_and_writes_nothing() {
     assert_eq!(counted(&ops), BTreeMap::from([("Query".to_string(), 8)]));
     assert!(counted(&queue_ops).is_empty());
     let (aws, _) = moto_parts(&h);
-    assert!(aws.dynamo.take_leased(0).is_empty());
+    assert!(aws.dynamo.take_leased(0, usize::MAX).is_empty());
 }
 
 #[tokio::test]
@@ -1279,4 +1282,33 @@ async fn the_write_units_of_a_relaunch_and_of_a_notice_with_their_indexes() {
             indexes: 5
         }
     );
+}
+
+/// What a sweep leased is taken a page at a time, each judged by the clock when it is taken:
+/// a page sent after a slow one is not sent once too little of its lease is left.
+#[tokio::test]
+async fn each_page_of_leased_notices_is_judged_by_the_clock_when_it_is_taken() {
+    let h = moto_harness().await;
+    let at = seed_due(&h, 2).await;
+    let (aws, leases) = moto_parts(&h);
+    let moves: Vec<Advance> = h
+        .ctx
+        .grants
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .map(|g| advance_with_notice(g, at))
+        .collect();
+    aws.dynamo.advance_all(&moves, at).await.unwrap();
+    assert_eq!(aws.dynamo.take_leased(0, 1).len(), 1, "the first page");
+    leases.advance(CLAIM - SEND_MARGIN + Duration::seconds(1));
+    assert!(
+        aws.dynamo.take_leased(0, 1).is_empty(),
+        "too late for the second"
+    );
+    // After the leases, both wait for a claim (the first was taken here, never sent).
+    leases.advance(SEND_MARGIN);
+    assert_eq!(aws.relay.relay_pending().await.unwrap().relayed, 2);
+    assert_queued_once(&h, 2).await;
 }

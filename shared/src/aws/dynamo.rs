@@ -549,17 +549,20 @@ impl DynamoStore {
 
     /// The items this store's sweep writes leased for its relay since they were last taken,
     /// as written (every notice in them, leftovers of an earlier crash included), once there
-    /// are `at_least`. Only those whose lease holds [`SEND_MARGIN`] longer are taken: the rest
-    /// are let go (a lapsed one may have been claimed by another relay since), and wait in the
-    /// outbox index for whoever holds them next.
-    pub fn take_leased(&self, at_least: usize) -> Vec<Holder> {
+    /// are `at_least`, at most `at_most` of them (one page: each page is taken as it is sent,
+    /// so each is judged by the clock of its own send). Only those whose lease holds
+    /// [`SEND_MARGIN`] longer are taken: the rest are let go (a lapsed one may have been
+    /// claimed by another relay since), and wait in the outbox index for whoever holds them
+    /// next.
+    pub fn take_leased(&self, at_least: usize, at_most: usize) -> Vec<Holder> {
         let sendable = self.lease_now() + SEND_MARGIN;
         let mut taken = self.leases.taken();
         taken.retain(|h| h.leased_at(sendable));
-        if taken.len() < at_least {
+        if taken.is_empty() || taken.len() < at_least {
             return Vec::new();
         }
-        std::mem::take(&mut *taken)
+        let n = taken.len().min(at_most);
+        taken.drain(..n).collect()
     }
 
     pub fn client(&self) -> &Client {

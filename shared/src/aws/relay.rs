@@ -52,12 +52,17 @@ impl DynamoRelay {
     /// in the outbox index for whoever holds them next).
     async fn send_leased(&self, at_least: usize) -> Result<RelayStats, StoreError> {
         let mut stats = RelayStats::default();
-        for page in self.store.take_leased(at_least).chunks(PAGE) {
-            let (sent, failed) = self.send(page).await?;
+        // A page at a time, each taken (and its leases' margin checked) just before its send:
+        // a slow send of one page cannot use up the leases of the pages after it.
+        loop {
+            let page = self.store.take_leased(at_least, PAGE);
+            if page.is_empty() {
+                return Ok(stats);
+            }
+            let (sent, failed) = self.send(&page).await?;
             stats.relayed += sent;
             stats.failed += failed;
         }
-        Ok(stats)
     }
 
     /// Sends the notices of the items this relay holds (leased to it) and removes what SQS

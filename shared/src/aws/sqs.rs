@@ -24,8 +24,10 @@ const SEND_CONCURRENCY: usize = 10;
 /// keeps on its lease ([`super::relay::SEND_MARGIN`]).
 const SEND_DEADLINE: Duration = Duration::from_secs(15);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest a [`SqsQueue::send`] takes: the deadline, a last backoff and a last request.
-pub const SEND_TIMEOUT: Duration = Duration::from_secs(15 + 1 + 5);
+/// The longest a [`SqsQueue::send`] takes: the deadline, a last backoff (0.8 s) and a last
+/// request.
+pub const SEND_TIMEOUT: Duration =
+    Duration::from_secs(SEND_DEADLINE.as_secs() + 1 + REQUEST_TIMEOUT.as_secs());
 
 /// One message: the notice id (also the batch entry id) and its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +167,9 @@ impl SqsQueue {
         let mut sent = Vec::new();
         let mut pending: Vec<&Message> = batch.iter().collect();
         for round in 0..=RETRY_ROUNDS {
-            if pending.is_empty() || (round > 0 && Instant::now() >= deadline) {
+            // No request starts after the deadline, not even a batch's first (one waiting
+            // behind the others in a large send).
+            if pending.is_empty() || Instant::now() >= deadline {
                 break;
             }
             if round > 0 {
