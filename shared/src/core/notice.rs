@@ -263,9 +263,19 @@ impl Notice {
         }
     }
 
+    /// The notice as its webhook body (and SQS message body). U+FFFE and U+FFFF, which JSON
+    /// allows in strings but SQS refuses in a message, are written as `\uFFFE` and `\uFFFF`:
+    /// the same JSON to every parser, and no name from outside (a user's title, a site URL)
+    /// can make the delivery queue refuse a notice.
     pub fn to_json(&self) -> String {
         // Serialising plain strings and numbers cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
+        let json = serde_json::to_string(self).unwrap_or_default();
+        if !json.contains(['\u{FFFE}', '\u{FFFF}']) {
+            return json;
+        }
+        // Outside strings a JSON text is ASCII, so these only occur inside strings.
+        json.replace('\u{FFFE}', "\\uFFFE")
+            .replace('\u{FFFF}', "\\uFFFF")
     }
 }
 
@@ -321,6 +331,30 @@ mod tests {
         ] {
             assert!(keys.contains(&k), "{k}");
         }
+    }
+
+    /// SQS takes #x9, #xA, #xD, #x20–#xD7FF, #xE000–#xFFFD and #x10000–#x10FFFF in a message.
+    fn sqs_takes(c: char) -> bool {
+        matches!(u32::from(c), 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x10000..=0x10FFFF)
+    }
+
+    #[test]
+    fn a_notice_body_holds_only_characters_sqs_takes_whatever_the_names_in_it() {
+        let now = Utc.with_ymd_and_hms(2026, 6, 15, 0, 0, 0).unwrap();
+        let title = "Ann\u{FFFE}\u{FFFF}\u{0}\u{1F}\u{7F}\u{D7FF}\u{E000}\u{10FFFF} \"x\"";
+        let mut subject = subject();
+        subject.grant.user = Some(User {
+            title: title.into(),
+            email: "ann@contoso.com\u{FFFE}".into(),
+            login_name: "i:0#.f|membership|ann@contoso.com".into(),
+            oid: None,
+        });
+        let body = Notice::for_stage(Stage::Expiring(30), subject, now).to_json();
+        let refused: Vec<char> = body.chars().filter(|c| !sqs_takes(*c)).collect();
+        assert!(refused.is_empty(), "{refused:?}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["grant"]["user"]["title"], title, "the same text, escaped");
+        assert_eq!(v["grant"]["user"]["email"], "ann@contoso.com\u{FFFE}");
     }
 
     #[test]
