@@ -122,7 +122,8 @@ pub fn indexes() -> Vec<GlobalSecondaryIndex> {
 pub const BILLING: BillingMode = BillingMode::PayPerRequest;
 
 /// An item's size as DynamoDB bills it: each attribute's name and value, strings and binaries
-/// by length, numbers at a byte per two significant digits and one more, maps and lists 3
+/// by length, numbers at a byte per two significant digits (leading and trailing zeros are
+/// not stored) and one more, maps and lists 3
 /// bytes and a byte per element besides their contents.
 pub fn item_size(item: &HashMap<String, AttributeValue>) -> usize {
     item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
@@ -130,14 +131,13 @@ pub fn item_size(item: &HashMap<String, AttributeValue>) -> usize {
 
 fn value_size(v: &AttributeValue) -> usize {
     use AttributeValue as A;
+    // Significant digits: leading and trailing zeros are not stored.
     let number = |n: &str| {
-        let digits = n
-            .trim_start_matches(['-', '+'])
-            .trim_start_matches(['0', '.']);
+        let digits: String = n.chars().filter(char::is_ascii_digit).collect();
         digits
-            .chars()
-            .filter(char::is_ascii_digit)
-            .count()
+            .trim_start_matches('0')
+            .trim_end_matches('0')
+            .len()
             .div_ceil(2)
             + 1
     };
@@ -265,7 +265,11 @@ mod tests {
         ]);
         // 2+5, 3+(3 digits+1), 2+1, 6+(3+1+2+4)
         assert_eq!(item_size(&i), 7 + 7 + 3 + 16);
-        assert_eq!(value_size(&AttributeValue::N("0.00120".into())), 3);
+        let n = |s: &str| value_size(&AttributeValue::N(s.into()));
+        assert_eq!(n("0.00120"), 2, "leading and trailing zeros are not stored");
+        assert_eq!(n("1700000000"), 2);
+        assert_eq!(n("-1234.5"), 4);
+        assert_eq!(n("0"), 1);
     }
 
     #[test]
