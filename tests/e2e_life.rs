@@ -1524,13 +1524,6 @@ async fn notices_lists_the_dead_letter_queue_on_dynamodb_and_leaves_it_there() {
     let sdk = moto::sdk_config().await;
     let (table, queue) = moto::fresh(&sdk, "dlq").await;
     let (_, dead_letters) = moto::fresh(&sdk, "dlq").await;
-    let mut document = json!({"client_secret": CLIENT_SECRET, "api_key": API_KEY,
-        "webhook_secret": WEBHOOK_SECRET});
-    let keys = serde_json::to_value(spkeeper::config::KeyFile::generate().unwrap()).unwrap();
-    for (k, v) in keys.as_object().unwrap() {
-        document[k] = v.clone();
-    }
-    let secret_arn = moto::create_secret(&sdk, &document).await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let grant = "0123456789abcdef0123456789abcdef";
     let ids = ["ntc_dead_letter_one", "ntc_dead_letter_two"];
@@ -1547,23 +1540,7 @@ async fn notices_lists_the_dead_letter_queue_on_dynamodb_and_leaves_it_there() {
 
     let dir = tempfile::tempdir().unwrap();
     let sqlite_env = production_env(&dir.path().join("data").display().to_string());
-    let mut env = sqlite_env.clone();
-    env.remove("SPKEEPER_CLIENT_SECRET");
-    env.remove("SPKEEPER_API_KEY");
-    let moto_url = moto::url();
-    for (k, v) in [
-        ("SPKEEPER_STORE", "dynamodb"),
-        ("SPKEEPER_TABLE", table.as_str()),
-        ("SPKEEPER_QUEUE_URL", queue.as_str()),
-        ("SPKEEPER_SECRETS_ARN", secret_arn.as_str()),
-        ("AWS_ENDPOINT_URL", moto_url.as_str()),
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ] {
-        env.insert(k.into(), v.into());
-    }
+    let env = dynamodb_env(&sdk, &sqlite_env, &table, &queue).await;
     for _ in 0..2 {
         let args = ["notices", "--dead-letter-queue", &dead_letters, "--json"];
         let (code, out, err) = run(&bin(), &args, &env);
@@ -1608,4 +1585,84 @@ async fn notices_lists_the_dead_letter_queue_on_dynamodb_and_leaves_it_there() {
     );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("SPKEEPER_STORE=dynamodb"), "{err}");
+}
+
+/// The CLI's environment on DynamoDB and SQS (moto): `base` (a production environment) with
+/// its secrets moved to a Secrets Manager secret.
+async fn dynamodb_env(
+    sdk: &aws_config::SdkConfig,
+    base: &BTreeMap<String, String>,
+    table: &str,
+    queue: &str,
+) -> BTreeMap<String, String> {
+    use spkeeper::testkit::moto;
+    let mut document = json!({"client_secret": CLIENT_SECRET, "api_key": API_KEY,
+        "webhook_secret": WEBHOOK_SECRET});
+    let keys = serde_json::to_value(spkeeper::config::KeyFile::generate().unwrap()).unwrap();
+    for (k, v) in keys.as_object().unwrap() {
+        document[k] = v.clone();
+    }
+    let secret_arn = moto::create_secret(sdk, &document).await;
+    let mut env = base.clone();
+    env.remove("SPKEEPER_CLIENT_SECRET");
+    env.remove("SPKEEPER_API_KEY");
+    for (k, v) in [
+        ("SPKEEPER_STORE", "dynamodb"),
+        ("SPKEEPER_TABLE", table),
+        ("SPKEEPER_QUEUE_URL", queue),
+        ("SPKEEPER_SECRETS_ARN", secret_arn.as_str()),
+        ("AWS_ENDPOINT_URL", moto::url().as_str()),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ] {
+        env.insert(k.into(), v.into());
+    }
+    env
+}
+
+/// `spkeeper sweep` on DynamoDB with SQS out of reach: the sweep does its work (the notice
+/// waits in the outbox), prints its summary with `not_relayed`, and exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_command_prints_its_summary_and_exits_1_when_sqs_does_not_take_its_notices() {
+    use spkeeper::ports::GrantStore;
+    use spkeeper::store::conformance;
+    use spkeeper::testkit::moto;
+    let sdk = moto::sdk_config().await;
+    let (table, queue) = moto::fresh(&sdk, "sweep-cli").await;
+    let store =
+        spkeeper::aws::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &table);
+    let g = conformance::record("sweep-cli", 0);
+    store
+        .put_grant(None, &g, "v1.k.sealed", None)
+        .await
+        .unwrap();
+    let at = g.rt_expires_at - Days::days(30) + Days::hours(1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = production_env(&dir.path().join("data").display().to_string());
+    let down = format!("{queue}-down");
+    let env = dynamodb_env(&sdk, &base, &table, &down).await;
+    let args = ["sweep", "--now", &at.to_rfc3339(), "--force"];
+    let (code, out, err) = run(&bin(), &args, &env);
+    assert_eq!(code, 1, "{out}{err}");
+    let summary: Value = serde_json::from_str(out.trim()).expect("the summary, on stdout");
+    assert_eq!(summary["notices"]["refresh_token.expiring"], 1, "{summary}");
+    assert_eq!(summary["not_relayed"], 1, "{summary}");
+    assert!(err.contains("did not take 1 notices"), "{err}");
+
+    // The notice waits in the outbox (under the first run's lease for two minutes, then for
+    // any relay); a sweep with SQS back does not queue it again, and exits 0.
+    let (holders, _) = store.holders(None, 10).await.unwrap();
+    assert_eq!(holders.len(), 1, "in the outbox");
+    let env = dynamodb_env(&sdk, &base, &table, &queue).await;
+    let (code, out, err) = run(&bin(), &args, &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let summary: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        summary["notices"]["refresh_token.expiring"], 0,
+        "queued once: {summary}"
+    );
+    assert!(summary.get("not_relayed").is_none(), "{summary}");
 }

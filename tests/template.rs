@@ -258,6 +258,15 @@ fn check(t: &Value) -> Vec<String> {
                     "{name}: the sweep target needs a retry policy and a dead-letter queue"
                 ));
             }
+            // Lambda retries a failed asynchronous run twice by default: three sweeps for one
+            // tick, each meeting the same outage. The next tick is the retry.
+            let function = target(&tgt["Arn"]).unwrap_or_default();
+            let retries = &t["Resources"][function.as_str()]["Properties"]["EventInvokeConfig"]["MaximumRetryAttempts"];
+            if num(retries) != Some(0) {
+                v.push(format!(
+                    "{function}: a failed sweep must not be retried by Lambda (EventInvokeConfig MaximumRetryAttempts 0)"
+                ));
+            }
         }
     }
 
@@ -1166,6 +1175,15 @@ fn secret_expiring() -> serde_json::Value {
     )
 }
 
+/// The line the relay logs for a notice SQS refused as it is (shared/src/aws/sqs.rs).
+fn notice_refused() -> serde_json::Value {
+    logged(
+        "ERROR",
+        serde_json::json!({"message": "SQS refused a notice as it is; it stays queued, and an operator must look",
+            "event": "notice_refused", "notice_id": "ntc_0123456789abcdef", "code": "InvalidMessageContents"}),
+    )
+}
+
 /// Every alarm: its name, the metrics it reads (its own, or those of its metric math) and it.
 fn alarms(t: &Value) -> Vec<(String, BTreeSet<String>, &Value)> {
     of_type(t, "AWS::CloudWatch::Alarm")
@@ -1383,6 +1401,10 @@ fn check_alarms(t: &Value, kinds: Kinds) -> Vec<String> {
             v.push(format!(
                 "{name}: no alarm counts client_secret_expiring in {group}"
             ));
+        }
+        // The sweep tries every refused notice again each run, so its log alone tells.
+        if program == Program::Sweep && alarmed_metrics(t, &group, &notice_refused()).is_empty() {
+            v.push(format!("{name}: no alarm counts notice_refused in {group}"));
         }
     }
     v
@@ -1620,6 +1642,18 @@ fn a_visibility_timeout_under_six_times_the_notify_timeout_is_reported() {
     broken(
         |t| res(t, "NotifyFunction")["Properties"]["Timeout"] = Value::from(60),
         "visibility timeout",
+    );
+}
+
+#[test]
+fn a_sweep_function_lambda_retries_is_reported() {
+    broken(
+        |t| {
+            if let Some(m) = res(t, "SweepFunction")["Properties"].as_mapping_mut() {
+                m.remove("EventInvokeConfig");
+            }
+        },
+        "must not be retried by Lambda",
     );
 }
 

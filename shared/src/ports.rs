@@ -7,6 +7,7 @@
 //! state change that causes it.
 
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -295,22 +296,37 @@ pub trait GrantStore: Send + Sync {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct RelayStats {
     pub relayed: u64,
-    /// Notices the delivery queue did not take (logged where it refused): they stay in the
-    /// outbox for the next relay.
+    /// Notices the delivery queue did not take this time (it was down, slow or throttling;
+    /// logged where it failed): they stay in the outbox for the next relay.
     pub failed: u64,
+    /// Notices the delivery queue refused as they are (SQS: a sender fault), which no retry
+    /// will change: they stay in the outbox, and each refusal is logged as the
+    /// `notice_refused` event, which the stack's NoticeRefusedAlarm counts.
+    pub refused: u64,
+}
+
+impl RelayStats {
+    pub fn add(&mut self, other: RelayStats) {
+        self.relayed += other.relayed;
+        self.failed += other.failed;
+        self.refused += other.refused;
+    }
 }
 
 /// Moves notices from the outbox (written atomically with each state change) to the delivery
 /// queue. Where the outbox is itself the queue (SQLite), there is nothing to move.
+///
+/// A relay given a `deadline` starts no page of its work that could end after it
+/// ([`page_time`](Self::page_time)); what it did not reach waits in the outbox.
 #[async_trait]
 pub trait NoticeRelay: Send + Sync {
     /// Everything still waiting; the sweep calls this, so nothing waits longer than a sweep.
-    /// A queue that refuses notices is counted in [`RelayStats::failed`], not an error: an
-    /// error is the store's.
-    async fn relay_pending(&self) -> Result<RelayStats, StoreError>;
+    /// A queue that refuses notices is counted in [`RelayStats`], not an error: an error is
+    /// the store's.
+    async fn relay_pending(&self, deadline: Option<Instant>) -> Result<RelayStats, StoreError>;
 
-    /// Best effort, right after the write that queued `notice`: a failure leaves it for
-    /// [`relay_pending`](Self::relay_pending).
+    /// Best effort, right after the write that queued `notice`, within a few seconds (a
+    /// launch is waiting): a failure leaves it for [`relay_pending`](Self::relay_pending).
     async fn relay_now(&self, notice: &Notice) -> Result<(), StoreError>;
 
     /// What this process's [`GrantStore::advance_all`]s queued and already hold for the relay
@@ -320,8 +336,15 @@ pub trait NoticeRelay: Send + Sync {
     /// is at most one page of the due index's notices (a page spans every shard) and fewer
     /// than a hundred more. A failure leaves them in the outbox. By default there is nothing to
     /// send.
-    async fn relay_written(&self) -> Result<RelayStats, StoreError> {
+    async fn relay_written(&self, _deadline: Option<Instant>) -> Result<RelayStats, StoreError> {
         Ok(RelayStats::default())
+    }
+
+    /// The longest one page of relaying takes (the send and what follows it): a sweep stops
+    /// visiting grants this long before its deadline, to leave its relay the time to send what
+    /// the visits queued. Nothing, where the outbox is the queue.
+    fn page_time(&self) -> Duration {
+        Duration::ZERO
     }
 }
 
@@ -331,7 +354,7 @@ pub struct OutboxIsTheQueue;
 
 #[async_trait]
 impl NoticeRelay for OutboxIsTheQueue {
-    async fn relay_pending(&self) -> Result<RelayStats, StoreError> {
+    async fn relay_pending(&self, _deadline: Option<Instant>) -> Result<RelayStats, StoreError> {
         Ok(RelayStats::default())
     }
 

@@ -15,7 +15,7 @@ use common::*;
 use spkeeper::aws::Aws;
 use spkeeper::aws::dynamo::{DynamoStore, outbox_of};
 use spkeeper::aws::relay::{CLAIM, DynamoRelay, SEND_MARGIN};
-use spkeeper::aws::sqs::SqsQueue;
+use spkeeper::aws::sqs::{PAGE_SEND_BUDGET, SqsQueue};
 use spkeeper::clients::{AcsClient, RetryPolicy};
 use spkeeper::clock::{Clock, OffsetClock};
 use spkeeper::core::grant::{GrantId, Progress, Stage};
@@ -36,7 +36,7 @@ struct QueueProbe {
 impl NoticeProbe for QueueProbe {
     async fn take(&self) -> Vec<String> {
         self.leases.advance(CLAIM * 2);
-        self.aws.relay.relay_pending().await.unwrap();
+        self.aws.relay.relay_pending(None).await.unwrap();
         moto::drain(&self.sdk, self.aws.queue.url())
             .await
             .iter()
@@ -573,11 +573,11 @@ async fn a_notice_whose_item_another_relay_holds_is_still_queued_exactly_once() 
 
     // The other relay died holding it: after its lease, the next relay sends both, once.
     leases.advance(CLAIM + Duration::seconds(1));
-    let relayed = aws.relay.relay_pending().await.unwrap();
+    let relayed = aws.relay.relay_pending(None).await.unwrap();
     assert_eq!(relayed.relayed, 2);
     assert_eq!(queued_ids(&h).await, waiting);
     leases.advance(CLAIM * 2);
-    assert_eq!(aws.relay.relay_pending().await.unwrap().relayed, 0);
+    assert_eq!(aws.relay.relay_pending(None).await.unwrap().relayed, 0);
     assert!(queued_ids(&h).await.is_empty());
 }
 
@@ -698,8 +698,8 @@ async fn a_sweep_whose_now_is_long_past_still_holds_the_leases_its_writes_take()
     let (aws, _) = moto_parts(&h);
     assert!(at < chrono::Utc::now() - CLAIM, "the sweep's now is old");
     let (_, launch_relay) = another_process(&h, aws.queue.clone());
-    assert_eq!(launch_relay.relay_pending().await.unwrap().relayed, 0);
-    assert_eq!(aws.relay.relay_pending().await.unwrap().relayed, 1);
+    assert_eq!(launch_relay.relay_pending(None).await.unwrap().relayed, 0);
+    assert_eq!(aws.relay.relay_pending(None).await.unwrap().relayed, 1);
     assert_eq!(queued_ids(&h).await.len(), 1, "sent once");
 }
 
@@ -711,8 +711,8 @@ async fn a_relay_lets_go_of_what_it_leased_once_the_lease_lapses() {
     let (aws, leases) = moto_parts(&h);
     leases.advance(CLAIM);
     let (_, other_relay) = another_process(&h, aws.queue.clone());
-    assert_eq!(other_relay.relay_pending().await.unwrap().relayed, 1);
-    assert_eq!(aws.relay.relay_pending().await.unwrap().relayed, 0);
+    assert_eq!(other_relay.relay_pending(None).await.unwrap().relayed, 1);
+    assert_eq!(aws.relay.relay_pending(None).await.unwrap().relayed, 0);
     let notice = written.notice.as_ref().unwrap();
     assert_eq!(queued_ids(&h).await, std::slice::from_ref(&notice.id));
 }
@@ -726,10 +726,10 @@ async fn a_relay_does_not_send_a_lease_with_too_little_time_left() {
     let (aws, leases) = moto_parts(&h);
     leases.advance(CLAIM - SEND_MARGIN + Duration::seconds(1));
     assert!(aws.dynamo.take_leased(0, usize::MAX).is_empty());
-    assert_eq!(aws.relay.relay_pending().await.unwrap().relayed, 0);
+    assert_eq!(aws.relay.relay_pending(None).await.unwrap().relayed, 0);
     assert!(queued_ids(&h).await.is_empty());
     leases.advance(SEND_MARGIN);
-    assert_eq!(aws.relay.relay_pending().await.unwrap().relayed, 1);
+    assert_eq!(aws.relay.relay_pending(None).await.unwrap().relayed, 1);
     assert_queued_once(&h, 1).await;
 }
 
@@ -1093,8 +1093,8 @@ async fn a_relay_page_goes_to_sqs_as_ten_batches_at_once() {
             body: format!("{{\"id\":\"n-{i}\"}}"),
         })
         .collect();
-    let sent = queue.send(&messages).await;
-    assert_eq!(sent.len(), 100);
+    let sent = queue.send(&messages, PAGE_SEND_BUDGET).await;
+    assert_eq!(sent.accepted.len(), 100);
     let spans = spans.lock().unwrap().clone();
     assert_eq!(spans.len(), 20, "{spans:?}");
     // One round trip: every batch is on its way before the first answer comes back.
@@ -1126,7 +1126,7 @@ async fn a_batch_sqs_refuses_does_not_lose_the_ids_of_the_batches_it_took() {
             body: format!("{{\"id\":\"n-{i}\"}}"),
         })
         .collect();
-    let mut sent = queue.send(&messages).await;
+    let mut sent = queue.send(&messages, PAGE_SEND_BUDGET).await.accepted;
     sent.sort_by_key(|id| id[2..].parse::<u32>().unwrap());
     let expected: Vec<String> = (0..20).map(|i| format!("n-{i}")).collect();
     assert_eq!(sent, expected, "the two batches SQS took");
@@ -1160,7 +1160,10 @@ async fn a_sweep_visits_every_due_grant_while_sqs_is_down_and_then_fails() {
     assert!(queued_ids(&h).await.is_empty());
 
     leases.advance(CLAIM);
-    assert_eq!(aws.relay.relay_pending().await.unwrap().relayed, N as u64);
+    assert_eq!(
+        aws.relay.relay_pending(None).await.unwrap().relayed,
+        N as u64
+    );
     assert_queued_once(&h, N).await;
 }
 
@@ -1240,7 +1243,7 @@ async fn the_write_units_of_a_relaunch_and_of_a_notice_with_their_indexes() {
     assert!(s.is_err(), "its relay could not send");
     let g2 = get(grant.0.clone(), grant.1).await;
     leases.advance(CLAIM);
-    assert_eq!(aws.relay.relay_pending().await.unwrap().relayed, 1);
+    assert_eq!(aws.relay.relay_pending(None).await.unwrap().relayed, 1);
     let g3 = get(grant.0.clone(), grant.1).await;
     let (advance, removal) = (
         write_units(Some(&g1), Some(&g2)),
@@ -1309,6 +1312,196 @@ async fn each_page_of_leased_notices_is_judged_by_the_clock_when_it_is_taken() {
     );
     // After the leases, both wait for a claim (the first was taken here, never sent).
     leases.advance(SEND_MARGIN);
-    assert_eq!(aws.relay.relay_pending().await.unwrap().relayed, 2);
+    assert_eq!(aws.relay.relay_pending(None).await.unwrap().relayed, 2);
     assert_queued_once(&h, 2).await;
+}
+
+/// Sets a delay SQS does not take (over 900 s) on the batch entries whose body holds `.0`:
+/// SQS (and moto) then refuse those entries as a sender fault, as real SQS refuses a body
+/// holding a character it does not take.
+#[derive(Debug)]
+struct RefuseBodiesWith(String);
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for RefuseBodiesWith {
+    fn name(&self) -> &'static str {
+        "RefuseBodiesWith"
+    }
+
+    fn modify_before_serialization(
+        &self,
+        context: &mut aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextMut<'_>,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchInput;
+        if let Some(input) = context.input_mut().downcast_mut::<SendMessageBatchInput>() {
+            for e in input.entries.iter_mut().flatten() {
+                if e.message_body.contains(&self.0) {
+                    e.delay_seconds = Some(901);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Another process whose SQS refuses, as they are, the notices whose body holds `marker`.
+fn process_whose_sqs_refuses(h: &Harness, marker: &str) -> Arc<spkeeper::context::Context> {
+    let Backend::Moto { aws, sdk, .. } = &h.backend else {
+        unreachable!()
+    };
+    let sqs = aws_sdk_sqs::config::Builder::from(&**sdk)
+        .interceptor(RefuseBodiesWith(marker.to_string()))
+        .build();
+    let queue = SqsQueue::new(aws_sdk_sqs::Client::from_conf(sqs), aws.queue.url());
+    let (store, relay) = another_process(h, queue);
+    Arc::new(spkeeper::context::Context {
+        grants: Arc::new(store),
+        relay: Arc::new(relay),
+        ..(*h.ctx).clone()
+    })
+}
+
+/// A notice SQS refuses as it is (a sender fault: no retry changes the answer) does not fail
+/// the sweep, which would then fail every run: it is counted as `refused` (its log line feeds
+/// NoticeRefusedAlarm) and stays in the outbox; the others go out, each once.
+#[tokio::test]
+async fn a_notice_sqs_refuses_as_it_is_stays_queued_and_does_not_fail_the_sweep() {
+    const N: usize = 12;
+    let h = moto_harness().await;
+    let at = seed_due(&h, N).await;
+    let (_, leases) = moto_parts(&h);
+    let refused = h.ctx.grants.list().await.unwrap()[3].id.clone();
+    let ctx = process_whose_sqs_refuses(&h, refused.as_str());
+    let summary = SweepService::new(Arc::clone(&ctx))
+        .run(at, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.relayed, summary.refused, summary.not_relayed),
+        (N as u64 - 1, 1, 0),
+        "{summary:?}"
+    );
+    let json = serde_json::to_value(&summary).unwrap();
+    assert_eq!(json["refused"], 1, "in the printed summary: {json}");
+    assert_eq!(queued_ids(&h).await.len(), N - 1);
+    let left = outbox_ids(&h, std::slice::from_ref(&refused)).await;
+    assert_eq!(left.len(), 1, "still queued");
+
+    // The next sweep tries it again, still without failing.
+    leases.advance(CLAIM);
+    let again = SweepService::new(ctx).run(at, false).await.unwrap();
+    assert_eq!((again.relayed, again.refused), (0, 1), "{again:?}");
+    assert_eq!(outbox_ids(&h, &[refused]).await, left);
+}
+
+/// A relay starts no page it could not finish before its deadline: with less than a page's
+/// time left it sends nothing, and what waits goes out, once, with time enough.
+#[tokio::test]
+async fn a_relay_starts_no_page_that_could_end_after_its_deadline() {
+    use spkeeper::aws::relay::PAGE_TIME;
+    use std::time::{Duration as StdDuration, Instant};
+    let (h, _, _) = one_advanced().await;
+    let (aws, _) = moto_parts(&h);
+    let short = Instant::now() + PAGE_TIME - StdDuration::from_secs(1);
+    assert_eq!(
+        aws.relay.relay_pending(Some(short)).await.unwrap().relayed,
+        0
+    );
+    assert!(queued_ids(&h).await.is_empty());
+    let enough = Instant::now() + PAGE_TIME + StdDuration::from_secs(60);
+    assert_eq!(
+        aws.relay.relay_pending(Some(enough)).await.unwrap().relayed,
+        1
+    );
+    assert_queued_once(&h, 1).await;
+}
+
+/// A sweep stops visiting a relay page's time before its deadline, so what it queued can still
+/// go out by then; the next run, with time, does the rest.
+#[tokio::test]
+async fn a_sweep_on_dynamodb_leaves_its_relay_a_page_of_time_before_its_deadline() {
+    use spkeeper::aws::relay::PAGE_TIME;
+    use std::time::{Duration as StdDuration, Instant};
+    let h = moto_harness().await;
+    let at = seed_due(&h, 3).await;
+    let sweep = SweepService::new(Arc::clone(&h.ctx));
+    let short = Instant::now() + PAGE_TIME - StdDuration::from_secs(1);
+    let s = sweep.run_until(at, false, Some(short)).await.unwrap();
+    assert!(s.stopped_early && s.examined == 0, "{s:?}");
+    let enough = Instant::now() + PAGE_TIME + StdDuration::from_secs(60);
+    let s = sweep.run_until(at, false, Some(enough)).await.unwrap();
+    assert_eq!(
+        (s.examined, s.relayed, s.stopped_early),
+        (3, 3, false),
+        "{s:?}"
+    );
+    assert_queued_once(&h, 3).await;
+}
+
+/// SQS taking none of a page (down, throttling) ends the relay's run there: the rest waits in
+/// the outbox for the next relay, which sends each once.
+#[tokio::test]
+async fn a_relay_stops_after_a_page_sqs_took_none_of() {
+    const N: usize = 120;
+    let h = moto_harness().await;
+    let at = seed_due(&h, N).await;
+    let (aws, leases) = moto_parts(&h);
+    let moves: Vec<Advance> = h
+        .ctx
+        .grants
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .map(|g| advance_with_notice(g, at))
+        .collect();
+    // Written by a process that died before its relay ran: every item waits for a claim.
+    let (dead, _) = another_process(&h, aws.queue.clone());
+    dead.advance_all(&moves, at).await.unwrap();
+    leases.advance(CLAIM);
+    let Backend::Moto { sdk, .. } = &h.backend else {
+        unreachable!()
+    };
+    let down = SqsQueue::new(
+        aws_sdk_sqs::Client::new(sdk),
+        format!("{}-down", aws.queue.url()),
+    );
+    let (_, relay) = another_process(&h, down);
+    let stats = relay.relay_pending(None).await.unwrap();
+    assert_eq!(
+        (stats.relayed, stats.failed),
+        (0, 100),
+        "one page: {stats:?}"
+    );
+    leases.advance(CLAIM);
+    assert_eq!(
+        aws.relay.relay_pending(None).await.unwrap().relayed,
+        N as u64
+    );
+    assert_queued_once(&h, N).await;
+}
+
+/// A removal sent late, under a lease that has since lapsed and been taken again by the same
+/// relay (a warm process), changes nothing: the newer lease, and the notice, stay.
+#[tokio::test]
+async fn a_late_removal_does_not_end_a_newer_lease_of_the_same_relay() {
+    let (h, _, written) = one_advanced().await;
+    let (aws, leases) = moto_parts(&h);
+    let first = aws.dynamo.take_leased(0, 1).remove(0);
+    leases.advance(CLAIM);
+    let second = aws.dynamo.claim(&first.key).await.unwrap().unwrap();
+    assert_ne!(first.leased_until, second.leased_until);
+    let id = written.notice.as_ref().unwrap().id.clone();
+    aws.dynamo
+        .remove_relayed(&first, std::slice::from_ref(&id), aws.dynamo.relay_owner())
+        .await
+        .unwrap();
+    let (holders, _) = aws.dynamo.holders(None, 10).await.unwrap();
+    assert_eq!(holders.len(), 1, "still in the outbox");
+    assert_eq!(
+        holders[0].leased_until, second.leased_until,
+        "the newer lease holds"
+    );
+    assert_eq!(holders[0].notices.len(), 1);
 }

@@ -10,8 +10,10 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 use spkeeper::config::Program;
 use spkeeper::service::sweep::{SweepService, SweepSummary};
 
-/// Left for what is in flight (a keep-alive redemption takes at most a few seconds) and the
-/// relay to SQS after the last visit.
+/// The sweep's deadline is this long before Lambda's: left for what is in flight when it
+/// passes (a keep-alive redemption takes at most a few seconds) and the summary. The sweep
+/// itself stops visiting grants a relay page's time ([`spkeeper::aws::relay::PAGE_TIME`],
+/// 30 s) earlier still, so the relay can send what the visits queued by the deadline.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(15);
 
 #[tokio::main]

@@ -48,12 +48,17 @@ pub async fn sweep(
     }
     let loaded = setup::load(mode(dev)).await?;
     let now = now.unwrap_or_else(|| loaded.ctx.now());
-    let summary = SweepService::new(loaded.ctx)
-        .run(now, dry_run)
-        .await
-        .map_err(runtime)?;
-    println!("{}", serde_json::to_string(&summary).map_err(runtime)?);
-    Ok(())
+    let result = SweepService::new(loaded.ctx).run(now, dry_run).await;
+    // A sweep that did its work but could not relay every notice still prints its summary
+    // (what it did, and `not_relayed`), then fails.
+    let summary = match &result {
+        Ok(summary) => Some(summary),
+        Err(e) => e.summary(),
+    };
+    if let Some(summary) = summary {
+        println!("{}", serde_json::to_string(summary).map_err(runtime)?);
+    }
+    result.map(|_| ()).map_err(runtime)
 }
 
 pub async fn grants(as_json: bool, dev: bool) -> Result<(), Failure> {
@@ -164,10 +169,11 @@ pub async fn migrate(dry_run: bool, dev: bool) -> Result<(), Failure> {
     }
     // On DynamoDB, to SQS now (each waits in its own marker item): not at the next sweep.
     if queued > 0 {
-        match ctx.relay.relay_pending().await {
-            Ok(r) if r.failed > 0 => {
+        match ctx.relay.relay_pending(None).await {
+            Ok(r) if r.failed + r.refused > 0 => {
                 tracing::warn!(
                     failed = r.failed,
+                    refused = r.refused,
                     "the notices SQS did not take stay queued for the next sweep"
                 );
             }

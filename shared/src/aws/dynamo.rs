@@ -784,8 +784,9 @@ impl DynamoStore {
         }
     }
 
-    /// Removes relayed notices from an item this owner holds. When they were all it had, the
-    /// item leaves the outbox index; if more arrived meanwhile, they stay for the next relay.
+    /// Removes relayed notices from an item this owner holds, under the lease they were sent
+    /// under. When they were all it had, the item leaves the outbox index; if more arrived
+    /// meanwhile, they stay for the next relay.
     pub async fn remove_relayed(
         &self,
         claimed: &Holder,
@@ -804,6 +805,13 @@ impl DynamoStore {
             e.remove("relay_until");
             let owner_v = e.value(s(owner));
             let mut condition = format!("relay_owner = {owner_v}");
+            // Under the very lease it sent under: a late removal (a process that sent, stalled,
+            // and woke after its lease lapsed and it leased the item again) never ends a
+            // newer lease another send of ours is counting on.
+            if let Some(until) = claimed.leased_until {
+                let (name, v) = (e.name("relay_until"), e.value(n(until.timestamp())));
+                condition.push_str(&format!(" AND {name} = {v}"));
+            }
             if drop_index {
                 e.remove(OUTBOX_PK);
                 e.remove(OUTBOX_SK);

@@ -19,21 +19,27 @@ const RETRY_ROUNDS: u32 = 3;
 /// Batches in flight at once: a relay page of 100 notices is ten batches, one round trip
 /// instead of ten.
 const SEND_CONCURRENCY: usize = 10;
-/// No batch starts a retry round after this long into a send, and each request ends within
-/// [`REQUEST_TIMEOUT`]: a send is over within [`SEND_TIMEOUT`], well inside the margin a relay
-/// keeps on its lease ([`super::relay::SEND_MARGIN`]).
-const SEND_DEADLINE: Duration = Duration::from_secs(15);
+/// Each request ends within this (the SDK's own retries included), or within the whole
+/// send's budget when that is shorter.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest a [`SqsQueue::send`] takes: the deadline, a last backoff (0.8 s) and a last
-/// request.
-pub const SEND_TIMEOUT: Duration =
-    Duration::from_secs(SEND_DEADLINE.as_secs() + 1 + REQUEST_TIMEOUT.as_secs());
+/// The budget of a send of one relay page (100 notices, ten batches at once): long enough for
+/// the retry rounds, and well inside the margin a relay keeps on its lease
+/// ([`super::relay::SEND_MARGIN`]).
+pub const PAGE_SEND_BUDGET: Duration = Duration::from_secs(20);
 
 /// One message: the notice id (also the batch entry id) and its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub id: String,
     pub body: String,
+}
+
+/// What became of a send: the ids SQS took, and those it refused as they are (a sender
+/// fault: no retry would change its answer). The others it did not take this time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub accepted: Vec<String>,
+    pub refused: Vec<String>,
 }
 
 /// The longest SQS lets a message stay hidden is 12 hours from when it was received. A
@@ -140,40 +146,51 @@ impl SqsQueue {
         Ok(delay)
     }
 
-    /// Sends every message, [`SEND_CONCURRENCY`] batches of ten at a time; returns the ids SQS
-    /// accepted, from every batch, whatever became of the others. Entries SQS failed through
-    /// no fault of ours are retried; what it never took (refused, or its request failed: both
-    /// logged here, without bodies) is left to the caller: it stays in the outbox. Done within
-    /// [`SEND_TIMEOUT`], however SQS answers.
-    pub async fn send(&self, messages: &[Message]) -> Vec<String> {
-        let deadline = Instant::now() + SEND_DEADLINE;
+    /// Sends every message, [`SEND_CONCURRENCY`] batches of ten at a time, and is done within
+    /// `budget`, however SQS answers: no request starts that could end after it. Returns what
+    /// SQS took and what it refused, from every batch, whatever became of the others. Entries
+    /// SQS failed through no fault of ours are retried; what it never took (refused, or its
+    /// request failed: both logged here, without bodies) is left to the caller: it stays in
+    /// the outbox.
+    pub async fn send(&self, messages: &[Message], budget: Duration) -> Sent {
+        let end = Instant::now() + budget;
+        let request_timeout = REQUEST_TIMEOUT.min(budget);
         // Owned batches: the futures must not hold references into a closure's arguments
         // (the relay's async_trait futures are `Send`).
         let owned: Vec<Vec<Message>> = batches(messages)
             .into_iter()
             .map(|b| b.into_iter().cloned().collect())
             .collect();
-        let sent: Vec<Vec<String>> = stream::iter(owned)
-            .map(|batch| async move { self.send_batch(&batch, deadline).await })
+        let sent: Vec<Sent> = stream::iter(owned)
+            .map(|batch| async move { self.send_batch(&batch, end, request_timeout).await })
             .buffer_unordered(SEND_CONCURRENCY)
             .collect()
             .await;
-        sent.into_iter().flatten().collect()
+        let mut all = Sent::default();
+        for s in sent {
+            all.accepted.extend(s.accepted);
+            all.refused.extend(s.refused);
+        }
+        all
     }
 
-    /// One batch, its entries SQS failed through no fault of ours retried while `deadline`
-    /// has not passed; returns the ids SQS took.
-    async fn send_batch(&self, batch: &[Message], deadline: Instant) -> Vec<String> {
-        let mut sent = Vec::new();
+    /// One batch, its entries SQS failed through no fault of ours retried while a request
+    /// can still end by `end`.
+    async fn send_batch(&self, batch: &[Message], end: Instant, request_timeout: Duration) -> Sent {
+        let mut sent = Sent::default();
         let mut pending: Vec<&Message> = batch.iter().collect();
         for round in 0..=RETRY_ROUNDS {
-            // No request starts after the deadline, not even a batch's first (one waiting
-            // behind the others in a large send).
-            if pending.is_empty() || Instant::now() >= deadline {
-                break;
+            if round > 0 && !pending.is_empty() {
+                let pause = Duration::from_millis(100 * 2u64.pow(round));
+                if Instant::now() + pause + request_timeout > end {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
             }
-            if round > 0 {
-                tokio::time::sleep(Duration::from_millis(100 * 2u64.pow(round))).await;
+            // No request starts that could end after `end`, not even a batch's first (one
+            // waiting behind the others in a large send).
+            if pending.is_empty() || Instant::now() + request_timeout > end {
+                break;
             }
             let entries: Vec<SendMessageBatchRequestEntry> = pending
                 .iter()
@@ -185,9 +202,9 @@ impl SqsQueue {
                         .ok()
                 })
                 .collect();
-            let request_timeout = TimeoutConfig::builder()
-                .connect_timeout(REQUEST_TIMEOUT)
-                .operation_timeout(REQUEST_TIMEOUT)
+            let timeouts = TimeoutConfig::builder()
+                .connect_timeout(request_timeout)
+                .operation_timeout(request_timeout)
                 .build();
             let out = match self
                 .client
@@ -195,9 +212,7 @@ impl SqsQueue {
                 .queue_url(&self.url)
                 .set_entries(Some(entries))
                 .customize()
-                .config_override(
-                    aws_sdk_sqs::config::Builder::new().timeout_config(request_timeout),
-                )
+                .config_override(aws_sdk_sqs::config::Builder::new().timeout_config(timeouts))
                 .send()
                 .await
             {
@@ -211,15 +226,19 @@ impl SqsQueue {
                     return sent;
                 }
             };
-            sent.extend(out.successful().iter().map(|s| s.id().to_string()));
+            sent.accepted
+                .extend(out.successful().iter().map(|s| s.id().to_string()));
             let mut retry = Vec::new();
             for f in out.failed() {
                 if f.sender_fault() {
+                    // Counted by the stack's NoticeRefusedAlarm (its metric filter).
                     tracing::error!(
+                        event = "notice_refused",
                         notice_id = f.id(),
                         code = f.code(),
-                        "SQS refused a notice; it stays queued"
+                        "SQS refused a notice as it is; it stays queued, and an operator must look"
                     );
+                    sent.refused.push(f.id().to_string());
                 } else if let Some(m) = pending.iter().find(|m| m.id == f.id()) {
                     retry.push(*m);
                 }

@@ -53,6 +53,38 @@ pub struct SweepSummary {
     /// next sweep.
     #[serde(skip_serializing_if = "is_zero")]
     pub not_relayed: u64,
+    /// Notices the delivery queue refused as they are: they stay in the outbox, and the
+    /// stack's NoticeRefusedAlarm fires (the sweep itself does not fail for them: it would
+    /// fail every run, and its other work is done).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub refused: u64,
+}
+
+/// A sweep that did not do all its work.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    /// The store failed: the sweep stopped there. What it wrote stays written; what it did
+    /// not reach stays due, for the next run.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The sweep did its work, but notices it queued (or found queued) wait in the outbox:
+    /// the delivery queue did not take them, or the relay's store failed. The next run sends
+    /// them.
+    #[error("{error}")]
+    NotRelayed {
+        summary: Box<SweepSummary>,
+        error: StoreError,
+    },
+}
+
+impl SweepError {
+    /// What the sweep did, when it got to the end.
+    pub fn summary(&self) -> Option<&SweepSummary> {
+        match self {
+            SweepError::Store(_) => None,
+            SweepError::NotRelayed { summary, .. } => Some(summary),
+        }
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -73,6 +105,7 @@ impl SweepSummary {
             dry_run,
             stopped_early: false,
             not_relayed: 0,
+            refused: 0,
         }
     }
 
@@ -87,6 +120,7 @@ impl SweepSummary {
             Ok(r) => {
                 self.relayed += r.relayed;
                 self.not_relayed += r.failed;
+                self.refused += r.refused;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not relay notices; they stay in the outbox, and the sweep goes on");
@@ -151,27 +185,30 @@ impl SweepService {
         self
     }
 
-    pub async fn run(&self, now: DateTime<Utc>, dry_run: bool) -> Result<SweepSummary, StoreError> {
+    pub async fn run(&self, now: DateTime<Utc>, dry_run: bool) -> Result<SweepSummary, SweepError> {
         self.run_until(now, dry_run, None).await
     }
 
     /// One sweep that stops cleanly before `deadline` (a Lambda's remaining time, less a
     /// margin): what it did not reach stays due, for the next run — nothing is lost, and
-    /// nothing is sent twice (every notice is a conditional write). Due grants are visited
-    /// [`CONCURRENCY`] at a time.
+    /// nothing is queued twice (every notice is a conditional write). Due grants are visited
+    /// [`CONCURRENCY`] at a time, until the relay's [`page_time`](crate::ports::NoticeRelay::page_time)
+    /// before the deadline; the relay sends what they queued until the deadline itself.
     pub async fn run_until(
         &self,
         now: DateTime<Utc>,
         dry_run: bool,
         deadline: Option<Instant>,
-    ) -> Result<SweepSummary, StoreError> {
+    ) -> Result<SweepSummary, SweepError> {
         let started = Instant::now();
+        let visits_end =
+            deadline.map(|d| d.checked_sub(self.ctx.relay.page_time()).unwrap_or(started));
         // In Lambda, a rotated key or client secret since the last run (no-op locally).
         self.ctx.secrets.refresh_if_stale().await;
         let mut summary = SweepSummary::new(dry_run);
         let mut cursor: Option<DueCursor> = None;
         let mut relay_error = None;
-        let out_of_time = || deadline.is_some_and(|d| Instant::now() >= d);
+        let out_of_time = || visits_end.is_some_and(|d| Instant::now() >= d);
         loop {
             if out_of_time() {
                 summary.stopped_early = true;
@@ -208,7 +245,7 @@ impl SweepService {
                 // (DynamoDB). A relay that fails does not stop the sweep: its notices wait in
                 // the outbox, and the grants further on (Entra keep-alives among them) are
                 // still visited.
-                let relayed = self.ctx.relay.relay_written().await;
+                let relayed = self.ctx.relay.relay_written(deadline).await;
                 summary.relay_outcome(relayed, &mut relay_error);
             }
             match page.next {
@@ -228,7 +265,7 @@ impl SweepService {
         if !dry_run {
             // Everything queued reaches the delivery queue by the end of a sweep, including
             // what an earlier run (or a crashed launch) left behind.
-            let relayed = self.ctx.relay.relay_pending().await;
+            let relayed = self.ctx.relay.relay_pending(deadline).await;
             summary.relay_outcome(relayed, &mut relay_error);
             if !summary.stopped_early {
                 self.ctx.grants.purge(now).await?;
@@ -242,16 +279,21 @@ impl SweepService {
         }
         // The sweep did its work, but notices wait in the outbox: the run fails (the
         // function's error alarm), and the next one sends them.
-        if let Some(e) = relay_error {
-            return Err(e);
+        let error = relay_error.or_else(|| {
+            (summary.not_relayed > 0).then(|| {
+                StoreError::unavailable(std::io::Error::other(format!(
+                    "the delivery queue did not take {} notices; they stay in the outbox for the next sweep",
+                    summary.not_relayed
+                )))
+            })
+        });
+        match error {
+            Some(error) => Err(SweepError::NotRelayed {
+                summary: Box::new(summary),
+                error,
+            }),
+            None => Ok(summary),
         }
-        if summary.not_relayed > 0 {
-            return Err(StoreError::unavailable(std::io::Error::other(format!(
-                "the delivery queue did not take {} notices; they stay in the outbox for the next sweep",
-                summary.not_relayed
-            ))));
-        }
-        Ok(summary)
     }
 
     /// One due grant: what to write for it (the nearest due stage's notice, or a new place in

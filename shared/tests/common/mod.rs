@@ -527,7 +527,7 @@ impl Harness {
                 use spkeeper::ports::NoticeRelay;
                 // Whoever held them, every lease has lapsed by then.
                 leases.advance(spkeeper::aws::relay::CLAIM * 2);
-                aws.relay.relay_pending().await.unwrap();
+                aws.relay.relay_pending(None).await.unwrap();
                 let bodies = moto::drain(sdk, aws.queue.url()).await;
                 let mut drained = self.drained.lock().unwrap();
                 drained.extend(
