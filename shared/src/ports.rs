@@ -313,17 +313,25 @@ impl RelayStats {
     }
 }
 
+/// A relay's run ended by its store's error, with what it did before.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct RelayError {
+    pub stats: RelayStats,
+    pub error: StoreError,
+}
+
 /// Moves notices from the outbox (written atomically with each state change) to the delivery
 /// queue. Where the outbox is itself the queue (SQLite), there is nothing to move.
 ///
-/// A relay given a `deadline` starts no page of its work that could end after it
-/// ([`page_time`](Self::page_time)); what it did not reach waits in the outbox.
+/// A relay given a `deadline` is done by then: it starts no page without a few seconds left,
+/// and cuts each page's send and removals to fit; what it did not reach waits in the outbox.
 #[async_trait]
 pub trait NoticeRelay: Send + Sync {
     /// Everything still waiting; the sweep calls this, so nothing waits longer than a sweep.
     /// A queue that refuses notices is counted in [`RelayStats`], not an error: an error is
     /// the store's.
-    async fn relay_pending(&self, deadline: Option<Instant>) -> Result<RelayStats, StoreError>;
+    async fn relay_pending(&self, deadline: Option<Instant>) -> Result<RelayStats, RelayError>;
 
     /// Best effort, right after the write that queued `notice`, within a few seconds (a
     /// launch is waiting): a failure leaves it for [`relay_pending`](Self::relay_pending).
@@ -336,14 +344,14 @@ pub trait NoticeRelay: Send + Sync {
     /// is at most one page of the due index's notices (a page spans every shard) and fewer
     /// than a hundred more. A failure leaves them in the outbox. By default there is nothing to
     /// send.
-    async fn relay_written(&self, _deadline: Option<Instant>) -> Result<RelayStats, StoreError> {
+    async fn relay_written(&self, _deadline: Option<Instant>) -> Result<RelayStats, RelayError> {
         Ok(RelayStats::default())
     }
 
-    /// The longest one page of relaying takes (the send and what follows it): a sweep stops
-    /// visiting grants this long before its deadline, to leave its relay the time to send what
-    /// the visits queued. Nothing, where the outbox is the queue.
-    fn page_time(&self) -> Duration {
+    /// The time a sweep keeps for its relay: it stops visiting grants this long before its
+    /// deadline, so its relay can send what the visits queued. Nothing, where the outbox is
+    /// the queue.
+    fn reserve(&self) -> Duration {
         Duration::ZERO
     }
 }
@@ -354,7 +362,7 @@ pub struct OutboxIsTheQueue;
 
 #[async_trait]
 impl NoticeRelay for OutboxIsTheQueue {
-    async fn relay_pending(&self, _deadline: Option<Instant>) -> Result<RelayStats, StoreError> {
+    async fn relay_pending(&self, _deadline: Option<Instant>) -> Result<RelayStats, RelayError> {
         Ok(RelayStats::default())
     }
 

@@ -1395,21 +1395,21 @@ async fn a_notice_sqs_refuses_as_it_is_stays_queued_and_does_not_fail_the_sweep(
     assert_eq!(outbox_ids(&h, &[refused]).await, left);
 }
 
-/// A relay starts no page it could not finish before its deadline: with less than a page's
-/// time left it sends nothing, and what waits goes out, once, with time enough.
+/// A relay starts no page with less than a few seconds before its deadline: what waits goes
+/// out, once, with time enough.
 #[tokio::test]
-async fn a_relay_starts_no_page_that_could_end_after_its_deadline() {
-    use spkeeper::aws::relay::PAGE_TIME;
+async fn a_relay_starts_no_page_without_a_few_seconds_before_its_deadline() {
+    use spkeeper::aws::relay::MIN_PAGE;
     use std::time::{Duration as StdDuration, Instant};
     let (h, _, _) = one_advanced().await;
     let (aws, _) = moto_parts(&h);
-    let short = Instant::now() + PAGE_TIME - StdDuration::from_secs(1);
+    let short = Instant::now() + MIN_PAGE - StdDuration::from_millis(500);
     assert_eq!(
         aws.relay.relay_pending(Some(short)).await.unwrap().relayed,
         0
     );
     assert!(queued_ids(&h).await.is_empty());
-    let enough = Instant::now() + PAGE_TIME + StdDuration::from_secs(60);
+    let enough = Instant::now() + MIN_PAGE + StdDuration::from_secs(5);
     assert_eq!(
         aws.relay.relay_pending(Some(enough)).await.unwrap().relayed,
         1
@@ -1417,26 +1417,84 @@ async fn a_relay_starts_no_page_that_could_end_after_its_deadline() {
     assert_queued_once(&h, 1).await;
 }
 
-/// A sweep stops visiting a relay page's time before its deadline, so what it queued can still
-/// go out by then; the next run, with time, does the rest.
+/// A sweep stops visiting its relay's reserve before its deadline, and its relay still sends,
+/// in that time, what waits in the outbox; the next run, with time, does the rest.
 #[tokio::test]
-async fn a_sweep_on_dynamodb_leaves_its_relay_a_page_of_time_before_its_deadline() {
-    use spkeeper::aws::relay::PAGE_TIME;
+async fn a_sweep_on_dynamodb_stops_visiting_before_its_deadline_and_still_relays() {
+    use spkeeper::aws::relay::RELAY_RESERVE;
     use std::time::{Duration as StdDuration, Instant};
     let h = moto_harness().await;
     let at = seed_due(&h, 3).await;
+    let (aws, leases) = moto_parts(&h);
+    // One notice left in the outbox by a process that died before its relay ran.
+    let g = h.ctx.grants.list().await.unwrap().remove(0);
+    let (dead, _) = another_process(&h, aws.queue.clone());
+    dead.advance_all(&[advance_with_notice(&g, at)], at)
+        .await
+        .unwrap();
+    leases.advance(CLAIM);
     let sweep = SweepService::new(Arc::clone(&h.ctx));
-    let short = Instant::now() + PAGE_TIME - StdDuration::from_secs(1);
+    let short = Instant::now() + RELAY_RESERVE - StdDuration::from_secs(1);
     let s = sweep.run_until(at, false, Some(short)).await.unwrap();
     assert!(s.stopped_early && s.examined == 0, "{s:?}");
-    let enough = Instant::now() + PAGE_TIME + StdDuration::from_secs(60);
+    assert_eq!(s.relayed, 1, "the relay still had its time: {s:?}");
+    let enough = Instant::now() + RELAY_RESERVE + StdDuration::from_secs(60);
     let s = sweep.run_until(at, false, Some(enough)).await.unwrap();
     assert_eq!(
         (s.examined, s.relayed, s.stopped_early),
-        (3, 3, false),
+        (2, 2, false),
         "{s:?}"
     );
     assert_queued_once(&h, 3).await;
+}
+
+/// The notice a launch (or a token exchange) queues goes to SQS at once, in the launch's own
+/// short send: not at the next sweep.
+#[tokio::test]
+async fn a_notice_relayed_now_is_on_sqs_without_a_sweep() {
+    let h = moto_harness().await;
+    let at = seed_due(&h, 1).await;
+    let (aws, leases) = moto_parts(&h);
+    let g = h.ctx.grants.list().await.unwrap().remove(0);
+    let m = advance_with_notice(&g, at);
+    // Written as a launch writes: no lease taken.
+    let (dead, _) = another_process(&h, aws.queue.clone());
+    dead.advance_all(std::slice::from_ref(&m), at)
+        .await
+        .unwrap();
+    leases.advance(CLAIM);
+    let notice = m.notice.as_ref().unwrap();
+    aws.relay.relay_now(notice).await.unwrap();
+    let Backend::Moto { sdk, .. } = &h.backend else {
+        unreachable!()
+    };
+    let on_sqs = moto::drain(sdk, aws.queue.url()).await;
+    assert_eq!(on_sqs.len(), 1, "on SQS at once");
+    assert!(on_sqs[0].contains(&notice.id));
+    assert!(
+        every_outbox_id(&h).await.is_empty(),
+        "and out of the outbox"
+    );
+}
+
+/// A sweep queuing a notice now and then does not leave what its writes leased to lapse while
+/// waiting for a full page: once the oldest lease comes near to losing its margin, the relay
+/// sends what it has.
+#[tokio::test]
+async fn leased_notices_go_out_before_their_leases_lose_the_margin_without_a_full_page() {
+    use spkeeper::aws::relay::SEND_SOON;
+    let (h, _, _) = one_advanced().await;
+    let (aws, leases) = moto_parts(&h);
+    assert!(
+        aws.dynamo.take_leased(100, 100).is_empty(),
+        "not yet a page"
+    );
+    leases.advance(CLAIM - SEND_MARGIN - SEND_SOON + Duration::seconds(1));
+    assert_eq!(
+        aws.dynamo.take_leased(100, 100).len(),
+        1,
+        "sent before it is too late"
+    );
 }
 
 /// SQS taking none of a page (down, throttling) ends the relay's run there: the rest waits in

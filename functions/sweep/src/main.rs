@@ -12,7 +12,7 @@ use spkeeper::service::sweep::{SweepService, SweepSummary};
 
 /// The sweep's deadline is this long before Lambda's: left for what is in flight when it
 /// passes (a keep-alive redemption takes at most a few seconds) and the summary. The sweep
-/// itself stops visiting grants a relay page's time ([`spkeeper::aws::relay::PAGE_TIME`],
+/// itself stops visiting grants its relay's reserve ([`spkeeper::aws::relay::RELAY_RESERVE`],
 /// 30 s) earlier still, so the relay can send what the visits queued by the deadline.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(15);
 

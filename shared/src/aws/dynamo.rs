@@ -27,7 +27,7 @@ use chrono::{DateTime, Duration, Utc};
 use futures_util::future;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
-use super::relay::{CLAIM, SEND_MARGIN};
+use super::relay::{CLAIM, SEND_MARGIN, SEND_SOON};
 use super::table::{
     DUE_INDEX, DUE_PK, DUE_SHARDS, DUE_SK, EMAIL_INDEX, EMAIL_KEY, ENTRA_USER_INDEX,
     ENTRA_USER_KEY, LOGIN_INDEX, LOGIN_KEY, OUTBOX_INDEX, OUTBOX_PARTITION, OUTBOX_PK, OUTBOX_SK,
@@ -408,7 +408,7 @@ fn holder(item: &Item) -> Result<Holder, StoreError> {
 
 impl Holder {
     /// Its lease is still held at `now` (by whoever took it).
-    fn leased_at(&self, now: DateTime<Utc>) -> bool {
+    pub(crate) fn leased_at(&self, now: DateTime<Utc>) -> bool {
         self.leased_until.is_some_and(|u| u > now)
     }
 }
@@ -549,8 +549,9 @@ impl DynamoStore {
 
     /// The items this store's sweep writes leased for its relay since they were last taken,
     /// as written (every notice in them, leftovers of an earlier crash included), once there
-    /// are `at_least`, at most `at_most` of them (one page: each page is taken as it is sent,
-    /// so each is judged by the clock of its own send). Only those whose lease holds
+    /// are `at_least` or one is within [`SEND_SOON`] of losing its margin, oldest first, at
+    /// most `at_most` of them (one page: each page is taken as it is sent, so each is judged
+    /// by the clock of its own send). Only those whose lease holds
     /// [`SEND_MARGIN`] longer are taken: the rest are let go (a lapsed one may have been
     /// claimed by another relay since), and wait in the outbox index for whoever holds them
     /// next.
@@ -558,7 +559,8 @@ impl DynamoStore {
         let sendable = self.lease_now() + SEND_MARGIN;
         let mut taken = self.leases.taken();
         taken.retain(|h| h.leased_at(sendable));
-        if taken.is_empty() || taken.len() < at_least {
+        let urgent = taken.iter().any(|h| !h.leased_at(sendable + SEND_SOON));
+        if taken.is_empty() || (taken.len() < at_least && !urgent) {
             return Vec::new();
         }
         let n = taken.len().min(at_most);

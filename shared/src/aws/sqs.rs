@@ -19,9 +19,11 @@ const RETRY_ROUNDS: u32 = 3;
 /// Batches in flight at once: a relay page of 100 notices is ten batches, one round trip
 /// instead of ten.
 const SEND_CONCURRENCY: usize = 10;
-/// Each request ends within this (the SDK's own retries included), or within the whole
-/// send's budget when that is shorter.
+/// Each request ends within this (the SDK's own retries included), or by the end of the whole
+/// send's budget when that comes first.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// No request starts with less time than this before the end of its send's budget.
+const MIN_REQUEST: Duration = Duration::from_millis(500);
 /// The budget of a send of one relay page (100 notices, ten batches at once): long enough for
 /// the retry rounds, and well inside the margin a relay keeps on its lease
 /// ([`super::relay::SEND_MARGIN`]).
@@ -154,7 +156,6 @@ impl SqsQueue {
     /// the outbox.
     pub async fn send(&self, messages: &[Message], budget: Duration) -> Sent {
         let end = Instant::now() + budget;
-        let request_timeout = REQUEST_TIMEOUT.min(budget);
         // Owned batches: the futures must not hold references into a closure's arguments
         // (the relay's async_trait futures are `Send`).
         let owned: Vec<Vec<Message>> = batches(messages)
@@ -162,7 +163,7 @@ impl SqsQueue {
             .map(|b| b.into_iter().cloned().collect())
             .collect();
         let sent: Vec<Sent> = stream::iter(owned)
-            .map(|batch| async move { self.send_batch(&batch, end, request_timeout).await })
+            .map(|batch| async move { self.send_batch(&batch, end).await })
             .buffer_unordered(SEND_CONCURRENCY)
             .collect()
             .await;
@@ -175,21 +176,27 @@ impl SqsQueue {
     }
 
     /// One batch, its entries SQS failed through no fault of ours retried while a request
-    /// can still end by `end`.
-    async fn send_batch(&self, batch: &[Message], end: Instant, request_timeout: Duration) -> Sent {
+    /// can still be given [`MIN_REQUEST`] before `end`.
+    async fn send_batch(&self, batch: &[Message], end: Instant) -> Sent {
         let mut sent = Sent::default();
         let mut pending: Vec<&Message> = batch.iter().collect();
         for round in 0..=RETRY_ROUNDS {
-            if round > 0 && !pending.is_empty() {
+            if pending.is_empty() {
+                break;
+            }
+            if round > 0 {
                 let pause = Duration::from_millis(100 * 2u64.pow(round));
-                if Instant::now() + pause + request_timeout > end {
+                if Instant::now() + pause + MIN_REQUEST > end {
                     break;
                 }
                 tokio::time::sleep(pause).await;
             }
-            // No request starts that could end after `end`, not even a batch's first (one
-            // waiting behind the others in a large send).
-            if pending.is_empty() || Instant::now() + request_timeout > end {
+            // Each request ends by `end` (its timeout is what is left, at most
+            // REQUEST_TIMEOUT), and none starts with less than MIN_REQUEST left (not even a
+            // batch's first, one waiting behind the others in a large send).
+            let request_timeout =
+                REQUEST_TIMEOUT.min(end.saturating_duration_since(Instant::now()));
+            if request_timeout < MIN_REQUEST {
                 break;
             }
             let entries: Vec<SendMessageBatchRequestEntry> = pending

@@ -16,7 +16,7 @@ use crate::core::grant::{
     Kind, Stage, days_left, due_stage, keepalive_is_due, next_due_at, plus_days,
 };
 use crate::core::notice::{Notice, NoticeType, rfc3339};
-use crate::ports::{Advance, DueCursor, GrantRecord, RelayStats, StoreError, Written};
+use crate::ports::{Advance, DueCursor, GrantRecord, RelayError, RelayStats, StoreError, Written};
 use crate::service::exchange::{ExchangeError, TokenService};
 
 /// How far ahead operators hear that the client secret expires.
@@ -113,20 +113,20 @@ impl SweepSummary {
     /// run with once the sweep is done).
     fn relay_outcome(
         &mut self,
-        relayed: Result<RelayStats, StoreError>,
+        relayed: Result<RelayStats, RelayError>,
         error: &mut Option<StoreError>,
     ) {
-        match relayed {
-            Ok(r) => {
-                self.relayed += r.relayed;
-                self.not_relayed += r.failed;
-                self.refused += r.refused;
-            }
-            Err(e) => {
+        let r = match relayed {
+            Ok(r) => r,
+            Err(RelayError { stats, error: e }) => {
                 tracing::warn!(error = %e, "could not relay notices; they stay in the outbox, and the sweep goes on");
                 error.get_or_insert(e);
+                stats
             }
-        }
+        };
+        self.relayed += r.relayed;
+        self.not_relayed += r.failed;
+        self.refused += r.refused;
     }
 
     /// Adds one visit's counts.
@@ -192,7 +192,7 @@ impl SweepService {
     /// One sweep that stops cleanly before `deadline` (a Lambda's remaining time, less a
     /// margin): what it did not reach stays due, for the next run — nothing is lost, and
     /// nothing is queued twice (every notice is a conditional write). Due grants are visited
-    /// [`CONCURRENCY`] at a time, until the relay's [`page_time`](crate::ports::NoticeRelay::page_time)
+    /// [`CONCURRENCY`] at a time, until the relay's [`reserve`](crate::ports::NoticeRelay::reserve)
     /// before the deadline; the relay sends what they queued until the deadline itself.
     pub async fn run_until(
         &self,
@@ -202,7 +202,7 @@ impl SweepService {
     ) -> Result<SweepSummary, SweepError> {
         let started = Instant::now();
         let visits_end =
-            deadline.map(|d| d.checked_sub(self.ctx.relay.page_time()).unwrap_or(started));
+            deadline.map(|d| d.checked_sub(self.ctx.relay.reserve()).unwrap_or(started));
         // In Lambda, a rotated key or client secret since the last run (no-op locally).
         self.ctx.secrets.refresh_if_stale().await;
         let mut summary = SweepSummary::new(dry_run);
