@@ -70,7 +70,6 @@ pub fn grant_record(
     }
 }
 
-#[derive(Default)]
 struct RuntimeState {
     queue: Mutex<VecDeque<(String, Value)>>,
     queued: Notify,
@@ -78,6 +77,8 @@ struct RuntimeState {
     answered: Notify,
     init_error: Mutex<Option<Value>>,
     counter: AtomicUsize,
+    /// The function's timeout: each invocation's deadline is this far from its start.
+    timeout: Duration,
 }
 
 /// The Runtime API: `GET /2018-06-01/runtime/invocation/next` hands out queued events; the
@@ -92,7 +93,7 @@ async fn next(State(st): State<Arc<RuntimeState>>) -> Response {
     loop {
         let notified = st.queued.notified();
         if let Some((id, event)) = st.queue.lock().unwrap().pop_front() {
-            let deadline = (std::time::SystemTime::now() + Duration::from_secs(30))
+            let deadline = (std::time::SystemTime::now() + st.timeout)
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_millis();
@@ -153,8 +154,23 @@ async fn init_error(State(st): State<Arc<RuntimeState>>, _h: HeaderMap, body: By
 }
 
 impl RuntimeApi {
+    /// For a function whose timeout is 30 s (notify's in template.yaml; more than launch's and
+    /// exchange's, which do not read their deadline).
     pub async fn start() -> RuntimeApi {
-        let state = Arc::new(RuntimeState::default());
+        Self::with_timeout(Duration::from_secs(30)).await
+    }
+
+    /// For a function whose timeout is `timeout` (the sweep's: 300 s in template.yaml).
+    pub async fn with_timeout(timeout: Duration) -> RuntimeApi {
+        let state = Arc::new(RuntimeState {
+            queue: Mutex::default(),
+            queued: Notify::new(),
+            outcomes: Mutex::default(),
+            answered: Notify::new(),
+            init_error: Mutex::default(),
+            counter: AtomicUsize::new(0),
+            timeout,
+        });
         let app = Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(next))
             .route(

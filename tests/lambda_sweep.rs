@@ -10,6 +10,10 @@ use spkeeper::testkit::moto;
 use spkeeper_e2e::lambda::*;
 use spkeeper_e2e::{Proc, assert_no_secrets};
 
+/// The sweep function's timeout in template.yaml (tests/template.rs holds it to at least
+/// 120 s): the sweep keeps its last 45 s for its relay and the summary.
+const SWEEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sweep"))
 }
@@ -35,7 +39,7 @@ async fn sweep_function_queues_due_notices_on_sqs_once_however_often_it_runs() {
         .await
         .unwrap();
 
-    let rt = RuntimeApi::start().await;
+    let rt = RuntimeApi::with_timeout(SWEEP_TIMEOUT).await;
     let (_proc, _logs) = fx.spawn(&bin(), &rt, "sweep");
 
     let summary = match rt.invoke(fixture("eventbridge-scheduled.json")).await.1 {
@@ -71,7 +75,7 @@ async fn spawn_with(parts: &[Part]) -> (RuntimeApi, tempfile::TempDir, Proc) {
     let mut fx = AwsFixture::new(&[]).await;
     let arns: Vec<String> = parts.iter().map(|p| fx.secret_arns[p].clone()).collect();
     fx.env.insert("SPKEEPER_SECRETS_ARN".into(), arns.join(","));
-    let rt = RuntimeApi::start().await;
+    let rt = RuntimeApi::with_timeout(SWEEP_TIMEOUT).await;
     let (proc, logs) = fx.spawn(&bin(), &rt, "sweep");
     (rt, logs, proc)
 }
@@ -138,7 +142,7 @@ async fn sweep_function_keeps_idle_entra_grants_alive_and_stores_the_rotation() 
     let ctx = fx.context();
     let id = entra.seed_grant(&ctx, 40).await;
 
-    let rt = RuntimeApi::start().await;
+    let rt = RuntimeApi::with_timeout(SWEEP_TIMEOUT).await;
     let (mut proc, _logs) = fx.spawn(&bin(), &rt, "sweep");
     let summary = rt
         .invoke(fixture("eventbridge-scheduled.json"))

@@ -267,6 +267,13 @@ fn check(t: &Value) -> Vec<String> {
                     "{function}: a failed sweep must not be retried by Lambda (EventInvokeConfig MaximumRetryAttempts 0)"
                 ));
             }
+            // It stops visiting 45 s before its timeout (the relay's reserve and a margin).
+            let timeout = num(&t["Resources"][function.as_str()]["Properties"]["Timeout"]);
+            if timeout.is_none_or(|s| s < 120) {
+                v.push(format!(
+                    "{function}: the sweep needs a timeout of at least 120 s, to visit grants before the last 45 s"
+                ));
+            }
         }
     }
 
@@ -1654,6 +1661,14 @@ fn a_sweep_function_lambda_retries_is_reported() {
             }
         },
         "must not be retried by Lambda",
+    );
+}
+
+#[test]
+fn a_sweep_function_with_a_short_timeout_is_reported() {
+    broken(
+        |t| res(t, "SweepFunction")["Properties"]["Timeout"] = Value::from(60),
+        "a timeout of at least 120 s",
     );
 }
 

@@ -303,6 +303,8 @@ pub struct RelayStats {
     /// will change: they stay in the outbox, and each refusal is logged as the
     /// `notice_refused` event, which the stack's NoticeRefusedAlarm counts.
     pub refused: u64,
+    /// The relay stopped at its deadline: what it did not reach waits in the outbox.
+    pub stopped: bool,
 }
 
 impl RelayStats {
@@ -310,6 +312,7 @@ impl RelayStats {
         self.relayed += other.relayed;
         self.failed += other.failed;
         self.refused += other.refused;
+        self.stopped |= other.stopped;
     }
 }
 

@@ -639,19 +639,55 @@ fn advance_with_notice(g: &GrantRecord, now: DateTime<Utc>) -> Advance {
 /// Another process whose relay cannot reach SQS (a queue that does not exist): where a crash
 /// or an outage stops it, after its writes.
 fn process_without_sqs(h: &Harness) -> Arc<spkeeper::context::Context> {
-    let Backend::Moto { aws, sdk, .. } = &h.backend else {
-        unreachable!()
-    };
-    let down = SqsQueue::new(
-        aws_sdk_sqs::Client::new(sdk),
-        format!("{}-down", aws.queue.url()),
-    );
-    let (store, relay) = another_process(h, down);
+    let (store, relay) = another_process(h, queue_that_is_down(h));
     Arc::new(spkeeper::context::Context {
         grants: Arc::new(store),
         relay: Arc::new(relay),
         ..(*h.ctx).clone()
     })
+}
+
+/// `moves` written by a process that died before its relay ran, its leases since lapsed:
+/// each item waits in the outbox for a claim (as what a launch writes does).
+async fn left_by_a_dead_process(h: &Harness, moves: &[Advance], at: DateTime<Utc>) {
+    let (aws, leases) = moto_parts(h);
+    let (dead, _) = another_process(h, aws.queue.clone());
+    dead.advance_all(moves, at).await.unwrap();
+    leases.advance(CLAIM);
+}
+
+/// A queue that does not exist: every send fails.
+fn queue_that_is_down(h: &Harness) -> SqsQueue {
+    let Backend::Moto { aws, sdk, .. } = &h.backend else {
+        unreachable!()
+    };
+    SqsQueue::new(
+        aws_sdk_sqs::Client::new(sdk),
+        format!("{}-down", aws.queue.url()),
+    )
+}
+
+/// The move a sweep writes for each of the harness's grants, due at `at`.
+async fn every_grant_advanced(h: &Harness, at: DateTime<Utc>) -> Vec<Advance> {
+    h.ctx
+        .grants
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .map(|g| advance_with_notice(g, at))
+        .collect()
+}
+
+/// Once every lease has lapsed, the harness's relay sends the `n` notices waiting, each once.
+async fn after_the_leases_all_go_out_once(h: &Harness, n: usize) {
+    let (aws, leases) = moto_parts(h);
+    leases.advance(CLAIM);
+    assert_eq!(
+        aws.relay.relay_pending(None).await.unwrap().relayed,
+        n as u64
+    );
+    assert_queued_once(h, n).await;
 }
 
 /// A harness on moto.
@@ -717,20 +753,41 @@ async fn a_relay_lets_go_of_what_it_leased_once_the_lease_lapses() {
     assert_eq!(queued_ids(&h).await, std::slice::from_ref(&notice.id));
 }
 
-/// With less than the send margin left on its lease, a relay does not start sending what its
-/// sweep leased (the lease could lapse on the way, and another relay send it too): it waits in
-/// the outbox, and goes out once, after the lease.
+/// With less than the send margin left on its lease, a relay does not send what its sweep
+/// leased as it is (the lease could lapse on the way, and another relay send it too): it claims
+/// the item afresh, then sends it, once; no other relay can claim it meanwhile.
 #[tokio::test]
-async fn a_relay_does_not_send_a_lease_with_too_little_time_left() {
+async fn a_relay_sends_a_lease_with_too_little_time_left_only_once_it_claimed_it_afresh() {
     let (h, _, _) = one_advanced().await;
     let (aws, leases) = moto_parts(&h);
     leases.advance(CLAIM - SEND_MARGIN + Duration::seconds(1));
     assert!(aws.dynamo.take_leased(0, usize::MAX).is_empty());
-    assert_eq!(aws.relay.relay_pending(None).await.unwrap().relayed, 0);
-    assert!(queued_ids(&h).await.is_empty());
-    leases.advance(SEND_MARGIN);
+    let (_, other_relay) = another_process(&h, aws.queue.clone());
+    assert_eq!(
+        other_relay.relay_pending(None).await.unwrap().relayed,
+        0,
+        "not another relay's to take"
+    );
     assert_eq!(aws.relay.relay_pending(None).await.unwrap().relayed, 1);
+    assert!(every_outbox_id(&h).await.is_empty());
     assert_queued_once(&h, 1).await;
+}
+
+/// While this process sends an item's notices, it does not claim the item again, even where
+/// the lease is its own and has lost its margin (a launch's relay beside a sweep's page).
+#[tokio::test]
+async fn an_item_this_process_is_sending_is_not_claimed_again_meanwhile() {
+    let (h, _, _) = one_advanced().await;
+    let (aws, leases) = moto_parts(&h);
+    let page = aws.dynamo.take_leased(0, 1);
+    leases.advance(CLAIM - SEND_MARGIN + Duration::seconds(1));
+    let sending = aws.dynamo.in_flight(&page);
+    assert!(aws.dynamo.claim(&page[0].key).await.unwrap().is_none());
+    drop(sending);
+    assert!(
+        aws.dynamo.claim(&page[0].key).await.unwrap().is_some(),
+        "its own lease, its margin gone, once no longer in flight"
+    );
 }
 
 /// What a store's sweep writes leased and no relay took is let go once the lease lapses, at
@@ -1141,7 +1198,6 @@ async fn a_sweep_visits_every_due_grant_while_sqs_is_down_and_then_fails() {
     const N: usize = 120;
     let h = moto_harness().await;
     let at = seed_due(&h, N).await;
-    let (aws, leases) = moto_parts(&h);
     let err = SweepService::new(process_without_sqs(&h))
         .with_page(8)
         .run(at, false)
@@ -1159,12 +1215,7 @@ async fn a_sweep_visits_every_due_grant_while_sqs_is_down_and_then_fails() {
     );
     assert!(queued_ids(&h).await.is_empty());
 
-    leases.advance(CLAIM);
-    assert_eq!(
-        aws.relay.relay_pending(None).await.unwrap().relayed,
-        N as u64
-    );
-    assert_queued_once(&h, N).await;
+    after_the_leases_all_go_out_once(&h, N).await;
 }
 
 /// Write request units as DynamoDB bills them (the table, and each of the five indexes, all of
@@ -1294,15 +1345,7 @@ async fn each_page_of_leased_notices_is_judged_by_the_clock_when_it_is_taken() {
     let h = moto_harness().await;
     let at = seed_due(&h, 2).await;
     let (aws, leases) = moto_parts(&h);
-    let moves: Vec<Advance> = h
-        .ctx
-        .grants
-        .list()
-        .await
-        .unwrap()
-        .iter()
-        .map(|g| advance_with_notice(g, at))
-        .collect();
+    let moves = every_grant_advanced(&h, at).await;
     aws.dynamo.advance_all(&moves, at).await.unwrap();
     assert_eq!(aws.dynamo.take_leased(0, 1).len(), 1, "the first page");
     leases.advance(CLAIM - SEND_MARGIN + Duration::seconds(1));
@@ -1404,10 +1447,8 @@ async fn a_relay_starts_no_page_without_a_few_seconds_before_its_deadline() {
     let (h, _, _) = one_advanced().await;
     let (aws, _) = moto_parts(&h);
     let short = Instant::now() + MIN_PAGE - StdDuration::from_millis(500);
-    assert_eq!(
-        aws.relay.relay_pending(Some(short)).await.unwrap().relayed,
-        0
-    );
+    let stats = aws.relay.relay_pending(Some(short)).await.unwrap();
+    assert_eq!((stats.relayed, stats.stopped), (0, true), "{stats:?}");
     assert!(queued_ids(&h).await.is_empty());
     let enough = Instant::now() + MIN_PAGE + StdDuration::from_secs(5);
     assert_eq!(
@@ -1425,14 +1466,8 @@ async fn a_sweep_on_dynamodb_stops_visiting_before_its_deadline_and_still_relays
     use std::time::{Duration as StdDuration, Instant};
     let h = moto_harness().await;
     let at = seed_due(&h, 3).await;
-    let (aws, leases) = moto_parts(&h);
-    // One notice left in the outbox by a process that died before its relay ran.
     let g = h.ctx.grants.list().await.unwrap().remove(0);
-    let (dead, _) = another_process(&h, aws.queue.clone());
-    dead.advance_all(&[advance_with_notice(&g, at)], at)
-        .await
-        .unwrap();
-    leases.advance(CLAIM);
+    left_by_a_dead_process(&h, &[advance_with_notice(&g, at)], at).await;
     let sweep = SweepService::new(Arc::clone(&h.ctx));
     let short = Instant::now() + RELAY_RESERVE - StdDuration::from_secs(1);
     let s = sweep.run_until(at, false, Some(short)).await.unwrap();
@@ -1454,15 +1489,11 @@ async fn a_sweep_on_dynamodb_stops_visiting_before_its_deadline_and_still_relays
 async fn a_notice_relayed_now_is_on_sqs_without_a_sweep() {
     let h = moto_harness().await;
     let at = seed_due(&h, 1).await;
-    let (aws, leases) = moto_parts(&h);
+    let (aws, _) = moto_parts(&h);
     let g = h.ctx.grants.list().await.unwrap().remove(0);
     let m = advance_with_notice(&g, at);
-    // Written as a launch writes: no lease taken.
-    let (dead, _) = another_process(&h, aws.queue.clone());
-    dead.advance_all(std::slice::from_ref(&m), at)
-        .await
-        .unwrap();
-    leases.advance(CLAIM);
+    // Written without a lease, as a launch writes.
+    assert_eq!(h.ctx.grants.advance(&m, at).await.unwrap(), Written::Done);
     let notice = m.notice.as_ref().unwrap();
     aws.relay.relay_now(notice).await.unwrap();
     let Backend::Moto { sdk, .. } = &h.backend else {
@@ -1477,11 +1508,11 @@ async fn a_notice_relayed_now_is_on_sqs_without_a_sweep() {
     );
 }
 
-/// A sweep queuing a notice now and then does not leave what its writes leased to lapse while
-/// waiting for a full page: once the oldest lease comes near to losing its margin, the relay
-/// sends what it has.
+/// A sweep queuing a notice now and then does not wait for a full page while what its writes
+/// leased loses its margin: once the oldest lease comes near to it, the store hands the relay
+/// what it has.
 #[tokio::test]
-async fn leased_notices_go_out_before_their_leases_lose_the_margin_without_a_full_page() {
+async fn leased_notices_are_handed_over_before_their_leases_lose_the_margin_without_a_full_page() {
     use spkeeper::aws::relay::SEND_SOON;
     let (h, _, _) = one_advanced().await;
     let (aws, leases) = moto_parts(&h);
@@ -1504,40 +1535,15 @@ async fn a_relay_stops_after_a_page_sqs_took_none_of() {
     const N: usize = 120;
     let h = moto_harness().await;
     let at = seed_due(&h, N).await;
-    let (aws, leases) = moto_parts(&h);
-    let moves: Vec<Advance> = h
-        .ctx
-        .grants
-        .list()
-        .await
-        .unwrap()
-        .iter()
-        .map(|g| advance_with_notice(g, at))
-        .collect();
-    // Written by a process that died before its relay ran: every item waits for a claim.
-    let (dead, _) = another_process(&h, aws.queue.clone());
-    dead.advance_all(&moves, at).await.unwrap();
-    leases.advance(CLAIM);
-    let Backend::Moto { sdk, .. } = &h.backend else {
-        unreachable!()
-    };
-    let down = SqsQueue::new(
-        aws_sdk_sqs::Client::new(sdk),
-        format!("{}-down", aws.queue.url()),
-    );
-    let (_, relay) = another_process(&h, down);
+    left_by_a_dead_process(&h, &every_grant_advanced(&h, at).await, at).await;
+    let (_, relay) = another_process(&h, queue_that_is_down(&h));
     let stats = relay.relay_pending(None).await.unwrap();
     assert_eq!(
         (stats.relayed, stats.failed),
         (0, 100),
         "one page: {stats:?}"
     );
-    leases.advance(CLAIM);
-    assert_eq!(
-        aws.relay.relay_pending(None).await.unwrap().relayed,
-        N as u64
-    );
-    assert_queued_once(&h, N).await;
+    after_the_leases_all_go_out_once(&h, N).await;
 }
 
 /// A removal sent late, under a lease that has since lapsed and been taken again by the same

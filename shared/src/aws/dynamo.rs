@@ -9,7 +9,7 @@
 //! write, and the relay's removal once SQS took it.
 //! A launch writes the grant and its refresh token (two items) in one transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -393,6 +393,8 @@ pub struct Holder {
     pub notices: Vec<(String, String)>,
     /// A relay holds it until then.
     pub leased_until: Option<DateTime<Utc>>,
+    /// Which relay (its `relay_owner`).
+    pub leased_by: Option<String>,
 }
 
 fn holder(item: &Item) -> Result<Holder, StoreError> {
@@ -403,6 +405,7 @@ fn holder(item: &Item) -> Result<Holder, StoreError> {
             .contains_key("relay_until")
             .then(|| get_time(item, "relay_until"))
             .transpose()?,
+        leased_by: item.get("relay_owner").and_then(|v| v.as_s().ok()).cloned(),
     })
 }
 
@@ -410,6 +413,13 @@ impl Holder {
     /// Its lease is still held at `now` (by whoever took it).
     pub(crate) fn leased_at(&self, now: DateTime<Utc>) -> bool {
         self.leased_until.is_some_and(|u| u > now)
+    }
+
+    /// `owner` may claim it at `now`: no live lease, or one of `owner`'s own without the
+    /// margin to send under ([`DynamoStore::claim`]).
+    pub(crate) fn claimable_by(&self, owner: &str, now: DateTime<Utc>) -> bool {
+        !self.leased_at(now)
+            || (self.leased_by.as_deref() == Some(owner) && !self.leased_at(now + SEND_MARGIN))
     }
 }
 
@@ -423,6 +433,9 @@ impl Holder {
 struct Leases {
     owner: String,
     taken: Mutex<Vec<Holder>>,
+    /// The items whose notices this process is sending or removing right now: never claimed
+    /// again meanwhile, even where the lease is this relay's own ([`DynamoStore::claim`]).
+    in_flight: Mutex<HashSet<(String, String)>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -444,6 +457,7 @@ impl Leases {
         Leases {
             owner,
             taken: Mutex::new(Vec::new()),
+            in_flight: Mutex::new(HashSet::new()),
             clock,
         }
     }
@@ -453,12 +467,33 @@ impl Leases {
         self.taken.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Keeps `h` for the relay, and lets go of what lapsed before `now` (which another relay
     /// may claim): the list holds at most what was leased since, even if no relay runs.
     fn keep(&self, h: Holder, now: DateTime<Utc>) {
         let mut taken = self.taken();
         taken.retain(|t| t.leased_at(now));
         taken.push(h);
+    }
+}
+
+/// Items marked in flight ([`DynamoStore::in_flight`]) until this is dropped.
+pub struct InFlight {
+    leases: Arc<Leases>,
+    keys: Vec<(String, String)>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut in_flight = self.leases.in_flight();
+        for k in &self.keys {
+            in_flight.remove(k);
+        }
     }
 }
 
@@ -565,6 +600,17 @@ impl DynamoStore {
         }
         let n = taken.len().min(at_most);
         taken.drain(..n).collect()
+    }
+
+    /// Marks `holders` as being sent (and their notices removed) by this process until the
+    /// guard is dropped: [`Self::claim`] leaves them alone meanwhile.
+    pub fn in_flight(&self, holders: &[Holder]) -> InFlight {
+        let keys: Vec<(String, String)> = holders.iter().map(|h| h.key.clone()).collect();
+        self.leases.in_flight().extend(keys.iter().cloned());
+        InFlight {
+            leases: Arc::clone(&self.leases),
+            keys,
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -760,8 +806,15 @@ impl DynamoStore {
     }
 
     /// Takes an item's queued notices for this store's relay for [`CLAIM`] from now (the
-    /// wall clock), unless another relay holds them; returns them as they are now.
-    pub async fn claim(&self, (pk, sk): &(String, String)) -> Result<Option<Holder>, StoreError> {
+    /// wall clock), unless another relay holds them; returns them as they are now. A lease of
+    /// this relay's own with less than [`SEND_MARGIN`] left (a sweep's write it could not send
+    /// in time) is taken again, fresh, unless this process is sending it
+    /// ([`Self::in_flight`]).
+    pub async fn claim(&self, item: &(String, String)) -> Result<Option<Holder>, StoreError> {
+        if self.leases.in_flight().contains(item) {
+            return Ok(None);
+        }
+        let (pk, sk) = item;
         let now = self.lease_now();
         let until = now + CLAIM;
         let result = self
@@ -771,11 +824,13 @@ impl DynamoStore {
             .set_key(Some(key(pk.clone(), sk)))
             .update_expression("SET relay_owner = :o, relay_until = :u")
             .condition_expression(
-                "attribute_exists(outbox_pk) AND (attribute_not_exists(relay_until) OR relay_until <= :now)",
+                "attribute_exists(outbox_pk) AND (attribute_not_exists(relay_until) OR relay_until <= :now \
+                 OR (relay_owner = :o AND relay_until <= :margin))",
             )
             .expression_attribute_values(":o", s(self.relay_owner()))
             .expression_attribute_values(":u", n(until.timestamp()))
             .expression_attribute_values(":now", n(now.timestamp()))
+            .expression_attribute_values(":margin", n((now + SEND_MARGIN).timestamp()))
             .return_values(ReturnValue::AllNew)
             .send()
             .await;

@@ -100,7 +100,7 @@ fn removal_time(
 /// The budget of the next page with `before_deadline` left (none: no deadline): the whole
 /// send budget, or two thirds of what is left; `None` when too little is left to start one
 /// (the relay stops, and says so).
-fn page_budget(before_deadline: Option<StdDuration>) -> Option<Budget> {
+fn page_budget(before_deadline: Option<StdDuration>, stats: &mut RelayStats) -> Option<Budget> {
     let send = match before_deadline {
         None => PAGE_SEND_BUDGET,
         Some(left) if left >= MIN_PAGE => PAGE_SEND_BUDGET.min(left * 2 / 3),
@@ -108,6 +108,7 @@ fn page_budget(before_deadline: Option<StdDuration>) -> Option<Budget> {
             tracing::warn!(
                 "the relay stopped at its deadline; what is left waits in the outbox for the next sweep"
             );
+            stats.stopped = true;
             return None;
         }
     };
@@ -164,7 +165,7 @@ impl DynamoRelay {
         // A page at a time, each taken (and its leases' margin checked) just before its send:
         // a slow send of one page cannot use up the leases of the pages after it.
         loop {
-            let Some(budget) = page_budget(left_before(deadline)) else {
+            let Some(budget) = page_budget(left_before(deadline), stats) else {
                 return Ok(false);
             };
             let page = self.store.take_leased(at_least, PAGE);
@@ -186,12 +187,23 @@ impl DynamoRelay {
     ) -> Result<(), StoreError> {
         let mut cursor = None;
         loop {
-            if page_budget(left_before(deadline)).is_none() {
+            if page_budget(left_before(deadline), stats).is_none() {
                 return Ok(());
             }
-            let (page, next) = self.store.holders(cursor, PAGE).await?;
+            let holders = self.store.holders(cursor, PAGE);
+            let (page, next) = match left_before(deadline) {
+                None => holders.await?,
+                Some(left) => match tokio::time::timeout(left, holders).await {
+                    Ok(page) => page?,
+                    Err(_) => {
+                        stats.stopped = true;
+                        return Ok(());
+                    }
+                },
+            };
             let now = self.store.lease_now();
-            let free = page.into_iter().filter(|h| !h.leased_at(now));
+            let owner = self.owner();
+            let free = page.into_iter().filter(|h| h.claimable_by(owner, now));
             let claims = stream::iter(free)
                 .map(|h| async move { self.store.claim(&h.key).await })
                 .buffer_unordered(CONCURRENCY)
@@ -202,7 +214,10 @@ impl DynamoRelay {
                 None => claims.await?,
                 Some(left) => match tokio::time::timeout(left, claims).await {
                     Ok(claimed) => claimed?,
-                    Err(_) => return Ok(()),
+                    Err(_) => {
+                        stats.stopped = true;
+                        return Ok(());
+                    }
                 },
             };
             // Claims that took so long their margin is gone wait for the lease to lapse.
@@ -211,7 +226,7 @@ impl DynamoRelay {
                 .into_iter()
                 .filter(|h| h.leased_at(sendable))
                 .collect();
-            let Some(budget) = page_budget(left_before(deadline)) else {
+            let Some(budget) = page_budget(left_before(deadline), stats) else {
                 return Ok(());
             };
             let page = self.send(&claimed, budget, deadline, stats).await?;
@@ -244,6 +259,7 @@ impl DynamoRelay {
         if messages.is_empty() {
             return Ok(RelayStats::default());
         }
+        let _sending = self.store.in_flight(claimed);
         // What SQS did not take (its error logged there) stays in the outbox, under our
         // lease until it lapses, for the next relay.
         let sent = self.queue.send(&messages, budget.send).await;
@@ -252,6 +268,7 @@ impl DynamoRelay {
             relayed: accepted,
             failed: (messages.len() as u64).saturating_sub(accepted + refused),
             refused,
+            stopped: false,
         };
         stats.add(page);
         // Owned, so the futures hold no borrowed closure arguments (async_trait's Send check).
@@ -273,23 +290,29 @@ impl DynamoRelay {
             budget.removal,
             left_before(deadline),
         );
-        let removed = tokio::time::timeout(
-            removal_time,
-            stream::iter(removals)
-                .map(|(h, mine)| async move {
-                    self.store.remove_relayed(&h, &mine, self.owner()).await
-                })
-                .buffer_unordered(CONCURRENCY)
-                .collect::<Vec<_>>(),
-        )
-        .await
-        .map_err(|_| {
-            StoreError::unavailable(std::io::Error::other(
-                "DynamoDB did not remove the relayed notices in time; they are sent again, with \
-                 the same ids, once the lease lapses",
-            ))
-        })?;
-        removed.into_iter().collect::<Result<Vec<()>, _>>()?;
+        let removing = removals.len();
+        let removed =
+            tokio::time::timeout(
+                removal_time,
+                stream::iter(removals)
+                    .map(|(h, mine)| async move {
+                        self.store.remove_relayed(&h, &mine, self.owner()).await
+                    })
+                    .buffer_unordered(CONCURRENCY)
+                    .collect::<Vec<_>>(),
+            )
+            .await;
+        match removed {
+            Ok(removed) => {
+                removed.into_iter().collect::<Result<Vec<()>, _>>()?;
+            }
+            // Out of time (the lease's end, or the deadline): SQS has them, and the outbox
+            // still does, so they go again, with the same ids, once the lease lapses.
+            Err(_) => tracing::warn!(
+                items = removing,
+                "the relayed notices could not all be removed in time; they will be sent again, with the same ids"
+            ),
+        }
         Ok(page)
     }
 }

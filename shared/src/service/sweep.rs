@@ -46,7 +46,8 @@ pub struct SweepSummary {
     pub elapsed_ms: u64,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
-    /// The sweep ran out of time: the rest stays due for the next run.
+    /// The sweep ran out of time: the rest stays due (or queued, if its relay stopped) for the
+    /// next run.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub stopped_early: bool,
     /// Notices the delivery queue did not take this run: they stay in the outbox, for the
@@ -127,6 +128,7 @@ impl SweepSummary {
         self.relayed += r.relayed;
         self.not_relayed += r.failed;
         self.refused += r.refused;
+        self.stopped_early |= r.stopped;
     }
 
     /// Adds one visit's counts.
@@ -264,7 +266,8 @@ impl SweepService {
             .await?;
         if !dry_run {
             // Everything queued reaches the delivery queue by the end of a sweep, including
-            // what an earlier run (or a crashed launch) left behind.
+            // what an earlier run (or a crashed launch) left behind, unless the deadline stops
+            // the relay (`stopped_early`: the next run sends the rest).
             let relayed = self.ctx.relay.relay_pending(deadline).await;
             summary.relay_outcome(relayed, &mut relay_error);
             if !summary.stopped_early {
