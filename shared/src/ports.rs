@@ -303,6 +303,9 @@ pub struct RelayStats {
     /// will change: they stay in the outbox, and each refusal is logged as the
     /// `notice_refused` event, which the stack's NoticeRefusedAlarm counts.
     pub refused: u64,
+    /// Notices the delivery queue took whose removal from the outbox ran out of time: sent
+    /// again, with the same ids, once their lease lapses.
+    pub unremoved: u64,
     /// The relay stopped at its deadline: what it did not reach waits in the outbox.
     pub stopped: bool,
 }
@@ -312,6 +315,7 @@ impl RelayStats {
         self.relayed += other.relayed;
         self.failed += other.failed;
         self.refused += other.refused;
+        self.unremoved += other.unremoved;
         self.stopped |= other.stopped;
     }
 }

@@ -1569,3 +1569,110 @@ async fn a_late_removal_does_not_end_a_newer_lease_of_the_same_relay() {
     );
     assert_eq!(holders[0].notices.len(), 1);
 }
+
+/// Holds every SQS request for a while before it goes out (blocking its thread): a slow send.
+#[derive(Debug)]
+struct SlowSqs(std::time::Duration);
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for SlowSqs {
+    fn name(&self) -> &'static str {
+        "SlowSqs"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        std::thread::sleep(self.0);
+        Ok(())
+    }
+}
+
+/// While a relay sends a page of what its sweep leased, its own process does not claim those
+/// items again, even once their leases have lost the margin (a launch's relay_now beside a
+/// sweep): the notice goes out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_page_being_sent_is_not_claimed_again_by_its_own_process() {
+    let (h, _, written) = one_advanced().await;
+    let (aws, leases) = moto_parts(&h);
+    let Backend::Moto { sdk, .. } = &h.backend else {
+        unreachable!()
+    };
+    let sqs = aws_sdk_sqs::config::Builder::from(&**sdk)
+        .interceptor(SlowSqs(std::time::Duration::from_secs(2)))
+        .build();
+    // The same store (its relay identity and leases), with a slow SQS.
+    let slow = DynamoRelay::new(
+        aws.dynamo.clone(),
+        SqsQueue::new(aws_sdk_sqs::Client::from_conf(sqs), aws.queue.url()),
+    );
+    let sending = tokio::spawn(async move { slow.relay_pending(None).await.unwrap() });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    leases.advance(CLAIM - SEND_MARGIN + Duration::seconds(1));
+    let item = (format!("G#{}", written.id), "G".to_string());
+    assert!(
+        aws.dynamo.claim(&item).await.unwrap().is_none(),
+        "claimed while its page was on its way"
+    );
+    assert_eq!(sending.await.unwrap().relayed, 1);
+    assert_queued_once(&h, 1).await;
+}
+
+/// Holds every removal of relayed notices (an `UpdateItem` that REMOVEs) for a while before it
+/// goes out (blocking its thread): DynamoDB slow.
+#[derive(Debug)]
+struct SlowRemovals(std::time::Duration);
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for SlowRemovals {
+    fn name(&self) -> &'static str {
+        "SlowRemovals"
+    }
+
+    fn read_before_serialization(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef<'_>,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemInput;
+        let removal = context
+            .input()
+            .downcast_ref::<UpdateItemInput>()
+            .and_then(|i| i.update_expression.as_deref())
+            .is_some_and(|e| e.contains("REMOVE"));
+        if removal {
+            std::thread::sleep(self.0);
+        }
+        Ok(())
+    }
+}
+
+/// Removals that run out of time (DynamoDB slow) are counted, not hidden: SQS has the notice,
+/// the outbox may still, and it goes again with the same id; the sweep fails on the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removals_that_run_out_of_time_are_counted() {
+    use std::time::{Duration as StdDuration, Instant};
+    let h = moto_harness().await;
+    let at = seed_due(&h, 1).await;
+    let (aws, leases) = moto_parts(&h);
+    let g = h.ctx.grants.list().await.unwrap().remove(0);
+    let m = advance_with_notice(&g, at);
+    assert_eq!(h.ctx.grants.advance(&m, at).await.unwrap(), Written::Done);
+    let Backend::Moto { sdk, .. } = &h.backend else {
+        unreachable!()
+    };
+    let slow = aws_sdk_dynamodb::config::Builder::from(&**sdk)
+        .interceptor(SlowRemovals(StdDuration::from_secs(4)))
+        .build();
+    let store = DynamoStore::new(
+        aws_sdk_dynamodb::Client::from_conf(slow),
+        aws.dynamo.table(),
+    )
+    .with_lease_clock(Arc::clone(leases) as Arc<dyn Clock>);
+    let relay = DynamoRelay::new(store, aws.queue.clone());
+    let deadline = Instant::now() + StdDuration::from_millis(3100);
+    let stats = relay.relay_pending(Some(deadline)).await.unwrap();
+    assert_eq!((stats.relayed, stats.unremoved), (1, 1), "{stats:?}");
+}

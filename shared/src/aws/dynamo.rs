@@ -9,7 +9,7 @@
 //! write, and the relay's removal once SQS took it.
 //! A launch writes the grant and its refresh token (two items) in one transaction.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -435,7 +435,9 @@ struct Leases {
     taken: Mutex<Vec<Holder>>,
     /// The items whose notices this process is sending or removing right now: never claimed
     /// again meanwhile, even where the lease is this relay's own ([`DynamoStore::claim`]).
-    in_flight: Mutex<HashSet<(String, String)>>,
+    /// How many pages hold each (a page taken twice, in a race, keeps it marked until both
+    /// are done).
+    in_flight: Mutex<HashMap<(String, String), usize>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -457,7 +459,7 @@ impl Leases {
         Leases {
             owner,
             taken: Mutex::new(Vec::new()),
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(HashMap::new()),
             clock,
         }
     }
@@ -467,10 +469,23 @@ impl Leases {
         self.taken.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), usize>> {
         self.in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks `holders` in flight until the guard is dropped.
+    fn mark(self: &Arc<Self>, holders: &[Holder]) -> InFlight {
+        let keys: Vec<(String, String)> = holders.iter().map(|h| h.key.clone()).collect();
+        let mut in_flight = self.in_flight();
+        for k in &keys {
+            *in_flight.entry(k.clone()).or_default() += 1;
+        }
+        InFlight {
+            leases: Arc::clone(self),
+            keys,
+        }
     }
 
     /// Keeps `h` for the relay, and lets go of what lapsed before `now` (which another relay
@@ -492,7 +507,12 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let mut in_flight = self.leases.in_flight();
         for k in &self.keys {
-            in_flight.remove(k);
+            if let Some(n) = in_flight.get_mut(k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    in_flight.remove(k);
+                }
+            }
         }
     }
 }
@@ -591,26 +611,30 @@ impl DynamoStore {
     /// claimed by another relay since), and wait in the outbox index for whoever holds them
     /// next.
     pub fn take_leased(&self, at_least: usize, at_most: usize) -> Vec<Holder> {
-        let sendable = self.lease_now() + SEND_MARGIN;
+        self.take_leased_to_send(at_least, at_most).0
+    }
+
+    /// [`Self::take_leased`], the page marked in flight ([`Self::in_flight`]) in the same
+    /// moment, until the guard is dropped: no claim of this process's slips in between.
+    pub fn take_leased_to_send(&self, at_least: usize, at_most: usize) -> (Vec<Holder>, InFlight) {
         let mut taken = self.leases.taken();
+        let sendable = self.lease_now() + SEND_MARGIN;
         taken.retain(|h| h.leased_at(sendable));
         let urgent = taken.iter().any(|h| !h.leased_at(sendable + SEND_SOON));
-        if taken.is_empty() || (taken.len() < at_least && !urgent) {
-            return Vec::new();
-        }
-        let n = taken.len().min(at_most);
-        taken.drain(..n).collect()
+        let page: Vec<Holder> = if taken.is_empty() || (taken.len() < at_least && !urgent) {
+            Vec::new()
+        } else {
+            let n = taken.len().min(at_most);
+            taken.drain(..n).collect()
+        };
+        let sending = self.leases.mark(&page);
+        (page, sending)
     }
 
     /// Marks `holders` as being sent (and their notices removed) by this process until the
     /// guard is dropped: [`Self::claim`] leaves them alone meanwhile.
     pub fn in_flight(&self, holders: &[Holder]) -> InFlight {
-        let keys: Vec<(String, String)> = holders.iter().map(|h| h.key.clone()).collect();
-        self.leases.in_flight().extend(keys.iter().cloned());
-        InFlight {
-            leases: Arc::clone(&self.leases),
-            keys,
-        }
+        self.leases.mark(holders)
     }
 
     pub fn client(&self) -> &Client {
@@ -811,11 +835,16 @@ impl DynamoStore {
     /// in time) is taken again, fresh, unless this process is sending it
     /// ([`Self::in_flight`]).
     pub async fn claim(&self, item: &(String, String)) -> Result<Option<Holder>, StoreError> {
-        if self.leases.in_flight().contains(item) {
-            return Ok(None);
-        }
+        // The clock is read under the lock: a page taken after this check was taken later,
+        // with its margin still whole, so this claim's condition cannot match its lease.
+        let now = {
+            let in_flight = self.leases.in_flight();
+            if in_flight.contains_key(item) {
+                return Ok(None);
+            }
+            self.lease_now()
+        };
         let (pk, sk) = item;
-        let now = self.lease_now();
         let until = now + CLAIM;
         let result = self
             .client

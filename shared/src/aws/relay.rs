@@ -123,9 +123,10 @@ fn left_before(deadline: Option<Instant>) -> Option<StdDuration> {
 }
 
 /// What one page did, and whether the relay should go on: not when SQS took none of it (down
-/// or throttling: the next relay tries again, and a sweep does not spend its time on it).
+/// or throttling: the next relay tries again, and a sweep does not spend its time on it), nor
+/// when its removals ran out of time (DynamoDB slow: the run would send them again).
 fn went_through(page: RelayStats) -> bool {
-    page.relayed > 0 || page.failed == 0
+    (page.relayed > 0 || page.failed == 0) && page.unremoved == 0
 }
 
 /// The stats so far, with the error that ended the run.
@@ -168,7 +169,7 @@ impl DynamoRelay {
             let Some(budget) = page_budget(left_before(deadline), stats) else {
                 return Ok(false);
             };
-            let page = self.store.take_leased(at_least, PAGE);
+            let (page, _sending) = self.store.take_leased_to_send(at_least, PAGE);
             if page.is_empty() {
                 return Ok(true);
             }
@@ -264,11 +265,11 @@ impl DynamoRelay {
         // lease until it lapses, for the next relay.
         let sent = self.queue.send(&messages, budget.send).await;
         let (accepted, refused) = (sent.accepted.len() as u64, sent.refused.len() as u64);
-        let page = RelayStats {
+        let mut page = RelayStats {
             relayed: accepted,
             failed: (messages.len() as u64).saturating_sub(accepted + refused),
             refused,
-            stopped: false,
+            ..RelayStats::default()
         };
         stats.add(page);
         // Owned, so the futures hold no borrowed closure arguments (async_trait's Send check).
@@ -290,7 +291,7 @@ impl DynamoRelay {
             budget.removal,
             left_before(deadline),
         );
-        let removing = removals.len();
+        let removing: usize = removals.iter().map(|(_, mine)| mine.len()).sum();
         let removed =
             tokio::time::timeout(
                 removal_time,
@@ -306,12 +307,17 @@ impl DynamoRelay {
             Ok(removed) => {
                 removed.into_iter().collect::<Result<Vec<()>, _>>()?;
             }
-            // Out of time (the lease's end, or the deadline): SQS has them, and the outbox
-            // still does, so they go again, with the same ids, once the lease lapses.
-            Err(_) => tracing::warn!(
-                items = removing,
-                "the relayed notices could not all be removed in time; they will be sent again, with the same ids"
-            ),
+            // Out of time (the lease's end, or the deadline: DynamoDB slow): SQS has them, and
+            // the outbox still does, so they go again, with the same ids, once the lease
+            // lapses. Counted (the sweep then fails), and this run stops here.
+            Err(_) => {
+                tracing::warn!(
+                    notices = removing,
+                    "the relayed notices could not all be removed in time; they will be sent again, with the same ids"
+                );
+                page.unremoved = removing as u64;
+                stats.unremoved += page.unremoved;
+            }
         }
         Ok(page)
     }
@@ -320,7 +326,8 @@ impl DynamoRelay {
 #[async_trait]
 impl NoticeRelay for DynamoRelay {
     /// What the store's sweep writes leased for this relay, then the outbox index: the items
-    /// no live lease holds are claimed first (ours are skipped, having just been sent).
+    /// no live lease holds (or only a lease of this relay's own, its margin gone) are claimed
+    /// first.
     async fn relay_pending(&self, deadline: Option<Instant>) -> Result<RelayStats, RelayError> {
         let mut stats = RelayStats::default();
         let result = match self.send_leased(0, deadline, &mut stats).await {

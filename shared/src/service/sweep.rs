@@ -59,6 +59,10 @@ pub struct SweepSummary {
     /// fail every run, and its other work is done).
     #[serde(skip_serializing_if = "is_zero")]
     pub refused: u64,
+    /// Notices the delivery queue took that could not be removed from the outbox in time
+    /// (DynamoDB slow): they go again, with the same ids, and the run fails.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unremoved: u64,
 }
 
 /// A sweep that did not do all its work.
@@ -107,6 +111,7 @@ impl SweepSummary {
             stopped_early: false,
             not_relayed: 0,
             refused: 0,
+            unremoved: 0,
         }
     }
 
@@ -128,6 +133,7 @@ impl SweepSummary {
         self.relayed += r.relayed;
         self.not_relayed += r.failed;
         self.refused += r.refused;
+        self.unremoved += r.unremoved;
         self.stopped_early |= r.stopped;
     }
 
@@ -282,14 +288,24 @@ impl SweepService {
         }
         // The sweep did its work, but notices wait in the outbox: the run fails (the
         // function's error alarm), and the next one sends them.
-        let error = relay_error.or_else(|| {
-            (summary.not_relayed > 0).then(|| {
-                StoreError::unavailable(std::io::Error::other(format!(
-                    "the delivery queue did not take {} notices; they stay in the outbox for the next sweep",
-                    summary.not_relayed
-                )))
+        let failure = |message: String| StoreError::unavailable(std::io::Error::other(message));
+        let error = relay_error
+            .or_else(|| {
+                (summary.not_relayed > 0).then(|| {
+                    failure(format!(
+                        "the delivery queue did not take {} notices; they stay in the outbox for the next sweep",
+                        summary.not_relayed
+                    ))
+                })
             })
-        });
+            .or_else(|| {
+                (summary.unremoved > 0).then(|| {
+                    failure(format!(
+                        "{} notices went to the delivery queue but could not be removed from the outbox in time; they will be sent again, with the same ids",
+                        summary.unremoved
+                    ))
+                })
+            });
         match error {
             Some(error) => Err(SweepError::NotRelayed {
                 summary: Box::new(summary),
