@@ -916,7 +916,14 @@ impl DynamoStore {
         // Our lease lapsed (another relay sends them: a duplicate id that consumers drop), or
         // new notices arrived: keep the item indexed.
         let (e, condition) = attempt(false);
-        self.update(key(pk.clone(), sk), e, &condition).await?;
+        if self.update(key(pk.clone(), sk), e, &condition).await? == Written::Conflict {
+            // No longer under the lease they were sent under (it lapsed and was taken, or
+            // the grant was erased): whoever holds them sends them again, with the same ids.
+            tracing::warn!(
+                notices = sent.len(),
+                "relayed notices were not removed: their item is no longer under this relay's lease"
+            );
+        }
         Ok(())
     }
 }

@@ -14,6 +14,7 @@
 //! the item for the next sweep, once the lease lapses. Claims and removals go [`CONCURRENCY`]
 //! at a time.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration as StdDuration, Instant};
 
 use async_trait::async_trait;
@@ -292,17 +293,23 @@ impl DynamoRelay {
             left_before(deadline),
         );
         let removing: usize = removals.iter().map(|(_, mine)| mine.len()).sum();
-        let removed =
-            tokio::time::timeout(
-                removal_time,
-                stream::iter(removals)
-                    .map(|(h, mine)| async move {
-                        self.store.remove_relayed(&h, &mine, self.owner()).await
-                    })
-                    .buffer_unordered(CONCURRENCY)
-                    .collect::<Vec<_>>(),
-            )
-            .await;
+        // Counted as each finishes, so a timeout knows how many did.
+        let removed_so_far = AtomicUsize::new(0);
+        let done = &removed_so_far;
+        let removed = tokio::time::timeout(
+            removal_time,
+            stream::iter(removals)
+                .map(|(h, mine)| async move {
+                    let r = self.store.remove_relayed(&h, &mine, self.owner()).await;
+                    if r.is_ok() {
+                        done.fetch_add(mine.len(), Ordering::Relaxed);
+                    }
+                    r
+                })
+                .buffer_unordered(CONCURRENCY)
+                .collect::<Vec<_>>(),
+        )
+        .await;
         match removed {
             Ok(removed) => {
                 removed.into_iter().collect::<Result<Vec<()>, _>>()?;
@@ -311,11 +318,12 @@ impl DynamoRelay {
             // the outbox still does, so they go again, with the same ids, once the lease
             // lapses. Counted (the sweep then fails), and this run stops here.
             Err(_) => {
+                let left = removing.saturating_sub(removed_so_far.load(Ordering::Relaxed));
                 tracing::warn!(
-                    notices = removing,
+                    notices = left,
                     "the relayed notices could not all be removed in time; they will be sent again, with the same ids"
                 );
-                page.unremoved = removing as u64;
+                page.unremoved = left as u64;
                 stats.unremoved += page.unremoved;
             }
         }
@@ -344,7 +352,15 @@ impl NoticeRelay for DynamoRelay {
             return Ok(());
         };
         let key = (format!("G#{}", grant.id), "G".to_string());
-        if let Some(claimed) = self.store.claim(&key).await? {
+        // The claim too is bounded: a launch is waiting (and a sweep's keep-alive, near its
+        // deadline). Cut short, the notice waits for the sweep (if the claim was written, its
+        // lease lapses first).
+        let Ok(claimed) = tokio::time::timeout(NOW_BUDGET.send, self.store.claim(&key)).await
+        else {
+            tracing::warn!(notice_id = %notice.id, "DynamoDB did not answer the claim in time; the notice waits for the sweep");
+            return Ok(());
+        };
+        if let Some(claimed) = claimed? {
             let mut stats = RelayStats::default();
             self.send(std::slice::from_ref(&claimed), NOW_BUDGET, None, &mut stats)
                 .await?;
