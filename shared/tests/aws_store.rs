@@ -639,7 +639,12 @@ fn advance_with_notice(g: &GrantRecord, now: DateTime<Utc>) -> Advance {
 /// Another process whose relay cannot reach SQS (a queue that does not exist): where a crash
 /// or an outage stops it, after its writes.
 fn process_without_sqs(h: &Harness) -> Arc<spkeeper::context::Context> {
-    let (store, relay) = another_process(h, queue_that_is_down(h));
+    process_on(h, queue_that_is_down(h))
+}
+
+/// Another process's context (its own store and relay) sending to `queue`.
+fn process_on(h: &Harness, queue: SqsQueue) -> Arc<spkeeper::context::Context> {
+    let (store, relay) = another_process(h, queue);
     Arc::new(spkeeper::context::Context {
         grants: Arc::new(store),
         relay: Arc::new(relay),
@@ -1396,13 +1401,10 @@ fn process_whose_sqs_refuses(h: &Harness, marker: &str) -> Arc<spkeeper::context
     let sqs = aws_sdk_sqs::config::Builder::from(&**sdk)
         .interceptor(RefuseBodiesWith(marker.to_string()))
         .build();
-    let queue = SqsQueue::new(aws_sdk_sqs::Client::from_conf(sqs), aws.queue.url());
-    let (store, relay) = another_process(h, queue);
-    Arc::new(spkeeper::context::Context {
-        grants: Arc::new(store),
-        relay: Arc::new(relay),
-        ..(*h.ctx).clone()
-    })
+    process_on(
+        h,
+        SqsQueue::new(aws_sdk_sqs::Client::from_conf(sqs), aws.queue.url()),
+    )
 }
 
 /// A notice SQS refuses as it is (a sender fault: no retry changes the answer) does not fail

@@ -125,6 +125,22 @@ fn left_before(deadline: Option<Instant>) -> Option<StdDuration> {
     deadline.map(|d| d.saturating_duration_since(Instant::now()))
 }
 
+/// `work`'s output, unless `deadline` comes first: then `None`, and the relay has stopped.
+async fn by_deadline<T>(
+    deadline: Option<Instant>,
+    work: impl std::future::Future<Output = T>,
+    stats: &mut RelayStats,
+) -> Option<T> {
+    match left_before(deadline) {
+        None => Some(work.await),
+        Some(left) => {
+            let done = tokio::time::timeout(left, work).await.ok();
+            stats.stopped |= done.is_none();
+            done
+        }
+    }
+}
+
 /// What one page did, and whether the relay should go on: not when SQS took none of it (down
 /// or throttling: the next relay tries again, and a sweep does not spend its time on it), nor
 /// when its removals ran out of time (DynamoDB slow: the run would send them again).
@@ -194,17 +210,11 @@ impl DynamoRelay {
             if page_budget(left_before(deadline), stats).is_none() {
                 return Ok(());
             }
-            let holders = self.store.holders(cursor, PAGE);
-            let (page, next) = match left_before(deadline) {
-                None => holders.await?,
-                Some(left) => match tokio::time::timeout(left, holders).await {
-                    Ok(page) => page?,
-                    Err(_) => {
-                        stats.stopped = true;
-                        return Ok(());
-                    }
-                },
+            let Some(page) = by_deadline(deadline, self.store.holders(cursor, PAGE), stats).await
+            else {
+                return Ok(());
             };
+            let (page, next) = page?;
             let now = self.store.lease_now();
             let owner = self.owner();
             let free = page.into_iter().filter(|h| h.claimable_by(owner, now));
@@ -214,16 +224,10 @@ impl DynamoRelay {
                 .try_filter_map(|current| future::ready(Ok(current)))
                 .try_collect::<Vec<Holder>>();
             // Claims cut short by the deadline leave their items leased, for a later relay.
-            let claimed = match left_before(deadline) {
-                None => claims.await?,
-                Some(left) => match tokio::time::timeout(left, claims).await {
-                    Ok(claimed) => claimed?,
-                    Err(_) => {
-                        stats.stopped = true;
-                        return Ok(());
-                    }
-                },
+            let Some(claimed) = by_deadline(deadline, claims, stats).await else {
+                return Ok(());
             };
+            let claimed = claimed?;
             // Claims that took so long their margin is gone wait for the lease to lapse.
             let sendable = self.store.lease_now() + SEND_MARGIN;
             let claimed: Vec<Holder> = claimed
